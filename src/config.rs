@@ -1,0 +1,842 @@
+//! The sidecar's one typed configuration: parsed from YAML, then validated whole before any port
+//! opens. Every error names the field path and what was expected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::defaults;
+
+/// A configuration problem, always naming the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(field: &str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub provider: ProviderConfig,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The `realm` of every `WWW-Authenticate` challenge.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_realm() -> String {
+    defaults::REALM.to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Where Envoy's ext_authz filter (and gRPC health checks) connect.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc: String,
+    /// How long in-flight checks may take to finish after SIGTERM.
+    #[serde(default = "default_drain", with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+fn default_grpc_listen() -> String {
+    defaults::GRPC_LISTEN.to_owned()
+}
+
+fn default_drain() -> Duration {
+    defaults::DRAIN_TIMEOUT
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            grpc: default_grpc_listen(),
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OAuth2 client-credentials server; every URL is given explicitly.
+    Oauth2,
+    /// Stytch M2M: `project_id` and `base_url` derive the endpoints, issuers and audience.
+    Stytch,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+}
+
+/// A JWS algorithm the sidecar may accept. Only asymmetric ones: a shared-secret (HMAC) token
+/// could be minted by anyone holding the JWKS's public material (RFC 8725 §3.1).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub fn to_jwt(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            Algorithm::RS256 => A::RS256,
+            Algorithm::RS384 => A::RS384,
+            Algorithm::RS512 => A::RS512,
+            Algorithm::PS256 => A::PS256,
+            Algorithm::PS384 => A::PS384,
+            Algorithm::PS512 => A::PS512,
+            Algorithm::ES256 => A::ES256,
+            Algorithm::ES384 => A::ES384,
+            Algorithm::EdDSA => A::EdDSA,
+        }
+    }
+}
+
+/// One value or a list, as YAML users write either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub token_url: Option<Url>,
+    pub jwks_url: Option<Url>,
+    pub issuer: Option<OneOrMany>,
+    pub audience: Option<OneOrMany>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Space-separated scopes requested at the token endpoint; omitted: the client's defaults.
+    pub scope: Option<String>,
+    /// Extra form parameters for the token request (`audience` for Auth0, `resource` per RFC 8707).
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// The JWT header `typ` every access token must carry (`JWT`, `at+jwt`), or `any`.
+    pub token_type: Option<String>,
+    pub project_id: Option<String>,
+    pub base_url: Option<Url>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`.
+    #[serde(default, with = "opt_duration")]
+    pub max_token_age: Option<Duration>,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// How often the JWKS is fetched again in the background.
+    #[serde(default = "default_jwks_refresh", with = "duration")]
+    pub jwks_refresh_interval: Duration,
+    /// The least time between two fetches caused by tokens with an unknown `kid`.
+    #[serde(default = "default_jwks_min_refetch", with = "duration")]
+    pub jwks_min_refetch_interval: Duration,
+    /// Tokens longer than this are refused before any parsing.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256]
+}
+fn default_leeway() -> Duration {
+    defaults::LEEWAY
+}
+fn default_connect_timeout() -> Duration {
+    defaults::CONNECT_TIMEOUT
+}
+fn default_request_timeout() -> Duration {
+    defaults::REQUEST_TIMEOUT
+}
+fn default_jwks_refresh() -> Duration {
+    defaults::JWKS_REFRESH
+}
+fn default_jwks_min_refetch() -> Duration {
+    defaults::JWKS_MIN_REFETCH
+}
+fn default_max_token_bytes() -> usize {
+    defaults::MAX_TOKEN_BYTES
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// Accept `Authorization: Basic` client credentials.
+    #[serde(default = "yes")]
+    pub basic: bool,
+    /// Accept `Authorization: Bearer` access tokens, verified without an exchange.
+    #[serde(default = "yes")]
+    pub bearer: bool,
+    #[serde(default)]
+    pub headers: HeaderPairConfig,
+    /// Longest credential header value accepted; longer ones are refused unread.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_header_bytes() -> usize {
+    defaults::MAX_CREDENTIAL_HEADER_BYTES
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        CredentialsConfig {
+            basic: true,
+            bearer: true,
+            headers: HeaderPairConfig::default(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderPairConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_client_id_header")]
+    pub client_id: String,
+    #[serde(default = "default_client_secret_header")]
+    pub client_secret: String,
+}
+
+fn default_client_id_header() -> String {
+    defaults::CLIENT_ID_HEADER.to_owned()
+}
+fn default_client_secret_header() -> String {
+    defaults::CLIENT_SECRET_HEADER.to_owned()
+}
+
+impl Default for HeaderPairConfig {
+    fn default() -> Self {
+        HeaderPairConfig {
+            enabled: true,
+            client_id: default_client_id_header(),
+            client_secret: default_client_secret_header(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Upstream header name → claim (a top-level claim name, or an RFC 6901 JSON Pointer such as
+    /// `/ext/user_id` for nested claims).
+    #[serde(default = "default_identity_headers")]
+    pub headers: BTreeMap<String, String>,
+    /// Header names that must get a value for a request to be allowed.
+    #[serde(default = "default_required")]
+    pub required: Vec<String>,
+}
+
+fn default_identity_headers() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            defaults::USER_ID_HEADER.to_owned(),
+            defaults::USER_ID_CLAIM.to_owned(),
+        ),
+        (defaults::CLIENT_ID_OUT_HEADER.to_owned(), "sub".to_owned()),
+    ])
+}
+fn default_required() -> Vec<String> {
+    vec![defaults::USER_ID_HEADER.to_owned()]
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            headers: default_identity_headers(),
+            required: default_required(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most verified credentials kept at once.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+    /// An entry is dropped this long before its token's `exp`, so no upstream sees a token that
+    /// expires in flight.
+    #[serde(default = "default_expiry_margin", with = "duration")]
+    pub expiry_margin: Duration,
+}
+
+fn default_max_entries() -> usize {
+    defaults::CACHE_MAX_ENTRIES
+}
+fn default_expiry_margin() -> Duration {
+    defaults::CACHE_EXPIRY_MARGIN
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: default_max_entries(),
+            expiry_margin: default_expiry_margin(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text; the error names the field path.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() {
+                "config".to_owned()
+            } else {
+                path
+            };
+            ConfigError::invalid(&field, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: required combinations, header syntax, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listen(&self.listen.grpc).map_err(|p| ConfigError::invalid("listen.grpc", p))?;
+        self.provider.validate()?;
+        let c = &self.credentials;
+        if !c.basic && !c.bearer && !c.headers.enabled {
+            return Err(ConfigError::invalid(
+                "credentials",
+                "every credential source is switched off; enable basic, bearer or headers",
+            ));
+        }
+        if c.headers.enabled {
+            check_header_name("credentials.headers.client_id", &c.headers.client_id)?;
+            check_header_name(
+                "credentials.headers.client_secret",
+                &c.headers.client_secret,
+            )?;
+            if c.headers
+                .client_id
+                .eq_ignore_ascii_case(&c.headers.client_secret)
+            {
+                return Err(ConfigError::invalid(
+                    "credentials.headers",
+                    "client_id and client_secret must be different headers",
+                ));
+            }
+        }
+        if !(64..=65_536).contains(&c.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "credentials.max_header_bytes",
+                "expected a number from 64 to 65536",
+            ));
+        }
+        if self.identity.headers.is_empty() {
+            return Err(ConfigError::invalid(
+                "identity.headers",
+                "at least one header must carry the caller's identity",
+            ));
+        }
+        for (header, claim) in &self.identity.headers {
+            let field = format!("identity.headers.{header}");
+            check_header_name(&field, header)?;
+            // The client-id header may double as an identity header (the default `x-client-id`
+            // comes in as the caller's claim and goes out overwritten with the verified `sub`);
+            // a header that carries a secret may not.
+            if header.eq_ignore_ascii_case("authorization")
+                || (c.headers.enabled && header.eq_ignore_ascii_case(&c.headers.client_secret))
+            {
+                return Err(ConfigError::invalid(&field, "is a credential header"));
+            }
+            crate::identity::ClaimPath::parse(claim)
+                .map_err(|p| ConfigError::invalid(&field, p))?;
+        }
+        for (i, name) in self.identity.required.iter().enumerate() {
+            if !self
+                .identity
+                .headers
+                .keys()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                return Err(ConfigError::invalid(
+                    &format!("identity.required[{i}]"),
+                    format!("{name:?} is not one of identity.headers"),
+                ));
+            }
+        }
+        if self.cache.max_entries == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_entries",
+                "expected at least 1",
+            ));
+        }
+        if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
+            return Err(ConfigError::invalid(
+                "realm",
+                "expected printable text without quotes or backslashes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A one-line description for `check-config` and the start-up log; never includes secrets.
+    pub fn summary(&self) -> String {
+        let sources: Vec<&str> = [
+            (self.credentials.basic, "basic"),
+            (self.credentials.bearer, "bearer"),
+            (self.credentials.headers.enabled, "headers"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        format!(
+            "ok: provider {:?} ({}), grpc on {}, credentials {}, identity headers {}",
+            self.provider.kind,
+            self.provider
+                .resolved_token_url()
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            self.listen.grpc,
+            sources.join("+"),
+            self.identity
+                .headers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+}
+
+impl ProviderConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind {
+            ProviderKind::Oauth2 => {
+                for (field, v) in [
+                    ("provider.token_url", self.token_url.is_some()),
+                    ("provider.jwks_url", self.jwks_url.is_some()),
+                    ("provider.issuer", self.issuer.is_some()),
+                ] {
+                    if !v {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "required when provider.kind is oauth2",
+                        ));
+                    }
+                }
+                for (field, v) in [
+                    ("provider.project_id", self.project_id.is_some()),
+                    ("provider.base_url", self.base_url.is_some()),
+                ] {
+                    if v {
+                        return Err(ConfigError::invalid(field, "only for provider.kind stytch"));
+                    }
+                }
+            }
+            ProviderKind::Stytch => {
+                let Some(project) = &self.project_id else {
+                    return Err(ConfigError::invalid(
+                        "provider.project_id",
+                        "required when provider.kind is stytch",
+                    ));
+                };
+                if project.is_empty()
+                    || !project
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(ConfigError::invalid(
+                        "provider.project_id",
+                        "expected letters, digits, '-' or '_'",
+                    ));
+                }
+                if self.base_url.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.base_url",
+                        "required when provider.kind is stytch (https://test.stytch.com, https://api.stytch.com or your custom domain)",
+                    ));
+                }
+            }
+        }
+        for (field, url) in [
+            ("provider.token_url", self.resolved_token_url()),
+            ("provider.jwks_url", self.resolved_jwks_url()),
+        ] {
+            if let Some(url) = url {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::invalid(field, "expected an http(s) URL"));
+                }
+            }
+        }
+        if let Some(base) = &self.base_url {
+            if !matches!(base.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "provider.base_url",
+                    "expected an http(s) URL",
+                ));
+            }
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "provider.algorithms",
+                "expected at least one algorithm",
+            ));
+        }
+        if let Some(t) = &self.token_type {
+            if t.is_empty() || !is_visible(t) {
+                return Err(ConfigError::invalid(
+                    "provider.token_type",
+                    "expected a JWT typ such as JWT or at+jwt, or any",
+                ));
+            }
+        }
+        if let Some(scope) = &self.scope {
+            if scope.split(' ').any(|s| s.is_empty() || !is_visible(s)) {
+                return Err(ConfigError::invalid(
+                    "provider.scope",
+                    "expected scopes separated by single spaces",
+                ));
+            }
+        }
+        for reserved in ["grant_type", "client_id", "client_secret", "scope"] {
+            if self.token_params.contains_key(reserved) {
+                return Err(ConfigError::invalid(
+                    &format!("provider.token_params.{reserved}"),
+                    "is set by m2m-authz itself",
+                ));
+            }
+        }
+        for (field, d) in [
+            ("provider.connect_timeout", self.connect_timeout),
+            ("provider.request_timeout", self.request_timeout),
+            ("provider.jwks_refresh_interval", self.jwks_refresh_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "expected a duration above zero",
+                ));
+            }
+        }
+        if !(256..=1 << 20).contains(&self.max_token_bytes) {
+            return Err(ConfigError::invalid(
+                "provider.max_token_bytes",
+                "expected a number from 256 to 1048576",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token endpoint, explicit or derived from the Stytch project.
+    pub fn resolved_token_url(&self) -> Option<Url> {
+        if let Some(u) = &self.token_url {
+            return Some(u.clone());
+        }
+        let project = self.project_id.as_deref()?;
+        stytch_url(
+            self.base_url.as_ref()?,
+            &format!("v1/public/{project}/oauth2/token"),
+        )
+    }
+
+    /// The JWKS endpoint, explicit or derived from the Stytch project.
+    pub fn resolved_jwks_url(&self) -> Option<Url> {
+        if let Some(u) = &self.jwks_url {
+            return Some(u.clone());
+        }
+        let project = self.project_id.as_deref()?;
+        stytch_url(
+            self.base_url.as_ref()?,
+            &format!("v1/sessions/jwks/{project}"),
+        )
+    }
+
+    /// The accepted `iss` values. Stytch signs `stytch.com/{project_id}`, or the custom-domain
+    /// base URL when one is in use; both are accepted for the stytch kind.
+    pub fn resolved_issuers(&self) -> Vec<String> {
+        if let Some(i) = &self.issuer {
+            return i.clone().into_vec();
+        }
+        match (&self.project_id, &self.base_url) {
+            (Some(p), Some(base)) => vec![
+                format!("stytch.com/{p}"),
+                base.as_str().trim_end_matches('/').to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The accepted `aud` values; empty means `aud` is not checked.
+    pub fn resolved_audiences(&self) -> Vec<String> {
+        if let Some(a) = &self.audience {
+            return a.clone().into_vec();
+        }
+        match self.kind {
+            ProviderKind::Stytch => self.project_id.clone().into_iter().collect(),
+            ProviderKind::Oauth2 => Vec::new(),
+        }
+    }
+
+    /// The required `typ` header, lower-cased; `None` accepts any.
+    pub fn resolved_token_type(&self) -> Option<String> {
+        match self.token_type.as_deref() {
+            Some(t) if t.eq_ignore_ascii_case("any") => None,
+            Some(t) => Some(t.to_ascii_lowercase()),
+            None => match self.kind {
+                ProviderKind::Stytch => Some("jwt".to_owned()),
+                ProviderKind::Oauth2 => None,
+            },
+        }
+    }
+}
+
+fn stytch_url(base: &Url, path: &str) -> Option<Url> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    base.join(path).ok()
+}
+
+/// Where to serve gRPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+}
+
+pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    s.parse::<SocketAddr>()
+        .map(ListenAddr::Tcp)
+        .map_err(|_| format!("expected host:port such as 127.0.0.1:9001, got {s:?}"))
+}
+
+fn is_visible(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !name.starts_with(':');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, "expected an HTTP header name"))
+    }
+}
+
+/// Durations are written as humantime strings: `30s`, `5m`, `1h 30m`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("expected a duration such as 30s or 5m: {e}"))
+        })
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STYTCH: &str = "provider:\n  kind: stytch\n  project_id: project-test-1\n  base_url: https://test.stytch.com\n";
+
+    #[test]
+    fn stytch_profile_derives_endpoints_issuers_and_audience() {
+        let c = Config::from_yaml(STYTCH).unwrap();
+        let p = &c.provider;
+        assert_eq!(
+            p.resolved_token_url().unwrap().as_str(),
+            "https://test.stytch.com/v1/public/project-test-1/oauth2/token"
+        );
+        assert_eq!(
+            p.resolved_jwks_url().unwrap().as_str(),
+            "https://test.stytch.com/v1/sessions/jwks/project-test-1"
+        );
+        assert_eq!(
+            p.resolved_issuers(),
+            vec!["stytch.com/project-test-1", "https://test.stytch.com"]
+        );
+        assert_eq!(p.resolved_audiences(), vec!["project-test-1"]);
+        assert_eq!(p.resolved_token_type().as_deref(), Some("jwt"));
+        assert_eq!(c.listen.grpc, "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn stytch_base_url_with_path_keeps_it() {
+        let c = Config::from_yaml(
+            "provider: {kind: stytch, project_id: p1, base_url: 'http://127.0.0.1:9400/stytch'}",
+        )
+        .unwrap();
+        assert_eq!(
+            c.provider.resolved_token_url().unwrap().as_str(),
+            "http://127.0.0.1:9400/stytch/v1/public/p1/oauth2/token"
+        );
+    }
+
+    /// Each bad config is refused with an error naming the field.
+    #[test]
+    fn errors_name_the_field() {
+        let oauth2 = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: 'http://a'}\n";
+        let cases: &[(&str, &str)] = &[
+            ("provider: {kind: oauth2}", "provider.token_url"),
+            (
+                "provider: {kind: stytch, base_url: 'http://a'}",
+                "provider.project_id",
+            ),
+            (
+                "provider: {kind: stytch, project_id: p}",
+                "provider.base_url",
+            ),
+            ("provider: {kind: other}", "provider.kind"),
+            (&format!("{oauth2}listen: {{grpc: nope}}"), "listen.grpc"),
+            (&format!("{oauth2}bogus: 1"), "bogus"),
+            (&format!("{oauth2}credentials: {{bogus: 1}}"), "credentials"),
+            (
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, leeway: soon}",
+                "provider.leeway",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, algorithms: [HS256]}",
+                "provider.algorithms",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'ftp://a/t', jwks_url: 'http://a/j', issuer: i}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, token_params: {client_secret: x}}",
+                "provider.token_params.client_secret",
+            ),
+            (
+                &format!(
+                    "{oauth2}credentials: {{basic: false, bearer: false, headers: {{enabled: false}}}}"
+                ),
+                "credentials",
+            ),
+            (
+                &format!("{oauth2}identity: {{headers: {{'x user': user_id}}}}"),
+                "identity.headers.x user",
+            ),
+            (
+                &format!("{oauth2}identity: {{headers: {{x-user-id: '/a/~2'}}}}"),
+                "identity.headers.x-user-id",
+            ),
+            (
+                &format!("{oauth2}identity: {{headers: {{authorization: sub}}, required: []}}"),
+                "identity.headers.authorization",
+            ),
+            (
+                &format!("{oauth2}identity: {{headers: {{x-sub: sub}}}}"),
+                "identity.required[0]",
+            ),
+            (
+                &format!("{oauth2}cache: {{max_entries: 0}}"),
+                "cache.max_entries",
+            ),
+            (&format!("{oauth2}realm: 'a\"b'"), "realm"),
+        ];
+        for (yaml, field) in cases {
+            match Config::from_yaml(yaml) {
+                Err(ConfigError::Invalid { field: f, .. }) => {
+                    assert!(f.starts_with(field), "{yaml}: got field {f}, want {field}")
+                }
+                other => panic!("{yaml}: expected an error about {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_accept_one_or_many() {
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: [a, b], audience: api}",
+        )
+        .unwrap();
+        assert_eq!(c.provider.resolved_issuers(), vec!["a", "b"]);
+        assert_eq!(c.provider.resolved_audiences(), vec!["api"]);
+        assert_eq!(c.provider.resolved_token_type(), None);
+    }
+}

@@ -1,0 +1,39 @@
+//! Header names, defaults and limits, named once.
+
+use std::time::Duration;
+
+pub const GRPC_LISTEN: &str = "127.0.0.1:9001";
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REALM: &str = "m2m-authz";
+
+pub const CLIENT_ID_HEADER: &str = "x-client-id";
+pub const CLIENT_SECRET_HEADER: &str = "x-client-secret";
+pub const AUTHORIZATION: &str = "authorization";
+
+pub const USER_ID_HEADER: &str = "x-user-id";
+pub const USER_ID_CLAIM: &str = "user_id";
+pub const CLIENT_ID_OUT_HEADER: &str = "x-client-id";
+
+pub const LEEWAY: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
+pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
+/// Retry delay for the background JWKS fetch after a failure (and before the first success).
+pub const JWKS_RETRY: Duration = Duration::from_secs(2);
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MAX_CREDENTIAL_HEADER_BYTES: usize = 4 * 1024;
+/// Largest token-endpoint or JWKS response body read; a larger one is a provider fault.
+pub const MAX_PROVIDER_BODY_BYTES: usize = 256 * 1024;
+/// Token lifetime assumed when neither `expires_in` nor a usable `exp` says otherwise.
+pub const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+pub const CACHE_MAX_ENTRIES: usize = 100_000;
+pub const CACHE_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// Longest identity header value sent upstream.
+pub const MAX_IDENTITY_VALUE_BYTES: usize = 1024;
+
+pub const CONFIG_ENV: &str = "M2M_AUTHZ_CONFIG";
+pub const LOG_ENV: &str = "M2M_AUTHZ_LOG";
+pub const LOG_FORMAT_ENV: &str = "M2M_AUTHZ_LOG_FORMAT";

@@ -1,0 +1,258 @@
+//! Turning verified claims into the identity headers the upstream trusts.
+
+use serde_json::{Map, Value};
+
+use crate::config::IdentityConfig;
+use crate::defaults::MAX_IDENTITY_VALUE_BYTES;
+
+/// Where a header's value comes from: a top-level claim, or an RFC 6901 JSON Pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPath {
+    Name(String),
+    Pointer(String),
+}
+
+impl ClaimPath {
+    pub fn parse(s: &str) -> Result<ClaimPath, String> {
+        if s.is_empty() {
+            return Err("expected a claim name or a JSON Pointer such as /ext/user_id".into());
+        }
+        if !s.starts_with('/') {
+            return Ok(ClaimPath::Name(s.to_owned()));
+        }
+        // RFC 6901 §3: `~` must be followed by 0 or 1.
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '~' && !matches!(chars.peek(), Some('0' | '1')) {
+                return Err(format!(
+                    "{s:?} is not a valid JSON Pointer (`~` must be `~0` or `~1`)"
+                ));
+            }
+        }
+        Ok(ClaimPath::Pointer(s.to_owned()))
+    }
+
+    fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        match self {
+            ClaimPath::Name(n) => claims.get(n),
+            ClaimPath::Pointer(p) => {
+                let mut segments = p.split('/').skip(1);
+                let first = unescape(segments.next()?);
+                let mut v = claims.get(&first)?;
+                for seg in segments {
+                    v = v.pointer(&format!("/{seg}"))?;
+                }
+                Some(v)
+            }
+        }
+    }
+}
+
+fn unescape(seg: &str) -> String {
+    seg.replace("~1", "/").replace("~0", "~")
+}
+
+/// Why verified claims could not become identity headers. Never carries claim values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the access token has no {header} claim")]
+    MissingClaim { header: String },
+    #[error("the access token's claim for {header} is not a string or number")]
+    NotScalar { header: String },
+    #[error("the access token's claim for {header} is not a safe header value")]
+    Unsafe { header: String },
+}
+
+/// The configured claim → header mappings.
+#[derive(Debug, Clone)]
+pub struct IdentityMap {
+    mappings: Vec<(String, ClaimPath, bool)>,
+}
+
+impl IdentityMap {
+    /// Built from validated config: every claim path parses.
+    pub fn new(config: &IdentityConfig) -> Result<Self, String> {
+        let mut mappings = Vec::with_capacity(config.headers.len());
+        for (header, claim) in &config.headers {
+            let header = header.to_ascii_lowercase();
+            let required = config
+                .required
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&header));
+            mappings.push((header, ClaimPath::parse(claim)?, required));
+        }
+        Ok(IdentityMap { mappings })
+    }
+
+    /// Every header this map may set: all are stripped from incoming requests.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.mappings.iter().map(|(h, _, _)| h.as_str())
+    }
+
+    /// The headers to set upstream. A missing optional claim sets nothing (its header is still
+    /// stripped); a missing required one, or any value that is not a plain string or number, or
+    /// that could smuggle a header line, refuses the request.
+    pub fn headers(
+        &self,
+        claims: &Map<String, Value>,
+    ) -> Result<Vec<(String, String)>, IdentityError> {
+        let mut out = Vec::with_capacity(self.mappings.len());
+        for (header, path, required) in &self.mappings {
+            let value = match path.lookup(claims) {
+                None | Some(Value::Null) => {
+                    if *required {
+                        return Err(IdentityError::MissingClaim {
+                            header: header.clone(),
+                        });
+                    }
+                    continue;
+                }
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(_) => {
+                    return Err(IdentityError::NotScalar {
+                        header: header.clone(),
+                    });
+                }
+            };
+            if value.is_empty()
+                || value.len() > MAX_IDENTITY_VALUE_BYTES
+                || !value.bytes().all(|b| (0x20..0x7f).contains(&b))
+                || value.starts_with(' ')
+                || value.ends_with(' ')
+            {
+                return Err(IdentityError::Unsafe {
+                    header: header.clone(),
+                });
+            }
+            out.push((header.clone(), value));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn map(headers: &[(&str, &str)], required: &[&str]) -> IdentityMap {
+        IdentityMap::new(&IdentityConfig {
+            headers: headers
+                .iter()
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            required: required.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap()
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn maps_names_and_pointers() {
+        let m = map(
+            &[
+                ("x-user-id", "user_id"),
+                ("x-client-id", "sub"),
+                ("x-org", "/ext/org~1id"),
+            ],
+            &["x-user-id"],
+        );
+        let got = m
+            .headers(&claims(
+                json!({"user_id": "user-1", "sub": "c-1", "ext": {"org/id": 42}}),
+            ))
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("x-client-id".into(), "c-1".into()),
+                ("x-org".into(), "42".into()),
+                ("x-user-id".into(), "user-1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_claims() {
+        let m = map(
+            &[("x-user-id", "user_id"), ("x-client-id", "sub")],
+            &["x-user-id"],
+        );
+        let long = "u".repeat(MAX_IDENTITY_VALUE_BYTES + 1);
+        let cases = [
+            (
+                json!({"sub": "c"}),
+                IdentityError::MissingClaim {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": null}),
+                IdentityError::MissingClaim {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": {"id": 1}}),
+                IdentityError::NotScalar {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": ["a"]}),
+                IdentityError::NotScalar {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": true}),
+                IdentityError::NotScalar {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": "a\r\nx-admin: 1"}),
+                IdentityError::Unsafe {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": ""}),
+                IdentityError::Unsafe {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": long}),
+                IdentityError::Unsafe {
+                    header: "x-user-id".into(),
+                },
+            ),
+        ];
+        for (c, want) in cases {
+            assert_eq!(m.headers(&claims(c.clone())), Err(want), "{c}");
+        }
+        // An optional claim that is absent sets nothing.
+        assert_eq!(
+            m.headers(&claims(json!({"user_id": "u"}))).unwrap(),
+            vec![("x-user-id".into(), "u".into())]
+        );
+    }
+
+    #[test]
+    fn claim_paths_parse() {
+        assert_eq!(
+            ClaimPath::parse("user_id"),
+            Ok(ClaimPath::Name("user_id".into()))
+        );
+        assert!(ClaimPath::parse("/a/~2").is_err());
+        assert!(ClaimPath::parse("").is_err());
+    }
+}

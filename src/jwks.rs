@@ -1,0 +1,317 @@
+//! The provider's signing keys (RFC 7517): fetched in the background, published as an immutable
+//! snapshot the request path only reads, refetched on an unknown `kid` at most once per interval,
+//! and kept serving when the endpoint is down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::defaults::{JWKS_RETRY, MAX_PROVIDER_BODY_BYTES};
+use crate::http_body::{BodyError, read_capped};
+
+/// One usable verification key and the algorithms it may verify: the intersection of what its
+/// type allows, its own `alg` if it names one, and the configured pin list (RFC 8725 §3.1).
+pub struct Key {
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// An immutable set of keys as fetched at one moment.
+pub struct KeySet {
+    keys: Vec<Key>,
+    pub fetched_at: Instant,
+    /// Keys in the document that were skipped as unusable (wrong type, use, or algorithm).
+    pub skipped: usize,
+}
+
+impl KeySet {
+    /// The key for a token's `kid`. A token without `kid` is matched only when the set holds a
+    /// single key, so the choice is never a guess between several.
+    pub fn find(&self, kid: Option<&str>) -> Option<&Key> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("the JWKS endpoint timed out")]
+    Timeout,
+    #[error("the JWKS endpoint could not be reached")]
+    Connect,
+    #[error("the JWKS endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("the JWKS document is unusable: {0}")]
+    BadDocument(&'static str),
+}
+
+#[derive(Deserialize)]
+struct Document {
+    keys: Vec<serde_json::Value>,
+}
+
+/// Parses a JWKS document leniently: members other than `keys` are ignored (Stytch adds
+/// `request_id`), and each key that cannot be used is skipped rather than failing the set.
+pub fn parse(body: &[u8], pinned: &[Algorithm], fetched_at: Instant) -> Result<KeySet, JwksError> {
+    let doc: Document =
+        serde_json::from_slice(body).map_err(|_| JwksError::BadDocument("not a JWK set"))?;
+    let total = doc.keys.len();
+    let keys: Vec<Key> = doc
+        .keys
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
+        .filter_map(|jwk| usable_key(&jwk, pinned))
+        .collect();
+    if keys.is_empty() {
+        return Err(JwksError::BadDocument("no usable signing key"));
+    }
+    Ok(KeySet {
+        skipped: total - keys.len(),
+        keys,
+        fetched_at,
+    })
+}
+
+fn usable_key(jwk: &Jwk, pinned: &[Algorithm]) -> Option<Key> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return None;
+    }
+    let by_type: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            &[Algorithm::EdDSA]
+        }
+        // Symmetric (`oct`) keys are never accepted from a JWKS (RFC 8725 §3.1).
+        _ => return None,
+    };
+    let named = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+    let algorithms: Vec<Algorithm> = by_type
+        .iter()
+        .copied()
+        .filter(|a| pinned.contains(a))
+        .filter(|a| named.as_deref().is_none_or(|n| n == format!("{a:?}")))
+        .collect();
+    if algorithms.is_empty() {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        key,
+        algorithms,
+    })
+}
+
+/// The provider's JWKS, shared by every check.
+pub struct Jwks {
+    http: reqwest::Client,
+    url: Url,
+    pinned: Vec<Algorithm>,
+    min_refetch: Duration,
+    current: ArcSwapOption<KeySet>,
+    /// Serializes fetches and remembers when the last one started, for the unknown-`kid` limit.
+    fetch_gate: Mutex<Option<Instant>>,
+    loaded: watch::Sender<bool>,
+}
+
+impl Jwks {
+    pub fn new(
+        http: reqwest::Client,
+        url: Url,
+        pinned: Vec<Algorithm>,
+        min_refetch: Duration,
+    ) -> Self {
+        Jwks {
+            http,
+            url,
+            pinned,
+            min_refetch,
+            current: ArcSwapOption::empty(),
+            fetch_gate: Mutex::new(None),
+            loaded: watch::channel(false).0,
+        }
+    }
+
+    /// The keys as last loaded; `None` until the first fetch succeeds.
+    pub fn snapshot(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// Becomes true once a key set has been loaded, and stays true.
+    pub fn loaded(&self) -> watch::Receiver<bool> {
+        self.loaded.subscribe()
+    }
+
+    /// Fetches now and publishes the result; on failure the last good set stays in place.
+    pub async fn refresh(&self) -> Result<Arc<KeySet>, JwksError> {
+        let mut last = self.fetch_gate.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_and_publish().await
+    }
+
+    /// Called when a token names a `kid` the snapshot `seen` lacks. Returns a newer set when one
+    /// was loaded (by this call or a concurrent one), or `None` when the refetch limit says wait:
+    /// a stream of tokens with made-up `kid`s costs the provider one fetch per interval.
+    pub async fn refetch_for_unknown_kid(
+        &self,
+        seen: &Arc<KeySet>,
+    ) -> Result<Option<Arc<KeySet>>, JwksError> {
+        let mut last = self.fetch_gate.lock().await;
+        if let Some(current) = self.snapshot() {
+            if !Arc::ptr_eq(&current, seen) && current.fetched_at > seen.fetched_at {
+                return Ok(Some(current));
+            }
+        }
+        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+            return Ok(None);
+        }
+        *last = Some(Instant::now());
+        self.fetch_and_publish().await.map(Some)
+    }
+
+    async fn fetch_and_publish(&self) -> Result<Arc<KeySet>, JwksError> {
+        let set = Arc::new(self.fetch().await?);
+        self.current.store(Some(set.clone()));
+        self.loaded.send_replace(true);
+        Ok(set)
+    }
+
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let response = self
+            .http
+            .get(self.url.clone())
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(JwksError::Status(status.as_u16()));
+        }
+        let body = read_capped(response, MAX_PROVIDER_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => JwksError::BadDocument("body too large"),
+                BodyError::Transport(e) => classify(e),
+            })?;
+        parse(&body, &self.pinned, Instant::now())
+    }
+
+    /// Keeps the set fresh: every `interval` after a success, every few seconds (doubling up to
+    /// `interval`) after a failure, so a provider outage at start-up heals without a restart.
+    pub fn spawn_refresher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut retry = JWKS_RETRY.min(interval);
+            loop {
+                match self.refresh().await {
+                    Ok(set) => {
+                        tracing::debug!(keys = set.len(), skipped = set.skipped, "JWKS loaded");
+                        retry = JWKS_RETRY.min(interval);
+                        tokio::time::sleep(interval).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, url = %self.url, "JWKS fetch failed; keeping the last good key set");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(interval);
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn classify(e: reqwest::Error) -> JwksError {
+    if e.is_timeout() {
+        JwksError::Timeout
+    } else if e.is_connect() {
+        JwksError::Connect
+    } else {
+        JwksError::BadDocument("transport error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+
+    fn rsa(kid: &str, extra: &str) -> String {
+        format!(r#"{{"kty":"RSA","kid":"{kid}","n":"{RSA_N}","e":"AQAB"{extra}}}"#)
+    }
+
+    #[test]
+    fn parses_leniently_and_skips_unusable_keys() {
+        let doc = format!(
+            r#"{{"keys":[{},{},{},{},{{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}},{{"kty":"weird"}}],"request_id":"req-1","status_code":200}}"#,
+            rsa("a", r#","alg":"RS256","use":"sig""#),
+            rsa("enc", r#","use":"enc""#),
+            rsa("ps", r#","alg":"PS256""#),
+            rsa("b", ""),
+        );
+        let set = parse(doc.as_bytes(), &[Algorithm::RS256], Instant::now()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.skipped, 4);
+        assert!(set.find(Some("a")).is_some());
+        assert!(set.find(Some("b")).is_some());
+        for skipped in ["enc", "ps", "hmac", "missing"] {
+            assert!(set.find(Some(skipped)).is_none(), "{skipped}");
+        }
+        // Without a kid and with several keys, nothing is guessed.
+        assert!(set.find(None).is_none());
+        assert_eq!(
+            set.find(Some("a")).unwrap().algorithms,
+            vec![Algorithm::RS256]
+        );
+    }
+
+    #[test]
+    fn refuses_documents_without_usable_keys() {
+        for doc in [
+            &b"[]"[..],
+            b"{}",
+            br#"{"keys":[]}"#,
+            br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#,
+        ] {
+            assert!(parse(doc, &[Algorithm::RS256], Instant::now()).is_err());
+        }
+        let one = format!(r#"{{"keys":[{}]}}"#, rsa("a", ""));
+        let set = parse(one.as_bytes(), &[Algorithm::RS256], Instant::now()).unwrap();
+        assert!(set.find(None).is_some());
+        assert!(parse(one.as_bytes(), &[Algorithm::ES256], Instant::now()).is_err());
+    }
+}

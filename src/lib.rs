@@ -1,0 +1,52 @@
+//! m2m-authz: an Envoy ext_authz sidecar that turns machine client credentials into a verified
+//! identity for the upstream. The core (credentials, exchange, jwks, verify, cache, identity,
+//! decision, authorizer) knows nothing of gRPC; `ext_authz` and `server` are the edge.
+#![forbid(unsafe_code)]
+
+pub mod authorizer;
+pub mod cache;
+pub mod config;
+pub mod credentials;
+pub mod decision;
+pub mod defaults;
+pub mod exchange;
+pub mod ext_authz;
+mod http_body;
+pub mod identity;
+pub mod jwks;
+pub mod provider;
+pub mod request;
+pub mod server;
+pub mod telemetry;
+pub mod verify;
+
+/// This project's own definitions of Envoy's ext_authz v3 wire types (see `proto/`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}

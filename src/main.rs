@@ -1,0 +1,90 @@
+//! The `m2m-authz` command: parse arguments, load and validate config before binding any port,
+//! serve, and drain on SIGTERM or ctrl-c.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use m2m_authz::config::Config;
+use m2m_authz::defaults::CONFIG_ENV;
+use m2m_authz::{server, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "m2m-authz",
+    version,
+    about = "Envoy ext_authz sidecar for machine-to-machine credentials"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's ext_authz Check (and gRPC health) until SIGTERM or ctrl-c.
+    Serve {
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 with a one-line summary, or non-zero naming the field.
+    CheckConfig {
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            println!("{}", config.summary());
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            telemetry::init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = server::bind(&config).await?;
+                tracing::info!(summary = %config.summary(), "configuration loaded");
+                server::serve(&config, listener, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Completes on SIGTERM (Kubernetes, Envoy's supervisor) or ctrl-c.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

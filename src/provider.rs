@@ -1,0 +1,99 @@
+//! One identity provider as the request path sees it: its token endpoint, its keys and the rules
+//! its tokens must meet, resolved once from the `oauth2` or `stytch` profile.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::ProviderConfig;
+use crate::credentials::Secret;
+use crate::exchange::{ExchangeError, Issued, TokenClient};
+use crate::jwks::{Jwks, JwksError};
+use crate::verify::{TokenRules, Verified, VerifyError, verify};
+
+/// Why a token could not be checked or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenCheckError {
+    /// The token itself fails a rule: the caller's problem.
+    #[error(transparent)]
+    Invalid(#[from] VerifyError),
+    /// No key set could be had: the provider's problem.
+    #[error("no signing keys are loaded yet")]
+    KeysNotLoaded,
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
+
+pub struct Provider {
+    token: TokenClient,
+    jwks: Arc<Jwks>,
+    rules: TokenRules,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderBuildError {
+    #[error("provider.token_url: cannot be derived")]
+    NoTokenUrl,
+    #[error("provider.jwks_url: cannot be derived")]
+    NoJwksUrl,
+}
+
+impl Provider {
+    pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Result<Self, ProviderBuildError> {
+        let token = TokenClient::new(http.clone(), config).ok_or(ProviderBuildError::NoTokenUrl)?;
+        let jwks_url = config
+            .resolved_jwks_url()
+            .ok_or(ProviderBuildError::NoJwksUrl)?;
+        let pinned = config.algorithms.iter().map(|a| a.to_jwt()).collect();
+        Ok(Provider {
+            token,
+            jwks: Arc::new(Jwks::new(
+                http,
+                jwks_url,
+                pinned,
+                config.jwks_min_refetch_interval,
+            )),
+            rules: TokenRules {
+                issuers: config.resolved_issuers(),
+                audiences: config.resolved_audiences(),
+                leeway: config.leeway,
+                max_age: config.max_token_age,
+                token_type: config.resolved_token_type(),
+                max_bytes: config.max_token_bytes,
+            },
+        })
+    }
+
+    pub fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
+    }
+
+    pub async fn exchange(
+        &self,
+        client_id: &str,
+        secret: &Secret,
+    ) -> Result<Issued, ExchangeError> {
+        self.token.exchange(client_id, secret).await
+    }
+
+    /// Verifies against the current keys; a token naming a `kid` they lack triggers one
+    /// rate-limited JWKS refetch (RFC 7517 key rotation) before it is refused.
+    pub async fn verify(&self, token: &str) -> Result<Verified, TokenCheckError> {
+        let keys = self.jwks.snapshot().ok_or(TokenCheckError::KeysNotLoaded)?;
+        match verify(token, &keys, &self.rules, unix_now()) {
+            Err(VerifyError::UnknownKey) => {
+                let Some(fresh) = self.jwks.refetch_for_unknown_kid(&keys).await? else {
+                    return Err(VerifyError::UnknownKey.into());
+                };
+                Ok(verify(token, &fresh, &self.rules, unix_now())?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,124 @@
+//! Serving Check and gRPC health on one port, and stopping gracefully: on shutdown new
+//! connections are refused while in-flight checks get up to the drain timeout to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::authorizer::{Authorizer, BuildError};
+use crate::config::{Config, ListenAddr, parse_listen};
+use crate::ext_authz::ExtAuthz;
+use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+
+/// The gRPC service name health checks ask about, besides the empty (whole server) name.
+pub const CHECK_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("listen.grpc: {0}")]
+    Listen(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the configured address. Separate from serving so callers can learn the bound address
+/// (port 0 in tests) and report a taken port before anything else starts.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    let ListenAddr::Tcp(addr) = parse_listen(&config.listen.grpc).map_err(ServeError::Listen)?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves until `shutdown` completes, then drains for at most `config.listen.drain_timeout`.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let authorizer = Arc::new(Authorizer::new(config)?);
+    serve_with(
+        authorizer,
+        listener,
+        config.provider.jwks_refresh_interval,
+        config.listen.drain_timeout,
+        shutdown,
+    )
+    .await
+}
+
+pub async fn serve_with(
+    authorizer: Arc<Authorizer>,
+    listener: TcpListener,
+    jwks_refresh: Duration,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(CHECK_SERVICE, ServingStatus::NotServing)
+        .await;
+
+    let jwks = authorizer.provider().jwks().clone();
+    let refresher = jwks.clone().spawn_refresher(jwks_refresh);
+    // Health reports SERVING only once keys are loaded: before that every check would fail.
+    let mut loaded = jwks.loaded();
+    let health_task = tokio::spawn(async move {
+        if loaded.wait_for(|l| *l).await.is_ok() {
+            health.set_service_status("", ServingStatus::Serving).await;
+            health
+                .set_service_status(CHECK_SERVICE, ServingStatus::Serving)
+                .await;
+            tracing::info!("signing keys loaded; serving");
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(ExtAuthz::new(authorizer)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }
+        });
+    tracing::info!(addr = ?local, "m2m-authz listening for ext_authz checks");
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            tracing::info!(drain_secs = drain.as_secs_f32(), "shutting down: draining in-flight checks");
+            stop_tx.send_replace(true);
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("drain timeout reached; closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    refresher.abort();
+    health_task.abort();
+    result.map_err(ServeError::from)
+}
