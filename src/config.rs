@@ -528,19 +528,19 @@ impl ProviderConfig {
             ("provider.token_url", self.resolved_token_url()),
             ("provider.jwks_url", self.resolved_jwks_url()),
         ] {
-            if let Some(url) = url {
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(ConfigError::invalid(field, "expected an http(s) URL"));
-                }
+            if let Some(url) = url
+                && !matches!(url.scheme(), "http" | "https")
+            {
+                return Err(ConfigError::invalid(field, "expected an http(s) URL"));
             }
         }
-        if let Some(base) = &self.base_url {
-            if !matches!(base.scheme(), "http" | "https") {
-                return Err(ConfigError::invalid(
-                    "provider.base_url",
-                    "expected an http(s) URL",
-                ));
-            }
+        if let Some(base) = &self.base_url
+            && !matches!(base.scheme(), "http" | "https")
+        {
+            return Err(ConfigError::invalid(
+                "provider.base_url",
+                "expected an http(s) URL",
+            ));
         }
         if self.algorithms.is_empty() {
             return Err(ConfigError::invalid(
@@ -548,21 +548,21 @@ impl ProviderConfig {
                 "expected at least one algorithm",
             ));
         }
-        if let Some(t) = &self.token_type {
-            if t.is_empty() || !is_visible(t) {
-                return Err(ConfigError::invalid(
-                    "provider.token_type",
-                    "expected a JWT typ such as JWT or at+jwt, or any",
-                ));
-            }
+        if let Some(t) = &self.token_type
+            && (t.is_empty() || !is_visible(t))
+        {
+            return Err(ConfigError::invalid(
+                "provider.token_type",
+                "expected a JWT typ such as JWT or at+jwt, or any",
+            ));
         }
-        if let Some(scope) = &self.scope {
-            if scope.split(' ').any(|s| s.is_empty() || !is_visible(s)) {
-                return Err(ConfigError::invalid(
-                    "provider.scope",
-                    "expected scopes separated by single spaces",
-                ));
-            }
+        if let Some(scope) = &self.scope
+            && scope.split(' ').any(|s| s.is_empty() || !is_visible(s))
+        {
+            return Err(ConfigError::invalid(
+                "provider.scope",
+                "expected scopes separated by single spaces",
+            ));
         }
         for reserved in ["grant_type", "client_id", "client_secret", "scope"] {
             if self.token_params.contains_key(reserved) {

@@ -135,12 +135,12 @@ impl Extractor {
 
     pub fn extract(&self, headers: &Headers) -> Result<Credential, CredentialError> {
         let from_authorization = if self.basic || self.bearer {
-            self.from_authorization(headers)?
+            self.read_authorization(headers)?
         } else {
             None
         };
         let from_pair = match &self.pair {
-            Some((id, secret)) => self.from_pair(headers, id, secret)?,
+            Some((id, secret)) => self.read_pair(headers, id, secret)?,
             None => None,
         };
         match (from_authorization, from_pair) {
@@ -170,7 +170,7 @@ impl Extractor {
         Ok(Some(value))
     }
 
-    fn from_authorization(&self, headers: &Headers) -> Result<Option<Credential>, CredentialError> {
+    fn read_authorization(&self, headers: &Headers) -> Result<Option<Credential>, CredentialError> {
         let Some(value) = self.single(headers, AUTHORIZATION)? else {
             return Ok(None);
         };
@@ -189,7 +189,7 @@ impl Extractor {
         }
     }
 
-    fn from_pair(
+    fn read_pair(
         &self,
         headers: &Headers,
         id_name: &str,
@@ -427,9 +427,14 @@ mod tests {
 
     #[test]
     fn switched_off_sources_are_not_read() {
-        let mut config = CredentialsConfig::default();
-        config.basic = false;
-        config.headers.enabled = false;
+        let config = CredentialsConfig {
+            basic: false,
+            headers: crate::config::HeaderPairConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let e = Extractor::new(&config);
         let h: Headers = [("authorization", basic("id:s"))].into_iter().collect();
         assert_eq!(e.extract(&h), Err(CredentialError::UnsupportedScheme));

@@ -197,10 +197,10 @@ fn parse_success(body: &[u8]) -> Result<Issued, ExchangeError> {
         .filter(|t| !t.is_empty())
         .ok_or(ExchangeError::BadResponse("no access_token"))?;
     // RFC 6749 §5.1 / RFC 6750: the type is case-insensitive; a missing one is tolerated.
-    if let Some(t) = &r.token_type {
-        if !t.eq_ignore_ascii_case("bearer") {
-            return Err(ExchangeError::BadResponse("token_type is not bearer"));
-        }
+    if let Some(t) = &r.token_type
+        && !t.eq_ignore_ascii_case("bearer")
+    {
+        return Err(ExchangeError::BadResponse("token_type is not bearer"));
     }
     // Some servers send `expires_in` as a string; anything unusable falls back to the JWT's exp.
     let expires_in = match r.expires_in {

@@ -143,7 +143,9 @@ pub struct Jwks {
     pinned: Vec<Algorithm>,
     min_refetch: Duration,
     current: ArcSwapOption<KeySet>,
-    /// Serializes fetches and remembers when the last one started, for the unknown-`kid` limit.
+    /// Serializes fetches and remembers when the last unknown-`kid` fetch started: background
+    /// refreshes do not count against that limit, so the first token signed with a freshly
+    /// rotated key is verified at once.
     fetch_gate: Mutex<Option<Instant>>,
     loaded: watch::Sender<bool>,
 }
@@ -178,8 +180,7 @@ impl Jwks {
 
     /// Fetches now and publishes the result; on failure the last good set stays in place.
     pub async fn refresh(&self) -> Result<Arc<KeySet>, JwksError> {
-        let mut last = self.fetch_gate.lock().await;
-        *last = Some(Instant::now());
+        let _gate = self.fetch_gate.lock().await;
         self.fetch_and_publish().await
     }
 
@@ -191,10 +192,11 @@ impl Jwks {
         seen: &Arc<KeySet>,
     ) -> Result<Option<Arc<KeySet>>, JwksError> {
         let mut last = self.fetch_gate.lock().await;
-        if let Some(current) = self.snapshot() {
-            if !Arc::ptr_eq(&current, seen) && current.fetched_at > seen.fetched_at {
-                return Ok(Some(current));
-            }
+        if let Some(current) = self.snapshot()
+            && !Arc::ptr_eq(&current, seen)
+            && current.fetched_at > seen.fetched_at
+        {
+            return Ok(Some(current));
         }
         if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
             return Ok(None);

@@ -1,0 +1,109 @@
+//! The real `m2m-authz` binary as a process: config written to a temp dir, started with
+//! `serve --config`, ready once its gRPC health says SERVING.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::process::{ChildGuard, TempDir, free_addr, log_file, tail};
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Sidecar {
+    pub child: ChildGuard,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_m2m-authz")
+}
+
+impl Sidecar {
+    /// Starts the binary with `config` (YAML without `listen`), on a free port.
+    pub async fn start(config: &str) -> Sidecar {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        let dir = TempDir::new("sidecar");
+        let addr = free_addr();
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            format!("listen:\n  grpc: \"{addr}\"\n  drain_timeout: 5s\n{config}"),
+        )
+        .unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("M2M_AUTHZ_LOG", "m2m_authz=debug,info")
+            .env("M2M_AUTHZ_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log_file(&dir.join("stdout.log")))
+            .stderr(log_file(&dir.join("stderr.log")));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = ChildGuard::spawn("m2m-authz", &mut cmd);
+        let mut sidecar = Sidecar { child, addr, dir };
+        sidecar.wait_serving(READY_TIMEOUT).await;
+        sidecar
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Polls gRPC health until SERVING; panics with the log tail on timeout or exit.
+    pub async fn wait_serving(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait() {
+                panic!("m2m-authz exited early ({status}):\n{}", self.logs());
+            }
+            if self.health().await == Some(ServingStatus::Serving) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("m2m-authz not SERVING after {timeout:?}:\n{}", self.logs());
+            }
+            tokio::time::sleep(super::process::POLL_INTERVAL).await;
+        }
+    }
+
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let channel = Channel::from_shared(self.url())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let r = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(r.into_inner().status).ok()
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(self.url())
+            .await
+            .expect("connect to m2m-authz")
+    }
+
+    pub fn logs(&self) -> String {
+        tail(&self.dir.join("stderr.log"), 60)
+    }
+
+    pub fn full_logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+}

@@ -1,0 +1,234 @@
+//! The real binary: its command line, config errors, health gating on the first JWKS load, Check
+//! over gRPC, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::process::TempDir;
+use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
+use common::sidecar::{Sidecar, binary};
+use m2m_authz::proto::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
+};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+fn provider_yaml(p: &FakeProvider) -> String {
+    format!(
+        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n",
+        p.token_url(),
+        p.jwks_url()
+    )
+}
+
+fn check_request(headers: &[(&str, String)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn basic(id: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+#[test]
+fn version_and_config_checks() {
+    let out = Command::new(binary()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    let dir = TempDir::new("check-config");
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "provider: {kind: stytch, project_id: project-test-1, base_url: 'https://test.stytch.com'}\n").unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("ok:"), "{stdout}");
+
+    // The environment variable names the file too.
+    let out = Command::new(binary())
+        .arg("check-config")
+        .env("M2M_AUTHZ_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    let cases = [
+        (
+            "provider: {kind: oauth2, token_url: 'http://a/t'}\n",
+            "provider.jwks_url",
+        ),
+        (
+            "provider: {kind: stytch, project_id: p, base_url: 'https://x'}\nlisten: {grpc: 'nowhere'}\n",
+            "listen.grpc",
+        ),
+        (
+            "provider: {kind: stytch, project_id: p, base_url: 'https://x'}\ncache: {max_entris: 3}\n",
+            "max_entris",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, yaml).unwrap();
+        for sub in ["check-config", "serve"] {
+            let out = Command::new(binary())
+                .args([sub, "--config"])
+                .arg(&bad)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{sub} accepted {yaml}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{sub}: one line, got {stderr}"
+            );
+            assert!(
+                stderr.contains(field),
+                "{sub}: {stderr} should name {field}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+    let out = Command::new(binary())
+        .args(["serve", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
+}
+
+#[tokio::test]
+async fn health_waits_for_keys_then_checks_are_answered() {
+    let p = FakeProvider::start().await;
+    p.add_client("client-1", "s3cret-process", "user-1");
+    p.set_mode(Mode::Failing);
+    // Start without waiting for SERVING: the JWKS endpoint is failing.
+    let dir = TempDir::new("health");
+    let addr = common::process::free_addr();
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {{grpc: '{addr}', drain_timeout: 2s}}\n{}",
+            provider_yaml(&p)
+        ),
+    )
+    .unwrap();
+    let child = common::process::ChildGuard::spawn(
+        "m2m-authz",
+        Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("M2M_AUTHZ_LOG_FORMAT", "json")
+            .stderr(common::process::log_file(&dir.join("stderr.log"))),
+    );
+    let mut sidecar = Sidecar { child, addr, dir };
+    common::process::wait_for_tcp(addr, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        sidecar.health().await,
+        Some(ServingStatus::NotServing),
+        "no keys yet"
+    );
+    // A check before keys load cannot be decided: UNAVAILABLE, so Envoy fails closed.
+    let err = sidecar
+        .client()
+        .await
+        .check(check_request(&[(
+            "authorization",
+            basic("client-1", "s3cret-process"),
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+
+    p.set_mode(Mode::Normal);
+    sidecar.wait_serving(Duration::from_secs(20)).await;
+
+    let mut client = sidecar.client().await;
+    let ok = client
+        .check(check_request(&[(
+            "authorization",
+            basic("client-1", "s3cret-process"),
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = ok.http_response else {
+        panic!("not allowed")
+    };
+    let user = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-user-id")
+        .unwrap();
+    assert_eq!(user.value, "user-1");
+
+    let denied = client.check(check_request(&[])).await.unwrap().into_inner();
+    let Some(HttpResponse::DeniedResponse(d)) = denied.http_response else {
+        panic!("not denied")
+    };
+    assert_eq!(d.status.unwrap().code, 401);
+
+    // SIGTERM: a prompt, clean exit.
+    let status = sidecar.child.stop().expect("exited");
+    assert!(status.success(), "exit status {status}");
+    let logs = sidecar.full_logs();
+    assert!(!logs.contains("s3cret-process"), "a secret reached the log");
+    assert!(logs.contains("shutting down"), "{logs}");
+}
+
+/// Every sample config shipped under deploy/ passes `check-config`.
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = common::repo_root().join("deploy/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(binary())
+                .args(["check-config", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "found {n} configs");
+}
