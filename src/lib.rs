@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod ext_authz;
 mod http_body;
 pub mod identity;
+pub mod issuer;
 pub mod jwks;
 pub mod provider;
 pub mod request;

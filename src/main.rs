@@ -32,6 +32,11 @@ enum Command {
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
     },
+    /// Run the embedded Stytch-compatible issuer, or manage its signing keys.
+    Issuer(m2m_authz::issuer::IssuerArgs),
+    /// Manage the embedded issuer's M2M clients (works on its database file).
+    #[command(subcommand)]
+    Clients(m2m_authz::issuer::ClientsCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", config.summary());
             Ok(())
         }
+        Command::Issuer(args) => {
+            telemetry::init();
+            tokio::runtime::Runtime::new()?.block_on(m2m_authz::issuer::run_issuer_command(args))
+        }
+        Command::Clients(command) => m2m_authz::issuer::run_clients_command(command),
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             telemetry::init();

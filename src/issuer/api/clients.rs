@@ -1,0 +1,372 @@
+//! `/v1/m2m/clients…`: client management, behind the project's credentials.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::{AppState, blocking, success};
+use crate::issuer::clients::{self, ClientError, ClientUpdate, ClientView, NewClient};
+use crate::issuer::secrets::generate_request_id;
+use crate::issuer::store::{ClientQuery, ClientStatus, Filter, FilterField, StoreError};
+
+const DEFAULT_SEARCH_LIMIT: u64 = 100;
+const MAX_SEARCH_LIMIT: u64 = 1000;
+const CURSOR_PREFIX: &str = "m2m-clients-after:";
+
+fn bad_request(error_type: &str, message: impl Into<String>, request_id: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, error_type, message, request_id)
+}
+
+/// Parses a JSON body, naming the offending field on failure. An empty body
+/// counts as `{}` so endpoints with only optional fields accept bare POSTs.
+fn parse_body<T: DeserializeOwned>(body: &Bytes, request_id: &str) -> Result<T, ApiError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            format!("invalid JSON body: {inner}")
+        } else {
+            format!("invalid JSON body at {path}: {inner}")
+        };
+        bad_request("invalid_request", message, request_id)
+    })
+}
+
+fn client_error(e: ClientError, request_id: &str) -> ApiError {
+    match e {
+        ClientError::NotFound(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "m2m_client_not_found",
+            e.to_string(),
+            request_id,
+        ),
+        ClientError::Invalid { field, .. } => {
+            bad_request(&format!("invalid_{field}"), e.to_string(), request_id)
+        }
+        ClientError::RotationInProgress(_) => {
+            bad_request("secret_rotation_in_progress", e.to_string(), request_id)
+        }
+        ClientError::NoRotation(_) => {
+            bad_request("no_secret_rotation_in_progress", e.to_string(), request_id)
+        }
+        ClientError::Store(StoreError::DuplicateClientId(_)) => {
+            bad_request("duplicate_client_id", e.to_string(), request_id)
+        }
+        ClientError::Store(StoreError::DuplicateClientName(_)) => {
+            bad_request("duplicate_client_name", e.to_string(), request_id)
+        }
+        ClientError::Store(other) => {
+            tracing::error!(%request_id, error = %other, "issuer database failure");
+            ApiError::internal(request_id)
+        }
+    }
+}
+
+/// Runs a client operation on a blocking thread and maps its errors.
+async fn run<T, F>(state: &Arc<AppState>, request_id: &str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, ClientError> + Send + 'static,
+{
+    match blocking(state, f).await {
+        Ok(result) => result.map_err(|e| client_error(e, request_id)),
+        Err(join) => {
+            tracing::error!(%request_id, error = %join, "client operation task failed");
+            Err(ApiError::internal(request_id))
+        }
+    }
+}
+
+fn client_response(request_id: &str, view: ClientView) -> Response {
+    success(request_id, json!({ "m2m_client": view }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    client_id: Option<String>,
+    client_name: Option<String>,
+    client_description: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    trusted_metadata: Option<Map<String, Value>>,
+}
+
+pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let body: CreateBody = parse_body(&body, &rid)?;
+    let new = NewClient {
+        client_id: body.client_id,
+        client_name: body.client_name.unwrap_or_default(),
+        client_description: body.client_description.unwrap_or_default(),
+        scopes: body.scopes,
+        trusted_metadata: body.trusted_metadata.unwrap_or_default(),
+    };
+    let (record, secret) = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::create(store, &s.template, new))
+    })
+    .await?;
+    tracing::info!(client_id = %record.client_id, "created m2m client");
+    let mut view = ClientView::from(&record);
+    view.client_secret = Some(secret.expose().to_owned());
+    Ok(client_response(&rid, view))
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let record = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::get(store, &client_id))
+    })
+    .await?;
+    Ok(client_response(&rid, ClientView::from(&record)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    client_name: Option<String>,
+    client_description: Option<String>,
+    status: Option<String>,
+    scopes: Option<Vec<String>>,
+    trusted_metadata: Option<Map<String, Value>>,
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let body: UpdateBody = parse_body(&body, &rid)?;
+    let status = match body.status.as_deref() {
+        None => None,
+        Some(s) => Some(ClientStatus::parse(s).ok_or_else(|| {
+            bad_request(
+                "invalid_status",
+                format!("status must be \"active\" or \"inactive\", not {s:?}"),
+                &rid,
+            )
+        })?),
+    };
+    let change = ClientUpdate {
+        client_name: body.client_name,
+        client_description: body.client_description,
+        status,
+        scopes: body.scopes,
+        trusted_metadata: body.trusted_metadata,
+    };
+    let record = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::update(store, &s.template, &client_id, change))
+    })
+    .await?;
+    Ok(client_response(&rid, ClientView::from(&record)))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let id = client_id.clone();
+    run(&state, &rid, move |s| {
+        s.with_store(|store| clients::delete(store, &id))
+    })
+    .await?;
+    tracing::info!(%client_id, "deleted m2m client");
+    Ok(success(&rid, json!({ "client_id": client_id })))
+}
+
+pub async fn rotate_start(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let (record, next) = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::rotate_start(store, &client_id))
+    })
+    .await?;
+    let mut view = ClientView::from(&record);
+    view.next_client_secret = Some(next.expose().to_owned());
+    Ok(client_response(&rid, view))
+}
+
+pub async fn rotate_complete(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let record = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::rotate_complete(store, &client_id))
+    })
+    .await?;
+    Ok(client_response(&rid, ClientView::from(&record)))
+}
+
+pub async fn rotate_cancel(
+    State(state): State<Arc<AppState>>,
+    Path(client_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let record = run(&state, &rid, move |s| {
+        s.with_store(|store| clients::rotate_cancel(store, &client_id))
+    })
+    .await?;
+    Ok(client_response(&rid, ClientView::from(&record)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    limit: Option<u64>,
+    cursor: Option<String>,
+    query: Option<SearchQuery>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    operator: String,
+    #[serde(default)]
+    operands: Vec<SearchOperand>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchOperand {
+    filter_name: String,
+    filter_value: Vec<String>,
+}
+
+fn encode_cursor(after: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{after}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.strip_prefix(CURSOR_PREFIX)?.parse().ok()
+}
+
+fn to_query(query: Option<SearchQuery>, rid: &str) -> Result<ClientQuery, ApiError> {
+    let Some(query) = query else {
+        return Ok(ClientQuery::default());
+    };
+    let any = match query.operator.to_ascii_uppercase().as_str() {
+        "AND" => false,
+        "OR" => true,
+        _ => {
+            return Err(bad_request(
+                "invalid_search_query",
+                format!("query.operator must be AND or OR, not {:?}", query.operator),
+                rid,
+            ));
+        }
+    };
+    let mut filters = Vec::with_capacity(query.operands.len());
+    for operand in query.operands {
+        let field = match operand.filter_name.as_str() {
+            "client_id" => FilterField::ClientId,
+            "client_name" => FilterField::ClientName,
+            "status" => FilterField::Status,
+            "scopes" => FilterField::Scopes,
+            other => {
+                return Err(bad_request(
+                    "invalid_search_query",
+                    format!(
+                        "unknown filter_name {other:?} (use client_id, client_name, status or scopes)"
+                    ),
+                    rid,
+                ));
+            }
+        };
+        if operand.filter_value.is_empty() {
+            return Err(bad_request(
+                "invalid_search_query",
+                format!(
+                    "filter {:?} needs at least one filter_value",
+                    operand.filter_name
+                ),
+                rid,
+            ));
+        }
+        filters.push(Filter {
+            field,
+            values: operand.filter_value,
+        });
+    }
+    Ok(ClientQuery { any, filters })
+}
+
+pub async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let rid = generate_request_id();
+    let body: SearchBody = parse_body(&body, &rid)?;
+    let limit = body.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
+    if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
+        return Err(bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_SEARCH_LIMIT}"),
+            &rid,
+        ));
+    }
+    let after = match body.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+            bad_request(
+                "invalid_cursor",
+                "cursor is not one this issuer returned",
+                &rid,
+            )
+        })?),
+    };
+    let query = to_query(body.query, &rid)?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let page = run(&state, &rid, move |s| {
+        s.with_store(|store| {
+            store
+                .search_clients(&query, after, limit)
+                .map_err(ClientError::from)
+        })
+    })
+    .await?;
+    let views: Vec<ClientView> = page.clients.iter().map(ClientView::from).collect();
+    Ok(success(
+        &rid,
+        json!({
+            "m2m_clients": views,
+            "results_metadata": {
+                "total": page.total,
+                "next_cursor": page.next_after.map(encode_cursor),
+            },
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("other:1")), None);
+    }
+}

@@ -1,0 +1,727 @@
+//! `m2m-authz issuer …` and `m2m-authz clients …`.
+//!
+//! The `clients` commands and the key commands work on the database file
+//! named by the config, not through the HTTP API, so they need no running
+//! server and no project secret on the command line. Running them while the
+//! server is up is safe: SQLite's WAL mode plus a transaction around every
+//! write keep both processes consistent, and the server reads clients and
+//! keys from the file on each request, so changes apply at once.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+use super::clients::{self, ClientView, NewClient};
+use super::config::IssuerConfig;
+use super::keyring;
+use super::store::{ClientQuery, ClientRecord, ClientStatus, KeyState, Store};
+use super::{Issuer, IssuerError};
+
+/// `--config FILE`: the issuer's YAML configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Issuer configuration file (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `issuer --config FILE` serves; `issuer <COMMAND> --config FILE` manages
+/// signing keys.
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct IssuerArgs {
+    #[command(subcommand)]
+    pub command: Option<IssuerCommand>,
+    /// Issuer configuration file (YAML); serves the issuer.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IssuerCommand {
+    /// Run the issuer's HTTP server (what `issuer --config FILE` does).
+    Serve(ConfigArg),
+    /// Make a new key the signing key; the old one stays in the JWKS so the
+    /// tokens it signed keep verifying.
+    RotateKey(ConfigArg),
+    /// Remove a key that no longer signs from the JWKS.
+    RetireKey {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Key id to retire (see `issuer keys`).
+        #[arg(long)]
+        kid: String,
+    },
+    /// List signing keys and their states.
+    Keys(ConfigArg),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotateStep {
+    /// Add a second secret (printed once); both work until completion.
+    Start,
+    /// Make the new secret the only one.
+    Complete,
+    /// Drop the new secret.
+    Cancel,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// User the client acts for; stored as trusted_metadata.user_id.
+    #[arg(long)]
+    pub user_id: String,
+    /// Space-separated scopes, e.g. "read:orders write:orders".
+    #[arg(long, default_value = "")]
+    pub scopes: String,
+    /// Client name (unique when given).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Free-text description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Further trusted metadata, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
+    /// Client id to use instead of a generated one.
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Print JSON: {"client_id","client_secret","user_id","scopes"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client; prints its secret once.
+    Create(CreateArgs),
+    /// List all clients.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the clients as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one client.
+    Get {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client id (m2m-client-test-…).
+        client_id: String,
+        /// Print the client as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate a client's secret: start, then complete or cancel.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_enum)]
+        step: RotateStep,
+        /// Client id (m2m-client-test-…).
+        client_id: String,
+        /// Print JSON; for `start`: {"client_id","next_client_secret"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse tokens to a client without deleting it.
+    Deactivate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client id (m2m-client-test-…).
+        client_id: String,
+    },
+    /// Allow a deactivated client again.
+    Activate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client id (m2m-client-test-…).
+        client_id: String,
+    },
+    /// Delete a client for good.
+    Delete {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Client id (m2m-client-test-…).
+        client_id: String,
+    },
+}
+
+/// Runs `issuer …`. Serving runs until Ctrl-C or SIGTERM.
+pub async fn run_issuer_command(args: IssuerArgs) -> anyhow::Result<()> {
+    let command = match (args.command, args.config) {
+        (Some(command), _) => command,
+        (None, Some(config)) => IssuerCommand::Serve(ConfigArg { config }),
+        (None, None) => bail!("issuer needs --config FILE"),
+    };
+    match command {
+        IssuerCommand::Serve(arg) => serve_from_file(&arg.config).await,
+        other => tokio::task::spawn_blocking(move || {
+            let stdout = std::io::stdout();
+            execute_key_command(other, &mut stdout.lock())
+        })
+        .await
+        .context("key command task failed")?,
+    }
+}
+
+async fn serve_from_file(path: &Path) -> anyhow::Result<()> {
+    let config = IssuerConfig::load(path)?;
+    let addr = config.listen;
+    let issuer = Issuer::open_async(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| IssuerError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    let endpoints = issuer.config().endpoints(bound);
+    println!("embedded issuer listening on {bound}");
+    println!("  token URL: {}", endpoints.token_url);
+    println!("  JWKS URL:  {}", endpoints.jwks_url);
+    println!("  issuer:    {}", endpoints.issuer);
+    println!("  audience:  {}", endpoints.audience);
+    issuer.serve_on(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    // Without a handler, waiting forever is the only safe reading of a failed
+    // registration: the process still stops on the default signal action.
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn open_store(config: &IssuerConfig) -> anyhow::Result<Store> {
+    Ok(Store::open(&config.database)?)
+}
+
+fn execute_key_command(command: IssuerCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        IssuerCommand::Serve(_) => bail!("serve is not a key command"),
+        IssuerCommand::RotateKey(arg) => {
+            let config = IssuerConfig::load(&arg.config)?;
+            let mut store = open_store(&config)?;
+            let rotation = keyring::rotate(&mut store)?;
+            writeln!(out, "new signing key: {}", rotation.new_kid)?;
+            if let Some(previous) = rotation.previous_kid {
+                writeln!(
+                    out,
+                    "previous key {previous} stays in the JWKS; remove it later with \
+                     `issuer retire-key --kid {previous}`"
+                )?;
+            }
+        }
+        IssuerCommand::RetireKey { config, kid } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let mut store = open_store(&config)?;
+            keyring::retire(&mut store, &kid)?;
+            writeln!(out, "retired key {kid}; tokens it signed no longer verify")?;
+        }
+        IssuerCommand::Keys(arg) => {
+            let config = IssuerConfig::load(&arg.config)?;
+            let store = open_store(&config)?;
+            for key in store.all_keys()? {
+                let note = match key.state {
+                    KeyState::Active => "signs new tokens; in JWKS",
+                    KeyState::Published => "in JWKS only",
+                    KeyState::Retired => "not in JWKS",
+                };
+                let retired = key
+                    .retired_at
+                    .map(|t| format!(" (retired {})", unix_time(t)))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "{}\t{}\tcreated {}\t{note}{retired}",
+                    key.kid,
+                    key.state.as_str(),
+                    unix_time(key.created_at)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unix_time(secs: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Runs `clients …`, printing to stdout.
+pub fn run_clients_command(command: ClientsCommand) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    execute_clients_command(command, &mut stdout.lock())
+}
+
+fn user_id(client: &ClientRecord) -> String {
+    match client.trusted_metadata.get("user_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn print_client(out: &mut dyn Write, client: &ClientRecord) -> anyhow::Result<()> {
+    writeln!(out, "client_id:          {}", client.client_id)?;
+    writeln!(out, "client_name:        {}", client.client_name)?;
+    if !client.client_description.is_empty() {
+        writeln!(out, "client_description: {}", client.client_description)?;
+    }
+    writeln!(out, "status:             {}", client.status.as_str())?;
+    writeln!(out, "scopes:             {}", client.scopes.join(" "))?;
+    writeln!(
+        out,
+        "trusted_metadata:   {}",
+        Value::Object(client.trusted_metadata.clone())
+    )?;
+    writeln!(out, "secret ends with:   {}", client.secret.last_four)?;
+    if let Some(next) = &client.next_secret {
+        writeln!(
+            out,
+            "next secret ends:   {} (rotation in progress)",
+            next.last_four
+        )?;
+    }
+    Ok(())
+}
+
+fn execute_clients_command(command: ClientsCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        ClientsCommand::Create(args) => create(args, out),
+        ClientsCommand::List { config, json } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let mut store = open_store(&config)?;
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.search_clients(&ClientQuery::default(), after, 1000)?;
+                all.extend(page.clients);
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            if json {
+                let views: Vec<ClientView> = all.iter().map(ClientView::from).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
+            } else if all.is_empty() {
+                writeln!(out, "no clients")?;
+            } else {
+                writeln!(out, "CLIENT_ID\tSTATUS\tUSER_ID\tSCOPES\tNAME")?;
+                for c in &all {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}",
+                        c.client_id,
+                        c.status.as_str(),
+                        user_id(c),
+                        c.scopes.join(" "),
+                        c.client_name
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        ClientsCommand::Get {
+            config,
+            client_id,
+            json,
+        } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let store = open_store(&config)?;
+            let client = clients::get(&store, &client_id)?;
+            if json {
+                let view = ClientView::from(&client);
+                writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            } else {
+                print_client(out, &client)?;
+            }
+            Ok(())
+        }
+        ClientsCommand::Rotate {
+            config,
+            step,
+            client_id,
+            json,
+        } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let mut store = open_store(&config)?;
+            match step {
+                RotateStep::Start => {
+                    let (_, next) = clients::rotate_start(&mut store, &client_id)?;
+                    if json {
+                        let body = json!({
+                            "client_id": client_id,
+                            "next_client_secret": next.expose(),
+                        });
+                        writeln!(out, "{body}")?;
+                    } else {
+                        writeln!(out, "client_id:          {client_id}")?;
+                        writeln!(out, "next_client_secret: {}", next.expose())?;
+                        writeln!(
+                            out,
+                            "Both secrets work until `clients rotate complete` (or `cancel`). \
+                             The new secret is shown only once."
+                        )?;
+                    }
+                }
+                RotateStep::Complete => {
+                    clients::rotate_complete(&mut store, &client_id)?;
+                    writeln!(out, "{client_id}: the new secret is now the only one")?;
+                }
+                RotateStep::Cancel => {
+                    clients::rotate_cancel(&mut store, &client_id)?;
+                    writeln!(
+                        out,
+                        "{client_id}: rotation cancelled; the new secret no longer works"
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        ClientsCommand::Deactivate { config, client_id } => {
+            set_status(&config.config, &client_id, ClientStatus::Inactive)?;
+            writeln!(out, "{client_id}: deactivated (token requests are refused)")?;
+            Ok(())
+        }
+        ClientsCommand::Activate { config, client_id } => {
+            set_status(&config.config, &client_id, ClientStatus::Active)?;
+            writeln!(out, "{client_id}: activated")?;
+            Ok(())
+        }
+        ClientsCommand::Delete { config, client_id } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let mut store = open_store(&config)?;
+            clients::delete(&mut store, &client_id)?;
+            writeln!(out, "{client_id}: deleted")?;
+            Ok(())
+        }
+    }
+}
+
+fn set_status(path: &Path, client_id: &str, status: ClientStatus) -> anyhow::Result<()> {
+    let config = IssuerConfig::load(path)?;
+    let template = config.parsed_template()?;
+    let mut store = open_store(&config)?;
+    clients::set_status(&mut store, &template, client_id, status)?;
+    Ok(())
+}
+
+fn create(args: CreateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = IssuerConfig::load(&args.config.config)?;
+    let template = config.parsed_template()?;
+    let mut metadata: Map<String, Value> = match &args.metadata {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => bail!("--metadata must be a JSON object"),
+            Err(e) => bail!("--metadata is not valid JSON: {e}"),
+        },
+    };
+    if metadata.contains_key("user_id") {
+        bail!("give the user id with --user-id, not inside --metadata");
+    }
+    if args.user_id.is_empty() {
+        bail!("--user-id must not be empty");
+    }
+    metadata.insert("user_id".into(), Value::String(args.user_id.clone()));
+    let scopes = super::scopes::parse_space_separated(&args.scopes)?;
+    let mut store = open_store(&config)?;
+    let (client, secret) = clients::create(
+        &mut store,
+        &template,
+        NewClient {
+            client_id: args.client_id,
+            client_name: args.name.unwrap_or_default(),
+            client_description: args.description.unwrap_or_default(),
+            scopes,
+            trusted_metadata: metadata,
+        },
+    )?;
+    if args.json {
+        let body = json!({
+            "client_id": client.client_id,
+            "client_secret": secret.expose(),
+            "user_id": args.user_id,
+            "scopes": client.scopes,
+        });
+        writeln!(out, "{body}")?;
+    } else {
+        writeln!(out, "client_id:     {}", client.client_id)?;
+        writeln!(out, "client_secret: {}", secret.expose())?;
+        writeln!(out, "user_id:       {}", args.user_id)?;
+        writeln!(out, "scopes:        {}", client.scopes.join(" "))?;
+        writeln!(
+            out,
+            "The secret is shown only once and cannot be recovered; store it now."
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::store::tests::TempDb;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: TestCommand,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum TestCommand {
+        Issuer(IssuerArgs),
+        #[command(subcommand)]
+        Clients(ClientsCommand),
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCommand, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("m2m-authz").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn clap_shapes() {
+        use clap::CommandFactory as _;
+        TestCli::command().debug_assert();
+
+        match parse(&["issuer", "--config", "f.yaml"]).unwrap() {
+            TestCommand::Issuer(IssuerArgs {
+                command: None,
+                config: Some(p),
+            }) => assert_eq!(p, PathBuf::from("f.yaml")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["issuer", "rotate-key", "--config", "f.yaml"]).unwrap(),
+            TestCommand::Issuer(IssuerArgs {
+                command: Some(IssuerCommand::RotateKey(_)),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["issuer", "retire-key", "--config", "f", "--kid", "k"]).unwrap(),
+            TestCommand::Issuer(IssuerArgs {
+                command: Some(IssuerCommand::RetireKey { .. }),
+                ..
+            })
+        ));
+        assert!(parse(&["issuer"]).is_err());
+        assert!(matches!(
+            parse(&[
+                "clients",
+                "create",
+                "--config",
+                "f",
+                "--user-id",
+                "u",
+                "--scopes",
+                "read:orders",
+                "--json"
+            ])
+            .unwrap(),
+            TestCommand::Clients(ClientsCommand::Create(CreateArgs { json: true, .. }))
+        ));
+        assert!(matches!(
+            parse(&["clients", "rotate", "start", "--config", "f", "ID"]).unwrap(),
+            TestCommand::Clients(ClientsCommand::Rotate {
+                step: RotateStep::Start,
+                ..
+            })
+        ));
+        for args in [
+            &["clients", "list", "--config", "f"][..],
+            &["clients", "get", "--config", "f", "ID"],
+            &["clients", "deactivate", "--config", "f", "ID"],
+            &["clients", "activate", "--config", "f", "ID"],
+            &["clients", "delete", "--config", "f", "ID"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+    }
+
+    struct Env {
+        db: TempDb,
+        config: PathBuf,
+    }
+
+    fn env() -> Env {
+        let db = TempDb::new();
+        let config = db.dir.join("issuer.yaml");
+        std::fs::write(
+            &config,
+            "project_secret: cli-test-secret-0123456789\ndatabase: cli.db\n",
+        )
+        .unwrap();
+        Env { db, config }
+    }
+
+    fn run(command: ClientsCommand) -> anyhow::Result<String> {
+        let mut out = Vec::new();
+        execute_clients_command(command, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    fn cfg(env: &Env) -> ConfigArg {
+        ConfigArg {
+            config: env.config.clone(),
+        }
+    }
+
+    fn create_args(env: &Env, user: &str, scopes: &str) -> CreateArgs {
+        CreateArgs {
+            config: cfg(env),
+            user_id: user.into(),
+            scopes: scopes.into(),
+            name: None,
+            description: None,
+            metadata: None,
+            client_id: None,
+            json: true,
+        }
+    }
+
+    #[test]
+    fn clients_commands_work_on_the_database() {
+        let env = env();
+        let out = run(ClientsCommand::Create(create_args(
+            &env,
+            "u1",
+            "read:orders",
+        )))
+        .unwrap();
+        let created: Value = serde_json::from_str(&out).unwrap();
+        let id = created["client_id"].as_str().unwrap().to_owned();
+        assert!(
+            created["client_secret"]
+                .as_str()
+                .unwrap()
+                .starts_with("secret-test-")
+        );
+        assert_eq!(created["user_id"], "u1");
+        assert_eq!(created["scopes"], json!(["read:orders"]));
+        assert!(
+            env.db.dir.join("cli.db").exists(),
+            "database sits beside the config"
+        );
+
+        let listed = run(ClientsCommand::List {
+            config: cfg(&env),
+            json: false,
+        })
+        .unwrap();
+        assert!(listed.contains(&id) && listed.contains("u1"), "{listed}");
+
+        run(ClientsCommand::Deactivate {
+            config: cfg(&env),
+            client_id: id.clone(),
+        })
+        .unwrap();
+        let got = run(ClientsCommand::Get {
+            config: cfg(&env),
+            client_id: id.clone(),
+            json: true,
+        })
+        .unwrap();
+        let got: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(got["status"], "inactive");
+        assert!(got.get("client_secret").is_none());
+
+        let rotated = run(ClientsCommand::Rotate {
+            config: cfg(&env),
+            step: RotateStep::Start,
+            client_id: id.clone(),
+            json: true,
+        })
+        .unwrap();
+        let rotated: Value = serde_json::from_str(&rotated).unwrap();
+        assert!(rotated["next_client_secret"].as_str().is_some());
+
+        run(ClientsCommand::Delete {
+            config: cfg(&env),
+            client_id: id.clone(),
+        })
+        .unwrap();
+        let err = run(ClientsCommand::Get {
+            config: cfg(&env),
+            client_id: id,
+            json: false,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_gives_one_line_errors() {
+        let env = env();
+        let mut named = create_args(&env, "u1", "");
+        named.name = Some("bot".into());
+        run(ClientsCommand::Create(named.clone())).unwrap();
+        let err = run(ClientsCommand::Create(named)).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        let err = run(ClientsCommand::Create(create_args(&env, "u", "bad\"scope")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scope"), "{err}");
+        let err = run(ClientsCommand::Deactivate {
+            config: cfg(&env),
+            client_id: "nope".into(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not found"), "{err}");
+        assert!(!err.contains('\n'), "one-line error: {err:?}");
+    }
+
+    #[test]
+    fn key_commands_rotate_and_retire() {
+        let env = env();
+        let config = IssuerConfig::load(&env.config).unwrap();
+        drop(Issuer::open(config).unwrap());
+        let mut out = Vec::new();
+        execute_key_command(IssuerCommand::RotateKey(cfg(&env)), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let previous = text
+            .split_whitespace()
+            .skip_while(|w| *w != "previous")
+            .nth(2)
+            .unwrap()
+            .to_owned();
+        let mut out = Vec::new();
+        execute_key_command(
+            IssuerCommand::RetireKey {
+                config: cfg(&env),
+                kid: previous.clone(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        execute_key_command(IssuerCommand::Keys(cfg(&env)), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!("{previous}\tretired")), "{text}");
+        assert_eq!(text.matches("\tactive\t").count(), 1, "{text}");
+    }
+}

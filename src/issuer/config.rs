@@ -1,0 +1,426 @@
+//! Issuer configuration (YAML).
+//!
+//! # The project secret
+//!
+//! The management API (`/v1/m2m/clients…`) is guarded by HTTP Basic
+//! `project_id:project_secret`, as in Stytch. The secret may be written in the
+//! file as `project_secret`, or given in the environment variable
+//! [`PROJECT_SECRET_ENV`]; when the variable is set and non-empty it wins, so a
+//! committed example file can hold a placeholder that each deployment
+//! overrides without editing. [`IssuerConfig::load`] applies the variable;
+//! code that builds a config by hand calls [`IssuerConfig::apply_env`] itself
+//! if it wants the same behaviour. Either way the secret must be at least
+//! [`MIN_PROJECT_SECRET_LEN`] characters: it guards minting credentials.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+use super::secrets::ProjectSecret;
+use super::template::{ClaimsTemplate, DEFAULT_CLAIMS_TEMPLATE};
+
+pub const PROJECT_SECRET_ENV: &str = "M2M_ISSUER_PROJECT_SECRET";
+pub const MIN_PROJECT_SECRET_LEN: usize = 16;
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read issuer config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid issuer config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("issuer config field `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Settings of the embedded issuer; every field has a default except the
+/// project secret.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Address the HTTP server binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SQLite file; [`IssuerConfig::load`] resolves a relative path against
+    /// the config file's directory, so the CLI finds the same database from
+    /// any working directory.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Appears in URLs, `iss` (`stytch.com/{project_id}`) and `aud`.
+    #[serde(default = "default_project_id")]
+    pub project_id: String,
+    /// See the module docs for the environment override.
+    #[serde(default)]
+    pub project_secret: Option<ProjectSecret>,
+    /// How long access tokens live (`expires_in`); humantime (`1h`, `15m`)
+    /// or a number of seconds.
+    #[serde(
+        default = "default_token_lifetime",
+        deserialize_with = "deserialize_lifetime"
+    )]
+    pub token_lifetime: Duration,
+    /// Custom-claims template; `None` means [`DEFAULT_CLAIMS_TEMPLATE`].
+    #[serde(default)]
+    pub claims_template: Option<String>,
+    /// Base URL clients use to reach the issuer, when it differs from
+    /// `http://{listen}` (behind a proxy, or when `listen` is a wildcard).
+    #[serde(default, deserialize_with = "deserialize_url")]
+    pub issuer_base_url: Option<url::Url>,
+}
+
+impl std::fmt::Debug for IssuerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerConfig")
+            .field("listen", &self.listen)
+            .field("database", &self.database)
+            .field("project_id", &self.project_id)
+            .field("project_secret", &self.project_secret)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("claims_template", &self.claims_template)
+            .field("issuer_base_url", &self.issuer_base_url)
+            .finish()
+    }
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            database: default_database(),
+            project_id: default_project_id(),
+            project_secret: None,
+            token_lifetime: default_token_lifetime(),
+            claims_template: None,
+            issuer_base_url: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9400))
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from("m2m-issuer.db")
+}
+
+fn default_project_id() -> String {
+    "project-test-local".to_owned()
+}
+
+fn default_token_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn deserialize_lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lifetime {
+        Seconds(u64),
+        Text(String),
+    }
+    match Lifetime::deserialize(d)? {
+        Lifetime::Seconds(s) => Ok(Duration::from_secs(s)),
+        Lifetime::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!("{t:?} is not a duration like \"1h\": {e}"))
+        }),
+    }
+}
+
+// Parsed by hand so the `url` crate's optional serde feature is not needed.
+fn deserialize_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    text.map(|t| {
+        url::Url::parse(&t)
+            .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a URL: {e}")))
+    })
+    .transpose()
+}
+
+/// Where the issuer's endpoints are, for a verifier configured against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerEndpoints {
+    pub base_url: String,
+    pub token_url: String,
+    pub jwks_url: String,
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Expected `aud` entry.
+    pub audience: String,
+}
+
+impl IssuerConfig {
+    /// Parses YAML without touching the environment or validating; `origin`
+    /// names the source in error messages.
+    pub fn from_yaml_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                message: if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                },
+            }
+        })
+    }
+
+    /// Reads the file, resolves a relative `database` against the file's
+    /// directory, applies [`PROJECT_SECRET_ENV`] and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_yaml_str(&text, path)?;
+        if config.database.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.database = dir.join(&config.database);
+        }
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Takes the project secret from [`PROJECT_SECRET_ENV`] when it is set
+    /// and non-empty.
+    pub fn apply_env(&mut self) {
+        if let Ok(secret) = std::env::var(PROJECT_SECRET_ENV)
+            && !secret.is_empty()
+        {
+            self.project_secret = Some(ProjectSecret::new(secret));
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.project_id.is_empty()
+            || !self
+                .project_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "project_id",
+                "must be non-empty and use only letters, digits, '-' and '_' (it appears in URLs)",
+            ));
+        }
+        match &self.project_secret {
+            None => {
+                return Err(invalid(
+                    "project_secret",
+                    format!("is required (in the file or in {PROJECT_SECRET_ENV})"),
+                ));
+            }
+            Some(s) if s.expose().chars().count() < MIN_PROJECT_SECRET_LEN => {
+                return Err(invalid(
+                    "project_secret",
+                    format!("must be at least {MIN_PROJECT_SECRET_LEN} characters"),
+                ));
+            }
+            Some(s) if s.expose().contains(':') => {
+                return Err(invalid(
+                    "project_secret",
+                    "must not contain ':' (it is sent in HTTP Basic credentials)",
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.token_lifetime < Duration::from_secs(1) || self.token_lifetime > MAX_TOKEN_LIFETIME
+        {
+            return Err(invalid("token_lifetime", "must be between 1s and 24h"));
+        }
+        if self.database.as_os_str().is_empty() {
+            return Err(invalid("database", "must not be empty"));
+        }
+        self.parsed_template()?;
+        if let Some(url) = &self.issuer_base_url
+            && (!matches!(url.scheme(), "http" | "https")
+                || url.host().is_none()
+                || url.query().is_some()
+                || url.fragment().is_some())
+        {
+            return Err(invalid(
+                "issuer_base_url",
+                "must be an http(s) URL without query or fragment",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn parsed_template(&self) -> Result<ClaimsTemplate, ConfigError> {
+        ClaimsTemplate::parse(
+            self.claims_template
+                .as_deref()
+                .unwrap_or(DEFAULT_CLAIMS_TEMPLATE),
+        )
+        .map_err(|e| invalid("claims_template", e.to_string()))
+    }
+
+    /// `iss` of every token, as Stytch sets it.
+    pub fn issuer(&self) -> String {
+        format!("stytch.com/{}", self.project_id)
+    }
+
+    /// Endpoint URLs under `issuer_base_url`, or under `http://{bound}` where
+    /// `bound` is the address actually listened on (it differs from `listen`
+    /// when that asks for port 0).
+    pub fn endpoints(&self, bound: SocketAddr) -> IssuerEndpoints {
+        let base_url = match &self.issuer_base_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        };
+        IssuerEndpoints {
+            token_url: format!("{base_url}/v1/public/{}/oauth2/token", self.project_id),
+            jwks_url: format!("{base_url}/v1/sessions/jwks/{}", self.project_id),
+            issuer: self.issuer(),
+            audience: self.project_id.clone(),
+            base_url,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<IssuerConfig, ConfigError> {
+        IssuerConfig::from_yaml_str(yaml, Path::new("test.yaml"))
+    }
+
+    const SECRET: &str = "project_secret: 0123456789abcdef\n";
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(SECRET).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9400".parse().unwrap());
+        assert_eq!(c.database, PathBuf::from("m2m-issuer.db"));
+        assert_eq!(c.project_id, "project-test-local");
+        assert_eq!(c.token_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.issuer(), "stytch.com/project-test-local");
+        assert_eq!(
+            c.parsed_template().unwrap().source(),
+            DEFAULT_CLAIMS_TEMPLATE
+        );
+    }
+
+    #[test]
+    fn lifetimes_accept_humantime_and_seconds() {
+        let c = parse(&format!("{SECRET}token_lifetime: 15m\n")).unwrap();
+        assert_eq!(c.token_lifetime, Duration::from_secs(900));
+        let c = parse(&format!("{SECRET}token_lifetime: 90\n")).unwrap();
+        assert_eq!(c.token_lifetime, Duration::from_secs(90));
+        let err = parse(&format!("{SECRET}token_lifetime: soon\n")).unwrap_err();
+        assert!(err.to_string().contains("token_lifetime"), "{err}");
+        let c = parse(&format!("{SECRET}token_lifetime: 2d\n")).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("token_lifetime")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse(&format!("{SECRET}projct_id: x\n")).unwrap_err();
+        assert!(err.to_string().contains("projct_id"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_required_and_checked() {
+        let c = parse("project_id: p\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "project_secret",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let c = parse("project_secret: short\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "project_secret",
+                ..
+            })
+        ));
+        let c = parse("project_secret: 'has:colon-0123456789'\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "project_secret",
+                ..
+            })
+        ));
+        assert!(!format!("{:?}", parse(SECRET).unwrap()).contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (yaml, field) in [
+            ("project_id: 'a b'\n", "project_id"),
+            ("claims_template: '{\"sub\": 1}'\n", "claims_template"),
+            ("issuer_base_url: 'ftp://x'\n", "issuer_base_url"),
+            ("database: ''\n", "database"),
+        ] {
+            let c = parse(&format!("{SECRET}{yaml}")).unwrap();
+            match c.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{yaml}"),
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_base_url_or_bound_address() {
+        let c = parse(&format!("{SECRET}project_id: p1\n")).unwrap();
+        let e = c.endpoints("127.0.0.1:5555".parse().unwrap());
+        assert_eq!(
+            e.token_url,
+            "http://127.0.0.1:5555/v1/public/p1/oauth2/token"
+        );
+        assert_eq!(e.jwks_url, "http://127.0.0.1:5555/v1/sessions/jwks/p1");
+        assert_eq!(e.issuer, "stytch.com/p1");
+        assert_eq!(e.audience, "p1");
+        let c = parse(&format!(
+            "{SECRET}project_id: p1\nissuer_base_url: https://issuer.example/\n"
+        ))
+        .unwrap();
+        let e = c.endpoints("127.0.0.1:1".parse().unwrap());
+        assert_eq!(e.jwks_url, "https://issuer.example/v1/sessions/jwks/p1");
+    }
+
+    #[test]
+    fn load_resolves_database_next_to_the_file() {
+        let db = crate::issuer::store::tests::TempDb::new();
+        let file = db.dir.join("issuer.yaml");
+        std::fs::write(&file, SECRET).unwrap();
+        let c = IssuerConfig::load(&file).unwrap();
+        assert_eq!(c.database, db.dir.join("m2m-issuer.db"));
+    }
+}

@@ -1,0 +1,911 @@
+//! SQLite persistence for clients and signing keys.
+//!
+//! The server and the `clients`/`issuer` CLI commands may open the same file at
+//! the same time (they are usually different processes). WAL mode lets readers
+//! proceed while one writer commits, every multi-statement write runs in an
+//! IMMEDIATE transaction (it takes the write lock up front, so two writers never
+//! deadlock upgrading read locks), and a busy timeout makes a writer wait for
+//! the other instead of failing. Nothing is cached across calls here, so each
+//! request sees what the CLI committed a moment ago.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::keys::{GeneratedKey, Pkcs8Der};
+use super::secrets::SecretHash;
+
+/// Schema migrations, applied in order; the database's `PRAGMA user_version`
+/// records how many have run. Append new files, never edit old ones.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open issuer database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "issuer database schema version {found} is newer than this binary supports ({supported}); \
+         use a newer m2m-authz"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("issuer database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("issuer database holds a corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("a client with client_id {0:?} already exists")]
+    DuplicateClientId(String),
+    #[error("a client named {0:?} already exists")]
+    DuplicateClientName(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientStatus {
+    Active,
+    Inactive,
+}
+
+impl ClientStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "inactive" => Some(Self::Inactive),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub hash: SecretHash,
+    pub last_four: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// Empty when the client has no name.
+    pub client_name: String,
+    pub client_description: String,
+    pub status: ClientStatus,
+    pub scopes: Vec<String>,
+    pub trusted_metadata: Map<String, Value>,
+    pub secret: StoredSecret,
+    /// Set while a secret rotation is in progress; both secrets are valid.
+    pub next_secret: Option<StoredSecret>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterField {
+    ClientId,
+    ClientName,
+    Status,
+    /// Matches clients holding any of the listed scopes.
+    Scopes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub field: FilterField,
+    /// Matches when the field equals any of these; must not be empty.
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientQuery {
+    /// `true` joins filters with OR, otherwise AND.
+    pub any: bool,
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientPage {
+    pub clients: Vec<ClientRecord>,
+    /// Number of clients matching the query, over all pages.
+    pub total: u64,
+    /// Row id to continue after, when more results remain.
+    pub next_after: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Published,
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Published => "published",
+            Self::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "published" => Some(Self::Published),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub pkcs8: Pkcs8Der,
+    pub state: KeyState,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetireOutcome {
+    Retired,
+    NotFound,
+    AlreadyRetired,
+    /// The signing key cannot be retired; rotate first.
+    IsActive,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+const CLIENT_COLUMNS: &str = "id, client_id, client_name, client_description, status, scopes, \
+     trusted_metadata, secret_hash, secret_last_four, next_secret_hash, next_secret_last_four, \
+     created_at";
+
+/// Columns exactly as stored; converted outside rusqlite's row closure so
+/// JSON and enum errors can be reported as corruption.
+struct RawClient {
+    id: i64,
+    client_id: String,
+    client_name: String,
+    client_description: String,
+    status: String,
+    scopes: String,
+    trusted_metadata: String,
+    secret_hash: Vec<u8>,
+    secret_last_four: String,
+    next_secret_hash: Option<Vec<u8>>,
+    next_secret_last_four: Option<String>,
+    created_at: i64,
+}
+
+impl RawClient {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            client_id: row.get(1)?,
+            client_name: row.get(2)?,
+            client_description: row.get(3)?,
+            status: row.get(4)?,
+            scopes: row.get(5)?,
+            trusted_metadata: row.get(6)?,
+            secret_hash: row.get(7)?,
+            secret_last_four: row.get(8)?,
+            next_secret_hash: row.get(9)?,
+            next_secret_last_four: row.get(10)?,
+            created_at: row.get(11)?,
+        })
+    }
+
+    fn into_record(self) -> Result<(i64, ClientRecord), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "client",
+            detail: format!("{}: {detail}", self.client_id),
+        };
+        let status = ClientStatus::parse(&self.status)
+            .ok_or_else(|| corrupt(format!("status {:?}", self.status)))?;
+        let scopes: Vec<String> =
+            serde_json::from_str(&self.scopes).map_err(|e| corrupt(format!("scopes: {e}")))?;
+        let trusted_metadata: Map<String, Value> = serde_json::from_str(&self.trusted_metadata)
+            .map_err(|e| corrupt(format!("trusted_metadata: {e}")))?;
+        let hash = SecretHash::from_slice(&self.secret_hash)
+            .ok_or_else(|| corrupt("secret hash length".into()))?;
+        let next_secret = match (self.next_secret_hash, self.next_secret_last_four) {
+            (Some(h), Some(last_four)) => Some(StoredSecret {
+                hash: SecretHash::from_slice(&h)
+                    .ok_or_else(|| corrupt("next secret hash length".into()))?,
+                last_four,
+            }),
+            _ => None,
+        };
+        Ok((
+            self.id,
+            ClientRecord {
+                client_id: self.client_id,
+                client_name: self.client_name,
+                client_description: self.client_description,
+                status,
+                scopes,
+                trusted_metadata,
+                secret: StoredSecret {
+                    hash,
+                    last_four: self.secret_last_four,
+                },
+                next_secret,
+                created_at: self.created_at,
+            },
+        ))
+    }
+}
+
+fn to_json_text<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: "value to store",
+        detail: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // journal_mode answers with the mode in force ("memory" for in-memory
+        // databases, which cannot use WAL); either way is fine.
+        let _mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+        Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        let found = Self::schema_version(&self.conn)?;
+        if found == supported {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Re-read under the write lock: another process may have migrated.
+        let found = Self::schema_version(&tx)?;
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        for (done, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i64::try_from(done + 1).unwrap_or(0))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn insert_client(&mut self, client: &ClientRecord) -> Result<(), StoreError> {
+        let scopes = to_json_text(&client.scopes)?;
+        let metadata = to_json_text(&client.trusted_metadata)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id_taken = tx
+            .query_row(
+                "SELECT 1 FROM m2m_clients WHERE client_id = ?1",
+                [&client.client_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if id_taken {
+            return Err(StoreError::DuplicateClientId(client.client_id.clone()));
+        }
+        if name_taken(&tx, &client.client_name, &client.client_id)? {
+            return Err(StoreError::DuplicateClientName(client.client_name.clone()));
+        }
+        tx.execute(
+            "INSERT INTO m2m_clients (client_id, client_name, client_description, status, scopes, \
+             trusted_metadata, secret_hash, secret_last_four, next_secret_hash, \
+             next_secret_last_four, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                client.client_id,
+                client.client_name,
+                client.client_description,
+                client.status.as_str(),
+                scopes,
+                metadata,
+                client.secret.hash.as_bytes().as_slice(),
+                client.secret.last_four,
+                client
+                    .next_secret
+                    .as_ref()
+                    .map(|s| s.hash.as_bytes().to_vec()),
+                client.next_secret.as_ref().map(|s| s.last_four.clone()),
+                client.created_at,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {CLIENT_COLUMNS} FROM m2m_clients WHERE client_id = ?1"),
+                [client_id],
+                RawClient::from_row,
+            )
+            .optional()?;
+        raw.map(|r| r.into_record().map(|(_, c)| c)).transpose()
+    }
+
+    /// Read-modify-write of one client in a single transaction, so concurrent
+    /// edits (server and CLI) cannot overwrite each other's changes. Returns
+    /// `Ok(None)` when the client does not exist; `change` may refuse the edit.
+    pub fn update_client<E, F>(
+        &mut self,
+        client_id: &str,
+        change: F,
+    ) -> Result<Option<ClientRecord>, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&mut ClientRecord) -> Result<(), E>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let raw = tx
+            .query_row(
+                &format!("SELECT {CLIENT_COLUMNS} FROM m2m_clients WHERE client_id = ?1"),
+                [client_id],
+                RawClient::from_row,
+            )
+            .optional()
+            .map_err(StoreError::from)?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let (_, mut client) = raw.into_record()?;
+        change(&mut client)?;
+        // The client id is the key; a change closure must not move it.
+        client.client_id = client_id.to_owned();
+        if name_taken(&tx, &client.client_name, client_id)? {
+            return Err(StoreError::DuplicateClientName(client.client_name.clone()).into());
+        }
+        tx.execute(
+            "UPDATE m2m_clients SET client_name = ?2, client_description = ?3, status = ?4, \
+             scopes = ?5, trusted_metadata = ?6, secret_hash = ?7, secret_last_four = ?8, \
+             next_secret_hash = ?9, next_secret_last_four = ?10 WHERE client_id = ?1",
+            params![
+                client_id,
+                client.client_name,
+                client.client_description,
+                client.status.as_str(),
+                to_json_text(&client.scopes)?,
+                to_json_text(&client.trusted_metadata)?,
+                client.secret.hash.as_bytes().as_slice(),
+                client.secret.last_four,
+                client
+                    .next_secret
+                    .as_ref()
+                    .map(|s| s.hash.as_bytes().to_vec()),
+                client.next_secret.as_ref().map(|s| s.last_four.clone()),
+            ],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Some(client))
+    }
+
+    pub fn delete_client(&mut self, client_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM m2m_clients WHERE client_id = ?1", [client_id])?;
+        Ok(n > 0)
+    }
+
+    /// One page of clients matching `query`, in creation order, after row id
+    /// `after` (from a previous page's `next_after`).
+    pub fn search_clients(
+        &mut self,
+        query: &ClientQuery,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<ClientPage, StoreError> {
+        let mut conditions = Vec::with_capacity(query.filters.len());
+        let mut args: Vec<SqlValue> = Vec::new();
+        for filter in &query.filters {
+            let marks = vec!["?"; filter.values.len()].join(", ");
+            conditions.push(match filter.field {
+                FilterField::ClientId => format!("client_id IN ({marks})"),
+                FilterField::ClientName => format!("client_name IN ({marks})"),
+                FilterField::Status => format!("status IN ({marks})"),
+                FilterField::Scopes => format!(
+                    "EXISTS (SELECT 1 FROM json_each(m2m_clients.scopes) AS s \
+                     WHERE s.value IN ({marks}))"
+                ),
+            });
+            args.extend(filter.values.iter().cloned().map(SqlValue::Text));
+        }
+        let filter_sql = if conditions.is_empty() {
+            "1".to_owned()
+        } else {
+            format!(
+                "({})",
+                conditions.join(if query.any { " OR " } else { " AND " })
+            )
+        };
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+
+        // One read transaction so the count and the page agree.
+        let tx = self.conn.transaction()?;
+        let total: i64 = tx.query_row(
+            &format!("SELECT COUNT(*) FROM m2m_clients WHERE {filter_sql}"),
+            rusqlite::params_from_iter(args.iter()),
+            |r| r.get(0),
+        )?;
+        let mut page_args = args;
+        page_args.push(SqlValue::Integer(after.unwrap_or(0)));
+        page_args.push(SqlValue::Integer(limit_i64.saturating_add(1)));
+        let raws = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {CLIENT_COLUMNS} FROM m2m_clients WHERE {filter_sql} AND id > ? \
+                 ORDER BY id LIMIT ?"
+            ))?;
+            let rows = stmt.query_map(
+                rusqlite::params_from_iter(page_args.iter()),
+                RawClient::from_row,
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+
+        let mut clients = Vec::with_capacity(raws.len().min(limit));
+        let mut last_id = None;
+        let more = raws.len() > limit;
+        for raw in raws.into_iter().take(limit) {
+            let (id, client) = raw.into_record()?;
+            last_id = Some(id);
+            clients.push(client);
+        }
+        Ok(ClientPage {
+            clients,
+            total: u64::try_from(total).unwrap_or(0),
+            next_after: if more { last_id } else { None },
+        })
+    }
+
+    pub fn active_key(&self) -> Result<Option<KeyRecord>, StoreError> {
+        let mut keys = self.keys_where("state = 'active'")?;
+        Ok(keys.pop())
+    }
+
+    /// Keys served in the JWKS: the signing key and those still published.
+    pub fn published_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys_where("state IN ('active', 'published')")
+    }
+
+    pub fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys_where("1")
+    }
+
+    fn keys_where(&self, condition: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT kid, private_key_pkcs8, state, created_at, retired_at FROM signing_keys \
+             WHERE {condition} ORDER BY created_at, rowid"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kid, der, state, created_at, retired_at) = row?;
+            let state = KeyState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                what: "signing key",
+                detail: format!("{kid}: state {state:?}"),
+            })?;
+            out.push(KeyRecord {
+                kid,
+                pkcs8: Pkcs8Der::new(der),
+                state,
+                created_at,
+                retired_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores `key` as the signing key unless one already exists (another
+    /// process may have won the race at first start). Returns whether it was
+    /// stored.
+    pub fn insert_initial_key(&mut self, key: &GeneratedKey) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM signing_keys WHERE state = 'active'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Ok(false);
+        }
+        insert_active_key(&tx, key)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Makes `key` the signing key; the previous one stays published so the
+    /// tokens it signed keep verifying. Returns the previous kid, if any.
+    pub fn rotate_key(&mut self, key: &GeneratedKey) -> Result<Option<String>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT kid FROM signing_keys WHERE state = 'active'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "UPDATE signing_keys SET state = 'published' WHERE state = 'active'",
+            [],
+        )?;
+        insert_active_key(&tx, key)?;
+        tx.commit()?;
+        Ok(previous)
+    }
+
+    /// Removes a published key from the JWKS; tokens it signed stop verifying.
+    pub fn retire_key(&mut self, kid: &str) -> Result<RetireOutcome, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM signing_keys WHERE kid = ?1",
+                [kid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let outcome = match state.as_deref().map(KeyState::parse) {
+            None => RetireOutcome::NotFound,
+            Some(Some(KeyState::Active)) => RetireOutcome::IsActive,
+            Some(Some(KeyState::Retired)) => RetireOutcome::AlreadyRetired,
+            Some(Some(KeyState::Published)) => {
+                tx.execute(
+                    "UPDATE signing_keys SET state = 'retired', retired_at = ?2 WHERE kid = ?1",
+                    params![kid, now_unix()],
+                )?;
+                RetireOutcome::Retired
+            }
+            Some(None) => {
+                return Err(StoreError::Corrupt {
+                    what: "signing key",
+                    detail: format!("{kid}: unknown state"),
+                });
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+fn name_taken(conn: &Connection, name: &str, except_client_id: &str) -> Result<bool, StoreError> {
+    if name.is_empty() {
+        return Ok(false);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM m2m_clients WHERE client_name = ?1 AND client_id <> ?2",
+            [name, except_client_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+fn insert_active_key(conn: &Connection, key: &GeneratedKey) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO signing_keys (kid, private_key_pkcs8, state, created_at) \
+         VALUES (?1, ?2, 'active', ?3)",
+        params![key.kid, key.pkcs8.as_bytes(), now_unix()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::issuer::secrets::ClientSecret;
+
+    /// A database file in a fresh directory, removed on drop.
+    pub(crate) struct TempDb {
+        pub dir: PathBuf,
+        pub path: PathBuf,
+    }
+
+    impl TempDb {
+        pub(crate) fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "m2m-issuer-unit-{}",
+                crate::issuer::secrets::generate_request_id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("issuer.db");
+            Self { dir, path }
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn client(id: &str, name: &str, scopes: &[&str], status: ClientStatus) -> ClientRecord {
+        let secret = ClientSecret::generate();
+        ClientRecord {
+            client_id: id.into(),
+            client_name: name.into(),
+            client_description: String::new(),
+            status,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            trusted_metadata: Map::new(),
+            secret: StoredSecret {
+                hash: secret.hash(),
+                last_four: secret.last_four(),
+            },
+            next_secret: None,
+            created_at: now_unix(),
+        }
+    }
+
+    #[test]
+    fn migrations_run_once_and_survive_reopen() {
+        let db = TempDb::new();
+        {
+            let store = Store::open(&db.path).unwrap();
+            assert_eq!(Store::schema_version(&store.conn).unwrap(), 1);
+            let mode: String = store
+                .conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
+        let store = Store::open(&db.path).unwrap();
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let db = TempDb::new();
+        drop(Store::open(&db.path).unwrap());
+        let conn = Connection::open(&db.path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            Store::open(&db.path),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn client_round_trip_and_duplicates() {
+        let db = TempDb::new();
+        let mut store = Store::open(&db.path).unwrap();
+        let mut c = client("c1", "bot", &["a", "b"], ClientStatus::Active);
+        c.trusted_metadata
+            .insert("user_id".into(), Value::String("u1".into()));
+        store.insert_client(&c).unwrap();
+        assert_eq!(store.get_client("c1").unwrap(), Some(c.clone()));
+        assert!(matches!(
+            store.insert_client(&c),
+            Err(StoreError::DuplicateClientId(_))
+        ));
+        let other = client("c2", "bot", &[], ClientStatus::Active);
+        assert!(matches!(
+            store.insert_client(&other),
+            Err(StoreError::DuplicateClientName(_))
+        ));
+        // Unnamed clients never clash.
+        store
+            .insert_client(&client("c3", "", &[], ClientStatus::Active))
+            .unwrap();
+        store
+            .insert_client(&client("c4", "", &[], ClientStatus::Active))
+            .unwrap();
+        assert!(store.delete_client("c1").unwrap());
+        assert!(!store.delete_client("c1").unwrap());
+        assert_eq!(store.get_client("c1").unwrap(), None);
+    }
+
+    #[test]
+    fn update_is_atomic_and_checks_names() {
+        let db = TempDb::new();
+        let mut store = Store::open(&db.path).unwrap();
+        store
+            .insert_client(&client("c1", "one", &[], ClientStatus::Active))
+            .unwrap();
+        store
+            .insert_client(&client("c2", "two", &[], ClientStatus::Active))
+            .unwrap();
+        let updated = store
+            .update_client::<StoreError, _>("c1", |c| {
+                c.status = ClientStatus::Inactive;
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.status, ClientStatus::Inactive);
+        let err = store
+            .update_client::<StoreError, _>("c1", |c| {
+                c.client_name = "two".into();
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateClientName(_)));
+        assert_eq!(store.get_client("c1").unwrap().unwrap().client_name, "one");
+        assert!(
+            store
+                .update_client::<StoreError, _>("nope", |_| Ok(()))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn search_filters_and_pages() {
+        let db = TempDb::new();
+        let mut store = Store::open(&db.path).unwrap();
+        for i in 0..5 {
+            let status = if i % 2 == 0 {
+                ClientStatus::Active
+            } else {
+                ClientStatus::Inactive
+            };
+            let scopes: &[&str] = if i < 2 { &["read"] } else { &["write"] };
+            store
+                .insert_client(&client(&format!("c{i}"), &format!("n{i}"), scopes, status))
+                .unwrap();
+        }
+        let all = ClientQuery::default();
+        let p1 = store.search_clients(&all, None, 2).unwrap();
+        assert_eq!(p1.total, 5);
+        assert_eq!(
+            p1.clients
+                .iter()
+                .map(|c| c.client_id.as_str())
+                .collect::<Vec<_>>(),
+            ["c0", "c1"]
+        );
+        let p2 = store.search_clients(&all, p1.next_after, 2).unwrap();
+        let p3 = store.search_clients(&all, p2.next_after, 2).unwrap();
+        assert_eq!(p3.clients.len(), 1);
+        assert_eq!(p3.next_after, None);
+
+        let q = ClientQuery {
+            any: false,
+            filters: vec![
+                Filter {
+                    field: FilterField::Status,
+                    values: vec!["active".into()],
+                },
+                Filter {
+                    field: FilterField::Scopes,
+                    values: vec!["write".into(), "other".into()],
+                },
+            ],
+        };
+        let ids: Vec<String> = store
+            .search_clients(&q, None, 100)
+            .unwrap()
+            .clients
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(ids, ["c2", "c4"]);
+
+        let q = ClientQuery {
+            any: true,
+            filters: vec![
+                Filter {
+                    field: FilterField::ClientId,
+                    values: vec!["c0".into()],
+                },
+                Filter {
+                    field: FilterField::ClientName,
+                    values: vec!["n3".into()],
+                },
+            ],
+        };
+        let page = store.search_clients(&q, None, 100).unwrap();
+        assert_eq!(page.total, 2);
+    }
+
+    #[test]
+    fn key_lifecycle() {
+        let db = TempDb::new();
+        let mut store = Store::open(&db.path).unwrap();
+        assert!(store.active_key().unwrap().is_none());
+        let k1 = crate::issuer::keys::generate().unwrap();
+        assert!(store.insert_initial_key(&k1).unwrap());
+        let k_lost = crate::issuer::keys::generate().unwrap();
+        assert!(!store.insert_initial_key(&k_lost).unwrap());
+        let k2 = crate::issuer::keys::generate().unwrap();
+        assert_eq!(store.rotate_key(&k2).unwrap(), Some(k1.kid.clone()));
+        assert_eq!(store.active_key().unwrap().unwrap().kid, k2.kid);
+        let published: Vec<String> = store
+            .published_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(published, [k1.kid.clone(), k2.kid.clone()]);
+        assert_eq!(store.retire_key(&k2.kid).unwrap(), RetireOutcome::IsActive);
+        assert_eq!(store.retire_key("nope").unwrap(), RetireOutcome::NotFound);
+        assert_eq!(store.retire_key(&k1.kid).unwrap(), RetireOutcome::Retired);
+        assert_eq!(
+            store.retire_key(&k1.kid).unwrap(),
+            RetireOutcome::AlreadyRetired
+        );
+        assert_eq!(store.published_keys().unwrap().len(), 1);
+        assert_eq!(store.all_keys().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,318 @@
+//! The `issuer` and `clients` commands of the real binary, against a real
+//! database file, with the issuer server running as a separate process, as a
+//! person would use them.
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_m2m-authz");
+const PROJECT_ID: &str = "project-test-cli";
+const PROJECT_SECRET: &str = "cli-test-project-secret-0123456789";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let mut bytes = [0u8; 12];
+        rand::fill(&mut bytes);
+        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("m2m-issuer-cli-{name}"));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops the server process we started, even when an assertion fails.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("issuer.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:{port}\n\
+             database: issuer.db\n\
+             project_id: {PROJECT_ID}\n\
+             project_secret: {PROJECT_SECRET}\n\
+             token_lifetime: 10m\n"
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("M2M_ISSUER_PROJECT_SECRET")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    command(args).output().expect("run m2m-authz")
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 stdout")
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 stderr");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: expected a one-line error, got {stderr:?}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    stderr
+}
+
+async fn wait_until_up(http: &reqwest::Client, jwks_url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(jwks_url).send().await
+            && resp.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "issuer did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn token(http: &reqwest::Client, url: &str, id: &str, secret: &str) -> (u16, Value) {
+    let resp = http
+        .post(url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("token body"))
+}
+
+async fn verify(http: &reqwest::Client, jwks_url: &str, token: &str) -> Value {
+    let jwks: JwkSet = http
+        .get(jwks_url)
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks body");
+    let kid = jsonwebtoken::decode_header(token)
+        .expect("header")
+        .kid
+        .expect("kid");
+    let key = DecodingKey::from_jwk(jwks.find(&kid).expect("kid in JWKS")).expect("key");
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[format!("stytch.com/{PROJECT_ID}")]);
+    validation.set_audience(&[PROJECT_ID]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("token verifies")
+        .claims
+}
+
+fn next_secret(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("next_client_secret:"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no next_client_secret in {output:?}"))
+}
+
+#[tokio::test]
+async fn clients_and_issuer_commands_with_a_running_server() {
+    let dir = TempDir::new();
+    let port = free_port();
+    let config_path = write_config(&dir.0, port);
+    let config = config_path.to_str().expect("UTF-8 path");
+    let base = format!("http://127.0.0.1:{port}");
+    let token_url = format!("{base}/v1/public/{PROJECT_ID}/oauth2/token");
+    let jwks_url = format!("{base}/v1/sessions/jwks/{PROJECT_ID}");
+    let http = reqwest::Client::new();
+
+    // Clients can be created before the server ever ran.
+    let created = run_ok(&[
+        "clients",
+        "create",
+        "--config",
+        config,
+        "--user-id",
+        "user-cli",
+        "--scopes",
+        "read:orders",
+        "--json",
+    ]);
+    let created: Value = serde_json::from_str(&created).expect("create --json output");
+    let id = created["client_id"].as_str().expect("client_id").to_owned();
+    let secret = created["client_secret"]
+        .as_str()
+        .expect("client_secret")
+        .to_owned();
+    assert_eq!(created["user_id"], "user-cli");
+    assert_eq!(created["scopes"], serde_json::json!(["read:orders"]));
+    assert!(
+        dir.0.join("issuer.db").exists(),
+        "database beside the config"
+    );
+
+    let listed = run_ok(&["clients", "list", "--config", config]);
+    assert!(
+        listed.contains(&id) && listed.contains("user-cli"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "list must not show secrets");
+    let shown = run_ok(&["clients", "get", "--config", config, &id]);
+    assert!(shown.contains(&id) && shown.contains("active"), "{shown}");
+    assert!(!shown.contains(&secret), "get must not show secrets");
+
+    let server = ServerProcess(
+        command(&["issuer", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start issuer"),
+    );
+    wait_until_up(&http, &jwks_url).await;
+
+    let (status, body) = token(&http, &token_url, &id, &secret).await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["access_token"].as_str().expect("token").to_owned();
+    let claims = verify(&http, &jwks_url, &first).await;
+    assert_eq!(claims["user_id"], "user-cli");
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["scope"], "read:orders");
+
+    // Key rotation from the CLI reaches the running server.
+    run_ok(&["issuer", "rotate-key", "--config", config]);
+    let (status, body) = token(&http, &token_url, &id, &secret).await;
+    assert_eq!(status, 200, "{body}");
+    let second = body["access_token"].as_str().expect("token").to_owned();
+    assert_ne!(
+        jsonwebtoken::decode_header(&first).unwrap().kid,
+        jsonwebtoken::decode_header(&second).unwrap().kid
+    );
+    verify(&http, &jwks_url, &first).await;
+    verify(&http, &jwks_url, &second).await;
+
+    // Secret rotation from the CLI: both secrets work meanwhile.
+    let started = run_ok(&["clients", "rotate", "start", "--config", config, &id]);
+    let new_secret = next_secret(&started);
+    assert_eq!(token(&http, &token_url, &id, &secret).await.0, 200);
+    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+    run_ok(&["clients", "rotate", "complete", "--config", config, &id]);
+    assert_eq!(token(&http, &token_url, &id, &secret).await.0, 401);
+    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+
+    // Deactivation from the CLI takes effect at once.
+    run_ok(&["clients", "deactivate", "--config", config, &id]);
+    let (status, body) = token(&http, &token_url, &id, &new_secret).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client");
+    run_ok(&["clients", "activate", "--config", config, &id]);
+    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+
+    // Bad input: one line on stderr, non-zero exit.
+    let err = run_err(&[
+        "clients",
+        "get",
+        "--config",
+        config,
+        "m2m-client-test-nobody",
+    ]);
+    assert!(err.contains("not found"), "{err}");
+    let err = run_err(&[
+        "clients",
+        "create",
+        "--config",
+        config,
+        "--user-id",
+        "u2",
+        "--scopes",
+        "bad\"scope",
+    ]);
+    assert!(err.contains("scope"), "{err}");
+    run_ok(&[
+        "clients",
+        "create",
+        "--config",
+        config,
+        "--user-id",
+        "u3",
+        "--name",
+        "dup",
+    ]);
+    let err = run_err(&[
+        "clients",
+        "create",
+        "--config",
+        config,
+        "--user-id",
+        "u4",
+        "--name",
+        "dup",
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = run_err(&["clients", "deactivate", "--config", config, "nope"]);
+    assert!(err.contains("not found"), "{err}");
+
+    run_ok(&["clients", "delete", "--config", config, &id]);
+    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 401);
+    drop(server);
+}
+
+#[test]
+fn bad_config_is_reported_naming_the_field() {
+    let dir = TempDir::new();
+    let path = dir.0.join("issuer.yaml");
+    std::fs::write(&path, "project_secret: short\n").expect("write config");
+    let err = run_err(&["clients", "list", "--config", path.to_str().expect("path")]);
+    assert!(err.contains("project_secret"), "{err}");
+    std::fs::write(
+        &path,
+        format!("project_secret: {PROJECT_SECRET}\nlisten: nowhere\n"),
+    )
+    .expect("write config");
+    let err = run_err(&["issuer", "--config", path.to_str().expect("path")]);
+    assert!(err.contains("listen"), "{err}");
+}
