@@ -88,6 +88,9 @@ pub enum ProviderKind {
     Oauth2,
     /// Stytch M2M: `project_id` and `base_url` derive the endpoints, issuers and audience.
     Stytch,
+    /// The embedded Stytch-compatible issuer, started in-process from `provider.embedded`;
+    /// verified with the `stytch` profile.
+    Embedded,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -170,6 +173,8 @@ pub struct ProviderConfig {
     pub token_type: Option<String>,
     pub project_id: Option<String>,
     pub base_url: Option<Url>,
+    /// The embedded issuer's settings, for `kind: embedded` (see `m2m-authz issuer`).
+    pub embedded: Option<crate::issuer::IssuerConfig>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
@@ -344,11 +349,17 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_yaml(&text)
+        Config::from_yaml_in(&text, path.parent())
     }
 
     /// Parses and validates YAML text; the error names the field path.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_in(text, None)
+    }
+
+    /// A relative `provider.embedded.database` is taken relative to `dir` (the config file's
+    /// folder), as `m2m-authz issuer` does.
+    fn from_yaml_in(text: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -359,6 +370,15 @@ impl Config {
             };
             ConfigError::invalid(&field, e.into_inner().to_string())
         })?;
+        let mut config = config;
+        if let Some(embedded) = config.provider.embedded.as_mut() {
+            if let Some(dir) = dir
+                && embedded.database.is_relative()
+            {
+                embedded.database = dir.join(&embedded.database);
+            }
+            embedded.apply_env();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -493,9 +513,46 @@ impl ProviderConfig {
                 for (field, v) in [
                     ("provider.project_id", self.project_id.is_some()),
                     ("provider.base_url", self.base_url.is_some()),
+                    ("provider.embedded", self.embedded.is_some()),
                 ] {
                     if v {
-                        return Err(ConfigError::invalid(field, "only for provider.kind stytch"));
+                        return Err(ConfigError::invalid(field, "not for provider.kind oauth2"));
+                    }
+                }
+            }
+            ProviderKind::Embedded => {
+                let Some(embedded) = &self.embedded else {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded",
+                        "required when provider.kind is embedded",
+                    ));
+                };
+                embedded
+                    .validate()
+                    .map_err(|e| ConfigError::invalid("provider.embedded", e.to_string()))?;
+                if embedded.project_secret.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded.project_secret",
+                        format!("required (or set {})", crate::issuer::PROJECT_SECRET_ENV),
+                    ));
+                }
+                if embedded.listen.port() == 0 {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded.listen",
+                        "expected a fixed port: the token and JWKS URLs are derived from it",
+                    ));
+                }
+                for (field, set) in [
+                    ("provider.project_id", self.project_id.is_some()),
+                    ("provider.base_url", self.base_url.is_some()),
+                    ("provider.token_url", self.token_url.is_some()),
+                    ("provider.jwks_url", self.jwks_url.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "derived from provider.embedded; remove it",
+                        ));
                     }
                 }
             }
@@ -593,16 +650,32 @@ impl ProviderConfig {
         Ok(())
     }
 
+    /// The Stytch project id: configured, or the embedded issuer's.
+    fn project(&self) -> Option<String> {
+        match &self.embedded {
+            Some(e) if self.kind == ProviderKind::Embedded => Some(e.project_id.clone()),
+            _ => self.project_id.clone(),
+        }
+    }
+
+    /// The Stytch base URL: configured, or where the embedded issuer listens.
+    fn base(&self) -> Option<Url> {
+        match &self.embedded {
+            Some(e) if self.kind == ProviderKind::Embedded => e
+                .issuer_base_url
+                .clone()
+                .or_else(|| Url::parse(&format!("http://{}", e.listen)).ok()),
+            _ => self.base_url.clone(),
+        }
+    }
+
     /// The token endpoint, explicit or derived from the Stytch project.
     pub fn resolved_token_url(&self) -> Option<Url> {
         if let Some(u) = &self.token_url {
             return Some(u.clone());
         }
-        let project = self.project_id.as_deref()?;
-        stytch_url(
-            self.base_url.as_ref()?,
-            &format!("v1/public/{project}/oauth2/token"),
-        )
+        let project = self.project()?;
+        stytch_url(&self.base()?, &format!("v1/public/{project}/oauth2/token"))
     }
 
     /// The JWKS endpoint, explicit or derived from the Stytch project.
@@ -610,11 +683,8 @@ impl ProviderConfig {
         if let Some(u) = &self.jwks_url {
             return Some(u.clone());
         }
-        let project = self.project_id.as_deref()?;
-        stytch_url(
-            self.base_url.as_ref()?,
-            &format!("v1/sessions/jwks/{project}"),
-        )
+        let project = self.project()?;
+        stytch_url(&self.base()?, &format!("v1/sessions/jwks/{project}"))
     }
 
     /// The accepted `iss` values. Stytch signs `stytch.com/{project_id}`, or the custom-domain
@@ -623,7 +693,7 @@ impl ProviderConfig {
         if let Some(i) = &self.issuer {
             return i.clone().into_vec();
         }
-        match (&self.project_id, &self.base_url) {
+        match (self.project(), self.base()) {
             (Some(p), Some(base)) => vec![
                 format!("stytch.com/{p}"),
                 base.as_str().trim_end_matches('/').to_owned(),
@@ -638,7 +708,7 @@ impl ProviderConfig {
             return a.clone().into_vec();
         }
         match self.kind {
-            ProviderKind::Stytch => self.project_id.clone().into_iter().collect(),
+            ProviderKind::Stytch | ProviderKind::Embedded => self.project().into_iter().collect(),
             ProviderKind::Oauth2 => Vec::new(),
         }
     }
@@ -649,7 +719,7 @@ impl ProviderConfig {
             Some(t) if t.eq_ignore_ascii_case("any") => None,
             Some(t) => Some(t.to_ascii_lowercase()),
             None => match self.kind {
-                ProviderKind::Stytch => Some("jwt".to_owned()),
+                ProviderKind::Stytch | ProviderKind::Embedded => Some("jwt".to_owned()),
                 ProviderKind::Oauth2 => None,
             },
         }
@@ -825,6 +895,38 @@ mod tests {
                     assert!(f.starts_with(field), "{yaml}: got field {f}, want {field}")
                 }
                 other => panic!("{yaml}: expected an error about {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn embedded_kind_derives_the_stytch_profile_from_the_issuer() {
+        let c = Config::from_yaml(
+            "provider:\n  kind: embedded\n  embedded:\n    listen: 127.0.0.1:9400\n    project_id: project-demo\n    project_secret: demo-project-secret-0123456789\n",
+        )
+        .unwrap();
+        let p = &c.provider;
+        assert_eq!(
+            p.resolved_token_url().unwrap().as_str(),
+            "http://127.0.0.1:9400/v1/public/project-demo/oauth2/token"
+        );
+        assert_eq!(p.resolved_issuers()[0], "stytch.com/project-demo");
+        assert_eq!(p.resolved_audiences(), vec!["project-demo"]);
+        assert_eq!(p.resolved_token_type().as_deref(), Some("jwt"));
+        for (yaml, field) in [
+            ("provider: {kind: embedded}", "provider.embedded"),
+            (
+                "provider: {kind: embedded, embedded: {listen: '127.0.0.1:0', project_secret: demo-project-secret-0123456789}}",
+                "provider.embedded.listen",
+            ),
+            (
+                "provider: {kind: embedded, base_url: 'http://x', embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789}}",
+                "provider.base_url",
+            ),
+        ] {
+            match Config::from_yaml(yaml) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{yaml}"),
+                other => panic!("{yaml}: {other:?}"),
             }
         }
     }

@@ -11,8 +11,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::authorizer::{Authorizer, BuildError};
-use crate::config::{Config, ListenAddr, parse_listen};
+use crate::config::{Config, ListenAddr, ProviderKind, parse_listen};
 use crate::ext_authz::ExtAuthz;
+use crate::issuer::{Issuer, IssuerConfig};
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
 /// The gRPC service name health checks ask about, besides the empty (whole server) name.
@@ -31,6 +32,8 @@ pub enum ServeError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("embedded issuer: {0}")]
+    Issuer(#[from] crate::issuer::IssuerError),
 }
 
 /// Binds the configured address. Separate from serving so callers can learn the bound address
@@ -46,20 +49,54 @@ pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves until `shutdown` completes, then drains for at most `config.listen.drain_timeout`.
+/// With `provider.kind: embedded`, the embedded issuer is opened and served first, and stopped
+/// after the last check has drained.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let issuer = match &config.provider.embedded {
+        Some(embedded) if config.provider.kind == ProviderKind::Embedded => {
+            Some(start_embedded_issuer(embedded.clone()).await?)
+        }
+        _ => None,
+    };
     let authorizer = Arc::new(Authorizer::new(config)?);
-    serve_with(
+    let result = serve_with(
         authorizer,
         listener,
         config.provider.jwks_refresh_interval,
         config.listen.drain_timeout,
         shutdown,
     )
-    .await
+    .await;
+    if let Some((stop, task)) = issuer {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    result
+}
+
+type IssuerHandle = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), crate::issuer::IssuerError>>,
+);
+
+async fn start_embedded_issuer(config: IssuerConfig) -> Result<IssuerHandle, ServeError> {
+    let addr = config.listen;
+    let issuer = Issuer::open_async(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(issuer.serve_on(listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok((stop, task))
 }
 
 pub async fn serve_with(
