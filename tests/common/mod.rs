@@ -8,6 +8,7 @@
 
 pub mod echo;
 pub mod envoy;
+pub mod issuer;
 pub mod oidc;
 pub mod process;
 pub mod provider;
