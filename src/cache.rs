@@ -1,12 +1,18 @@
 //! Verified identities, keyed by a keyed hash of the credential: the raw secret is never stored,
 //! and a memory dump of the cache cannot be replayed as credentials.
 //!
-//! Bounded in size (`cache.max_entries`; when full, expired entries are swept first, then the
-//! entries closest to expiry are evicted) and in time (an entry lives until its token's `exp`
-//! minus `cache.expiry_margin`).
+//! Bounded in size: at most `max_entries` identities (when full, expired entries are swept, then
+//! the least recently used tenth is evicted, so hot clients stay) and `max_negative_entries`
+//! refused credentials. Bounded in time: an identity is served until its token's `exp` (minus a
+//! margin), refreshed in the background once `refresh_ahead` of its lifetime has passed if it
+//! is still being used, re-exchanged after `max_credential_age`, and served past its soft
+//! expiry only while the provider is failing, never past `exp + stale_if_error`. A refused
+//! credential is remembered for `negative_ttl`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
@@ -14,6 +20,8 @@ use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
+
+use crate::stats::Stats;
 
 /// HMAC-SHA-256 of a credential under a per-process random key.
 #[derive(Clone, Copy)]
@@ -66,65 +74,227 @@ impl KeyDeriver {
     }
 }
 
-/// What a check needs to answer for a cached credential.
+/// What an allowed check sends upstream for a verified credential, computed once per token.
 #[derive(Debug)]
 pub struct Identity {
     /// Identity headers to set upstream, already sanitized.
     pub headers: Vec<(String, String)>,
+    /// Headers to remove upstream: credential headers, and identity headers not set here.
+    pub remove: Vec<String>,
     /// The client the token was issued to (`sub`), for logs.
     pub client_id: String,
 }
 
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub max_entries: usize,
+    pub max_negative_entries: usize,
+    /// Fraction of a token's lifetime after which a used entry is refreshed in the background.
+    pub refresh_ahead: f64,
+    pub expiry_margin: Duration,
+    pub negative_ttl: Duration,
+    /// How long past `exp` an entry may still serve while the provider fails; zero: not at all.
+    pub stale_if_error: Duration,
+    pub max_credential_age: Option<Duration>,
+}
+
+/// How long a failed background refresh waits before a later hit may try again.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
 struct Entry {
     identity: Arc<Identity>,
-    expires_at: Instant,
+    refresh_at: Instant,
+    /// After this a check re-exchanges before answering (falling back to this entry if the
+    /// provider fails).
+    soft_expiry: Instant,
+    /// After this the entry is never served.
+    hard_expiry: Instant,
+    /// For verified bearer tokens: the signing key, so a retired key stops them at once.
+    kid: Option<Arc<str>>,
+    /// Bearer entries are never refreshed: there is no credential to refresh them with.
+    refreshable: bool,
+    /// Milliseconds since the cache's epoch.
+    last_used: AtomicU64,
+    refreshing: AtomicBool,
+    /// Milliseconds since the cache's epoch before which no refresh is started again.
+    refresh_not_before: AtomicU64,
+}
+
+/// What the cache knows about a credential.
+#[derive(Debug)]
+pub enum Lookup {
+    Fresh(Arc<Identity>),
+    /// Fresh, and the caller has been chosen to start its background refresh.
+    RefreshDue(Arc<Identity>),
+    /// Past its soft expiry: re-exchange, and serve this only if the provider fails.
+    Stale(Arc<Identity>),
+    /// The provider refused this exact credential recently.
+    Refused,
+    Miss,
 }
 
 pub struct TokenCache {
     map: DashMap<CacheKey, Entry>,
-    max_entries: usize,
+    negative: DashMap<CacheKey, Instant>,
+    settings: CacheSettings,
+    epoch: Instant,
+    stats: Arc<Stats>,
 }
 
 impl TokenCache {
-    pub fn new(max_entries: usize) -> Self {
+    pub fn new(settings: CacheSettings, stats: Arc<Stats>) -> Self {
         TokenCache {
             map: DashMap::new(),
-            max_entries,
+            negative: DashMap::new(),
+            settings,
+            epoch: Instant::now(),
+            stats,
         }
     }
 
-    /// A live entry, or `None`. An expired entry found here is removed.
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Identity>> {
+    fn millis(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The hit path: no I/O, no await, one shard read lock held only inside this call.
+    /// `key_alive` says whether a bearer entry's signing key is still published.
+    pub fn lookup(&self, key: &CacheKey, key_alive: impl Fn(&str) -> bool) -> Lookup {
         let now = Instant::now();
         if let Some(e) = self.map.get(key) {
-            if e.expires_at > now {
-                return Some(e.identity.clone());
+            let dead = now >= e.hard_expiry || e.kid.as_deref().is_some_and(|k| !key_alive(k));
+            if !dead {
+                let now_ms = self.millis(now);
+                e.last_used.store(now_ms, Relaxed);
+                if now >= e.soft_expiry {
+                    return Lookup::Stale(e.identity.clone());
+                }
+                if e.refreshable
+                    && now >= e.refresh_at
+                    && now_ms >= e.refresh_not_before.load(Relaxed)
+                    && !e.refreshing.swap(true, Relaxed)
+                {
+                    return Lookup::RefreshDue(e.identity.clone());
+                }
+                return Lookup::Fresh(e.identity.clone());
             }
-        } else {
-            return None;
+            drop(e);
+            self.map
+                .remove_if(key, |_, e| e.hard_expiry <= now || e.kid.is_some());
+            return Lookup::Miss;
         }
-        self.map.remove_if(key, |_, e| e.expires_at <= now);
-        None
+        if let Some(until) = self.negative.get(key) {
+            if *until > now {
+                return Lookup::Refused;
+            }
+            drop(until);
+            self.negative.remove_if(key, |_, until| *until <= now);
+        }
+        Lookup::Miss
     }
 
-    pub fn insert(&self, key: CacheKey, identity: Arc<Identity>, expires_at: Instant) {
-        if expires_at <= Instant::now() {
-            return;
+    /// Stores a freshly exchanged identity whose token stays valid for `lifetime`.
+    pub fn insert(&self, key: CacheKey, identity: Arc<Identity>, lifetime: Duration) {
+        let now = Instant::now();
+        let s = &self.settings;
+        let exp = now + lifetime;
+        let mut soft = exp - s.expiry_margin.min(lifetime / 4);
+        if let Some(age) = s.max_credential_age {
+            soft = soft.min(now + age);
         }
-        if self.map.len() >= self.max_entries && !self.map.contains_key(&key) {
-            self.make_room();
-        }
-        self.map.insert(
+        // A fraction of the usable lifetime, so the refresh always comes before the soft expiry.
+        let refresh_at = now + (soft - now).mul_f64(s.refresh_ahead);
+        self.put(
             key,
             Entry {
                 identity,
-                expires_at,
+                refresh_at,
+                soft_expiry: soft,
+                hard_expiry: exp + s.stale_if_error,
+                kid: None,
+                refreshable: true,
+                last_used: AtomicU64::new(self.millis(now)),
+                refreshing: AtomicBool::new(false),
+                refresh_not_before: AtomicU64::new(0),
+            },
+        );
+        self.negative.remove(&key);
+    }
+
+    /// Stores a verified bearer token's identity until its expiry; it is dropped early if its
+    /// signing key `kid` leaves the JWKS.
+    pub fn insert_bearer(
+        &self,
+        key: CacheKey,
+        identity: Arc<Identity>,
+        lifetime: Duration,
+        kid: Option<&str>,
+    ) {
+        let now = Instant::now();
+        let exp = now + lifetime;
+        self.put(
+            key,
+            Entry {
+                identity,
+                refresh_at: exp,
+                soft_expiry: exp,
+                hard_expiry: exp,
+                kid: Some(Arc::from(kid.unwrap_or(""))),
+                refreshable: false,
+                last_used: AtomicU64::new(self.millis(now)),
+                refreshing: AtomicBool::new(false),
+                refresh_not_before: AtomicU64::new(0),
             },
         );
     }
 
+    fn put(&self, key: CacheKey, entry: Entry) {
+        if entry.hard_expiry <= Instant::now() {
+            return;
+        }
+        if self.map.len() >= self.settings.max_entries && !self.map.contains_key(&key) {
+            self.make_room();
+        }
+        self.map.insert(key, entry);
+    }
+
+    /// The provider refused this credential: forget any identity for it, and remember the
+    /// refusal for `negative_ttl`.
+    pub fn refuse(&self, key: CacheKey) {
+        self.map.remove(&key);
+        if self.settings.negative_ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        if self.negative.len() >= self.settings.max_negative_entries {
+            self.negative.retain(|_, until| *until > now);
+            if self.negative.len() >= self.settings.max_negative_entries {
+                // Full of live refusals: this one costs a provider call next time, which the
+                // exchange limits bound.
+                return;
+            }
+        }
+        self.negative.insert(key, now + self.settings.negative_ttl);
+    }
+
     pub fn remove(&self, key: &CacheKey) {
         self.map.remove(key);
+    }
+
+    /// A background refresh failed for a reason other than refusal: keep serving the entry, and
+    /// let a later hit try again after a pause.
+    pub fn refresh_failed(&self, key: &CacheKey) {
+        if let Some(e) = self.map.get(key) {
+            let next = self.millis(Instant::now() + REFRESH_RETRY);
+            e.refresh_not_before.store(next, Relaxed);
+            e.refreshing.store(false, Relaxed);
+        }
+    }
+
+    /// Drops every expired identity and refusal; run periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.map.retain(|_, e| e.hard_expiry > now);
+        self.negative.retain(|_, until| *until > now);
     }
 
     pub fn len(&self) -> usize {
@@ -135,39 +305,72 @@ impl TokenCache {
         self.map.is_empty()
     }
 
-    /// Sweeps expired entries; if that frees too little, evicts the tenth of entries that expire
-    /// soonest (they would need an exchange soonest anyway).
+    pub fn negative_len(&self) -> usize {
+        self.negative.len()
+    }
+
+    /// Sweeps expired entries; if that frees too little, evicts the least recently used tenth.
     fn make_room(&self) {
         let now = Instant::now();
-        self.map.retain(|_, e| e.expires_at > now);
-        if self.map.len() < self.max_entries {
-            return;
+        let before = self.map.len();
+        self.map.retain(|_, e| e.hard_expiry > now);
+        if self.map.len() >= self.settings.max_entries {
+            let mut by_use: Vec<(u64, CacheKey)> = self
+                .map
+                .iter()
+                .map(|e| (e.value().last_used.load(Relaxed), *e.key()))
+                .collect();
+            let evict = (self.settings.max_entries / 10).clamp(1, by_use.len());
+            by_use.select_nth_unstable_by_key(evict - 1, |(used, _)| *used);
+            for (_, key) in by_use.into_iter().take(evict) {
+                self.map.remove(&key);
+            }
         }
-        let mut by_expiry: Vec<(Instant, CacheKey)> = self
-            .map
-            .iter()
-            .map(|e| (e.value().expires_at, *e.key()))
-            .collect();
-        let evict = (self.max_entries / 10).max(1);
-        let nth = evict.min(by_expiry.len() - 1);
-        by_expiry.select_nth_unstable_by_key(nth, |(t, _)| *t);
-        for (_, key) in by_expiry.into_iter().take(evict) {
-            self.map.remove(&key);
-        }
+        let dropped = before.saturating_sub(self.map.len()) as u64;
+        self.stats.evictions.fetch_add(dropped, Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn identity(id: &str) -> Arc<Identity> {
         Arc::new(Identity {
             headers: vec![("x-user-id".into(), id.into())],
+            remove: vec![],
             client_id: id.into(),
         })
+    }
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            max_entries: 100,
+            max_negative_entries: 10,
+            refresh_ahead: 0.8,
+            expiry_margin: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
+            max_credential_age: None,
+        }
+    }
+
+    fn cache(s: CacheSettings) -> TokenCache {
+        TokenCache::new(s, Arc::new(Stats::default()))
+    }
+
+    fn alive(_: &str) -> bool {
+        true
+    }
+
+    fn state(c: &TokenCache, k: &CacheKey) -> &'static str {
+        match c.lookup(k, alive) {
+            Lookup::Fresh(_) => "fresh",
+            Lookup::RefreshDue(_) => "refresh",
+            Lookup::Stale(_) => "stale",
+            Lookup::Refused => "refused",
+            Lookup::Miss => "miss",
+        }
     }
 
     #[test]
@@ -181,31 +384,125 @@ mod tests {
         assert_ne!(a, KeyDeriver::default().derive(&[b"p", b"id", b"secret"]));
     }
 
+    /// An entry's life: fresh, refresh due once (for one caller), stale in the margin, gone at exp.
     #[tokio::test(start_paused = true)]
-    async fn entries_expire() {
-        let cache = TokenCache::new(10);
-        let key = KeyDeriver::default().derive(&[b"k"]);
-        cache.insert(
-            key,
-            identity("u1"),
-            Instant::now() + Duration::from_secs(60),
+    async fn entry_lifecycle() {
+        let c = cache(settings());
+        let k = KeyDeriver::default().derive(&[b"k"]);
+        c.insert(k, identity("u"), Duration::from_secs(3600));
+        assert_eq!(state(&c, &k), "fresh");
+        tokio::time::advance(Duration::from_secs(2831)).await;
+        assert_eq!(state(&c, &k), "fresh");
+        tokio::time::advance(Duration::from_secs(1)).await; // 0.8 of the usable 3540 s
+        assert_eq!(state(&c, &k), "refresh");
+        assert_eq!(state(&c, &k), "fresh", "only one caller starts the refresh");
+        c.refresh_failed(&k);
+        assert_eq!(
+            state(&c, &k),
+            "fresh",
+            "a failed refresh pauses before the next try"
         );
-        assert!(cache.get(&key).is_some());
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(cache.get(&key).is_none());
-        assert!(cache.is_empty());
+        tokio::time::advance(REFRESH_RETRY).await;
+        assert_eq!(state(&c, &k), "refresh");
+        tokio::time::advance(Duration::from_secs(3540 - 2837)).await; // exp - margin
+        assert_eq!(state(&c, &k), "stale");
+        tokio::time::advance(Duration::from_secs(60)).await; // exp
+        assert_eq!(state(&c, &k), "miss");
+        assert!(c.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stays_within_bound() {
-        let cache = TokenCache::new(100);
+    async fn stale_if_error_grace_and_credential_age() {
+        let mut s = settings();
+        s.stale_if_error = Duration::from_secs(300);
+        s.max_credential_age = Some(Duration::from_secs(600));
+        let c = cache(s);
+        let k = KeyDeriver::default().derive(&[b"k"]);
+        c.insert(k, identity("u"), Duration::from_secs(3600));
+        tokio::time::advance(Duration::from_secs(479)).await;
+        assert_eq!(state(&c, &k), "fresh");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            state(&c, &k),
+            "refresh",
+            "refreshed ahead of the credential age"
+        );
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(
+            state(&c, &k),
+            "stale",
+            "max_credential_age forces a re-exchange"
+        );
+        tokio::time::advance(Duration::from_secs(3000 + 299)).await;
+        assert_eq!(state(&c, &k), "stale", "within the stale_if_error grace");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(state(&c, &k), "miss", "never past the grace");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_lifetimes_keep_a_usable_window() {
+        let c = cache(settings());
+        let k = KeyDeriver::default().derive(&[b"k"]);
+        // 60 s tokens with a 60 s margin: the margin shrinks to a quarter of the lifetime.
+        c.insert(k, identity("u"), Duration::from_secs(60));
+        assert_eq!(state(&c, &k), "fresh");
+        tokio::time::advance(Duration::from_secs(36)).await;
+        assert_eq!(state(&c, &k), "refresh");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(state(&c, &k), "stale");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_remembered_for_the_negative_ttl_and_bounded() {
+        let c = cache(settings());
         let d = KeyDeriver::default();
-        for i in 0..1000u32 {
-            let at = Instant::now() + Duration::from_secs(60 + u64::from(i));
-            cache.insert(d.derive(&[&i.to_be_bytes()]), identity("u"), at);
-            assert!(cache.len() <= 100);
+        let k = d.derive(&[b"wrong"]);
+        c.refuse(k);
+        assert_eq!(state(&c, &k), "refused");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(state(&c, &k), "miss");
+        for i in 0..100u32 {
+            c.refuse(d.derive(&[&i.to_be_bytes()]));
         }
-        // The newest (latest-expiring) entry survived.
-        assert!(cache.get(&d.derive(&[&999u32.to_be_bytes()])).is_some());
+        assert_eq!(c.negative_len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_keeps_hot_entries() {
+        let c = cache(settings());
+        let d = KeyDeriver::default();
+        let hot = d.derive(&[b"hot"]);
+        c.insert(hot, identity("hot"), Duration::from_secs(3600));
+        for i in 0..1000u32 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            c.insert(
+                d.derive(&[&i.to_be_bytes()]),
+                identity("cold"),
+                Duration::from_secs(3600),
+            );
+            assert_eq!(
+                state(&c, &hot),
+                "fresh",
+                "the hot entry survives insert {i}"
+            );
+            assert!(c.len() <= 100);
+        }
+        assert!(c.stats.snapshot().evictions >= 900);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bearer_entries_die_with_their_key() {
+        let c = cache(settings());
+        let k = KeyDeriver::default().derive(&[b"bearer"]);
+        c.insert_bearer(k, identity("u"), Duration::from_secs(600), Some("kid-1"));
+        assert!(matches!(
+            c.lookup(&k, |kid| kid == "kid-1"),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(c.lookup(&k, |kid| kid == "kid-2"), Lookup::Miss));
+        assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss), "removed");
+        c.insert_bearer(k, identity("u"), Duration::from_secs(600), Some("kid-1"));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss));
     }
 }

@@ -317,27 +317,126 @@ impl Default for IdentityConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Most verified credentials kept at once.
+    /// Most verified credentials (and bearer tokens) kept at once.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
-    /// An entry is dropped this long before its token's `exp`, so no upstream sees a token that
-    /// expires in flight.
+    /// Most refused credentials remembered at once.
+    #[serde(default = "default_max_negative_entries")]
+    pub max_negative_entries: usize,
+    /// Fraction of a token's usable lifetime after which a credential still in use is
+    /// re-exchanged in the background.
+    #[serde(default = "default_refresh_ahead")]
+    pub refresh_ahead: f64,
+    /// A token is re-exchanged this long before its `exp` (at most a quarter of its lifetime).
     #[serde(default = "default_expiry_margin", with = "duration")]
     pub expiry_margin: Duration,
+    /// How long a credential the provider refused is refused without asking again.
+    #[serde(default = "default_negative_ttl", with = "duration")]
+    pub negative_ttl: Duration,
+    /// How long past its `exp` a cached identity may still be served while the provider
+    /// fails; `0s` (the default) never serves an expired token.
+    #[serde(default, with = "duration")]
+    pub stale_if_error: Duration,
+    /// Re-exchange a credential this long after its last exchange even if its token is still
+    /// valid: bounds how long a rotated-out or deactivated secret keeps working here.
+    #[serde(default, with = "opt_duration")]
+    pub max_credential_age: Option<Duration>,
+    #[serde(default = "default_max_exchanges_per_second")]
+    pub max_exchanges_per_second: u32,
+    #[serde(default = "default_max_concurrent_exchanges")]
+    pub max_concurrent_exchanges: u32,
+    /// Longest a check waits for an exchange slot before it is answered 429.
+    #[serde(default = "default_exchange_queue_timeout", with = "duration")]
+    pub exchange_queue_timeout: Duration,
 }
 
 fn default_max_entries() -> usize {
     defaults::CACHE_MAX_ENTRIES
 }
+fn default_max_negative_entries() -> usize {
+    defaults::CACHE_MAX_NEGATIVE_ENTRIES
+}
+fn default_refresh_ahead() -> f64 {
+    defaults::CACHE_REFRESH_AHEAD
+}
 fn default_expiry_margin() -> Duration {
     defaults::CACHE_EXPIRY_MARGIN
+}
+fn default_negative_ttl() -> Duration {
+    defaults::CACHE_NEGATIVE_TTL
+}
+fn default_max_exchanges_per_second() -> u32 {
+    defaults::MAX_EXCHANGES_PER_SECOND
+}
+fn default_max_concurrent_exchanges() -> u32 {
+    defaults::MAX_CONCURRENT_EXCHANGES
+}
+fn default_exchange_queue_timeout() -> Duration {
+    defaults::EXCHANGE_QUEUE_TIMEOUT
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_entries: default_max_entries(),
+            max_negative_entries: default_max_negative_entries(),
+            refresh_ahead: default_refresh_ahead(),
             expiry_margin: default_expiry_margin(),
+            negative_ttl: default_negative_ttl(),
+            stale_if_error: Duration::ZERO,
+            max_credential_age: None,
+            max_exchanges_per_second: default_max_exchanges_per_second(),
+            max_concurrent_exchanges: default_max_concurrent_exchanges(),
+            exchange_queue_timeout: default_exchange_queue_timeout(),
+        }
+    }
+}
+
+impl CacheConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, n) in [
+            ("cache.max_entries", self.max_entries),
+            ("cache.max_negative_entries", self.max_negative_entries),
+            (
+                "cache.max_exchanges_per_second",
+                self.max_exchanges_per_second as usize,
+            ),
+            (
+                "cache.max_concurrent_exchanges",
+                self.max_concurrent_exchanges as usize,
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::invalid(field, "expected at least 1"));
+            }
+        }
+        if !(self.refresh_ahead > 0.0 && self.refresh_ahead < 1.0) {
+            return Err(ConfigError::invalid(
+                "cache.refresh_ahead",
+                "expected a fraction between 0 and 1, such as 0.8",
+            ));
+        }
+        if self
+            .max_credential_age
+            .is_some_and(|a| a < Duration::from_secs(1))
+        {
+            return Err(ConfigError::invalid(
+                "cache.max_credential_age",
+                "expected at least 1s",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> crate::cache::CacheSettings {
+        crate::cache::CacheSettings {
+            max_entries: self.max_entries,
+            max_negative_entries: self.max_negative_entries,
+            refresh_ahead: self.refresh_ahead,
+            expiry_margin: self.expiry_margin,
+            negative_ttl: self.negative_ttl,
+            stale_if_error: self.stale_if_error,
+            max_credential_age: self.max_credential_age,
         }
     }
 }
@@ -449,12 +548,7 @@ impl Config {
                 ));
             }
         }
-        if self.cache.max_entries == 0 {
-            return Err(ConfigError::invalid(
-                "cache.max_entries",
-                "expected at least 1",
-            ));
-        }
+        self.cache.validate()?;
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
             return Err(ConfigError::invalid(
                 "realm",

@@ -1,6 +1,10 @@
 //! The answer to one check, free of any transport, and the one place where a refusal's reason
 //! becomes an HTTP status, an RFC 6750 challenge and a JSON body.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Identity;
 use crate::credentials::CredentialError;
 use crate::exchange::ExchangeError;
 use crate::identity::IdentityError;
@@ -12,23 +16,45 @@ pub enum Decision {
     Deny(Deny),
 }
 
-/// Let the request through, rewriting its headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Let the request through, rewriting its headers as the (cached) identity says.
+#[derive(Debug, Clone)]
 pub struct Allow {
-    /// Set upstream, overwriting whatever the caller sent under the same name.
-    pub set: Vec<(String, String)>,
-    /// Removed upstream: credential headers and identity headers this answer does not set.
-    pub remove: Vec<String>,
-    /// The authenticated client, for logs.
-    pub client_id: String,
+    pub identity: Arc<Identity>,
 }
+
+impl Allow {
+    /// Set upstream, overwriting whatever the caller sent under the same name.
+    pub fn set(&self) -> &[(String, String)] {
+        &self.identity.headers
+    }
+
+    /// Removed upstream: credential headers and identity headers this answer does not set.
+    pub fn remove(&self) -> &[String] {
+        &self.identity.remove
+    }
+
+    /// The authenticated client, for logs.
+    pub fn client_id(&self) -> &str {
+        &self.identity.client_id
+    }
+}
+
+impl PartialEq for Allow {
+    fn eq(&self, other: &Self) -> bool {
+        self.set() == other.set() && self.remove() == other.remove()
+    }
+}
+
+impl Eq for Allow {}
 
 /// Refuse the request with this HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
     pub status: u16,
     /// The `WWW-Authenticate` value.
-    pub challenge: String,
+    pub challenge: Option<String>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
     /// The JSON body: `{"error": …, "error_description": …}`.
     pub body: String,
     /// A short, stable reason for logs and metrics.
@@ -44,11 +70,27 @@ pub enum Refusal {
     /// The provider refused the presented client credentials.
     Exchange(ExchangeError),
     Identity(IdentityError),
+    /// The sidecar's own exchange limits are reached: retry after this long.
+    Limited {
+        retry_after: Duration,
+    },
 }
 
 impl Refusal {
     pub fn to_deny(&self, realm: &str) -> Deny {
         use CredentialError as C;
+        if let Refusal::Limited { retry_after } = self {
+            return Deny {
+                status: 429,
+                challenge: None,
+                retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                body: body(
+                    "too_many_requests",
+                    "new credentials are arriving faster than the exchange limit; retry later",
+                ),
+                reason: "exchange_limited",
+            };
+        }
         let (status, rfc_error, body_error, reason): (u16, Option<&str>, &str, &'static str) =
             match self {
                 Refusal::Credential(C::Missing) => (401, None, "unauthorized", "no_credentials"),
@@ -90,6 +132,7 @@ impl Refusal {
                     "invalid_client",
                 ),
                 Refusal::Identity(_) => (403, None, "access_denied", "no_identity"),
+                Refusal::Limited { .. } => unreachable!("answered above"),
             };
         let description = match self {
             Refusal::Credential(e) => e.to_string(),
@@ -99,6 +142,7 @@ impl Refusal {
             }
             Refusal::Exchange(_) => "the client credentials were rejected".to_owned(),
             Refusal::Identity(e) => e.to_string(),
+            Refusal::Limited { .. } => unreachable!("answered above"),
         };
         let mut challenge = format!("Bearer realm=\"{realm}\"");
         if let Some(code) = rfc_error {
@@ -106,15 +150,18 @@ impl Refusal {
                 ", error=\"{code}\", error_description=\"{description}\""
             ));
         }
-        let body = serde_json::json!({ "error": body_error, "error_description": description })
-            .to_string();
         Deny {
             status,
-            challenge,
-            body,
+            challenge: Some(challenge),
+            retry_after: None,
+            body: body(body_error, &description),
             reason,
         }
     }
+}
+
+fn body(error: &str, description: &str) -> String {
+    serde_json::json!({ "error": error, "error_description": description }).to_string()
 }
 
 #[cfg(test)]
@@ -173,21 +220,20 @@ mod tests {
         for (refusal, status, code) in cases {
             let d = refusal.to_deny("api");
             assert_eq!(d.status, status, "{refusal:?}");
-            assert!(
-                d.challenge.starts_with("Bearer realm=\"api\""),
-                "{}",
-                d.challenge
-            );
+            let challenge = d.challenge.unwrap();
+            assert!(challenge.starts_with("Bearer realm=\"api\""), "{challenge}");
             match code {
-                Some(c) => assert!(
-                    d.challenge.contains(&format!("error=\"{c}\"")),
-                    "{}",
-                    d.challenge
-                ),
-                None => assert!(!d.challenge.contains("error="), "{}", d.challenge),
+                Some(c) => assert!(challenge.contains(&format!("error=\"{c}\"")), "{challenge}"),
+                None => assert!(!challenge.contains("error="), "{challenge}"),
             }
             let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
             assert!(body["error"].is_string() && body["error_description"].is_string());
         }
+        let limited = Refusal::Limited {
+            retry_after: Duration::from_millis(1200),
+        }
+        .to_deny("api");
+        assert_eq!((limited.status, limited.retry_after), (429, Some(2)));
+        assert!(limited.challenge.is_none());
     }
 }

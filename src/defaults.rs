@@ -28,8 +28,16 @@ pub const MAX_PROVIDER_BODY_BYTES: usize = 256 * 1024;
 /// Token lifetime assumed when neither `expires_in` nor a usable `exp` says otherwise.
 pub const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
-pub const CACHE_MAX_ENTRIES: usize = 100_000;
+pub const CACHE_MAX_ENTRIES: usize = 250_000;
+pub const CACHE_MAX_NEGATIVE_ENTRIES: usize = 50_000;
+pub const CACHE_REFRESH_AHEAD: f64 = 0.8;
 pub const CACHE_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+pub const CACHE_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// How often expired cache entries are swept.
+pub const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+pub const MAX_EXCHANGES_PER_SECOND: u32 = 200;
+pub const MAX_CONCURRENT_EXCHANGES: u32 = 64;
+pub const EXCHANGE_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest identity header value sent upstream.
 pub const MAX_IDENTITY_VALUE_BYTES: usize = 1024;

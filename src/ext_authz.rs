@@ -85,8 +85,8 @@ fn allowed(allow: &Allow) -> CheckResponse {
             message: String::new(),
         }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: allow.set.iter().map(|(k, v)| header(k, v)).collect(),
-            headers_to_remove: allow.remove.clone(),
+            headers: allow.set().iter().map(|(k, v)| header(k, v)).collect(),
+            headers_to_remove: allow.remove().to_vec(),
             response_headers_to_add: Vec::new(),
         })),
     }
@@ -108,14 +108,24 @@ fn denied(deny: &Deny) -> CheckResponse {
             status: Some(HttpStatus {
                 code: i32::from(deny.status),
             }),
-            headers: vec![
-                header("www-authenticate", &deny.challenge),
-                header("content-type", "application/json"),
-                header("cache-control", "no-store"),
-            ],
+            headers: deny_headers(deny),
             body: deny.body.clone(),
         })),
     }
+}
+
+fn deny_headers(deny: &Deny) -> Vec<HeaderValueOption> {
+    let mut headers = vec![
+        header("content-type", "application/json"),
+        header("cache-control", "no-store"),
+    ];
+    if let Some(challenge) = &deny.challenge {
+        headers.push(header("www-authenticate", challenge));
+    }
+    if let Some(seconds) = deny.retry_after {
+        headers.push(header("retry-after", &seconds.to_string()));
+    }
+    headers
 }
 
 /// The tonic service.
@@ -142,7 +152,7 @@ impl Authorization for ExtAuthz {
                 let micros = started.elapsed().as_micros() as u64;
                 match &decision {
                     Decision::Allow(a) => tracing::debug!(
-                        decision = "allow", client_id = %a.client_id, method = %request.method,
+                        decision = "allow", client_id = %a.client_id(), method = %request.method,
                         path = %request.path, micros, "check"
                     ),
                     Decision::Deny(d) => tracing::info!(

@@ -11,13 +11,16 @@ pub mod decision;
 pub mod defaults;
 pub mod exchange;
 pub mod ext_authz;
+pub mod flight;
 mod http_body;
 pub mod identity;
 pub mod issuer;
 pub mod jwks;
+pub mod limits;
 pub mod provider;
 pub mod request;
 pub mod server;
+pub mod stats;
 pub mod telemetry;
 pub mod verify;
 

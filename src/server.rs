@@ -115,6 +115,7 @@ pub async fn serve_with(
         .set_service_status(CHECK_SERVICE, ServingStatus::NotServing)
         .await;
 
+    let maintenance = authorizer.spawn_maintenance();
     let jwks = authorizer.provider().jwks().clone();
     let refresher = jwks.clone().spawn_refresher(jwks_refresh);
     // Health reports SERVING only once keys are loaded: before that every check would fail.
@@ -156,6 +157,7 @@ pub async fn serve_with(
         }
     };
     refresher.abort();
+    maintenance.abort();
     health_task.abort();
     result.map_err(ServeError::from)
 }

@@ -28,6 +28,10 @@ pub struct Verified {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub exp: u64,
+    /// `iat`, when present.
+    pub iat: Option<u64>,
+    /// The `kid` of the key that verified it.
+    pub kid: Option<String>,
 }
 
 /// Why a token was refused; the variants say which rule, never the token.
@@ -129,16 +133,19 @@ pub fn verify(
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(VerifyError::MissingClaim)?;
+    let iat = claims.get("iat").and_then(Value::as_u64);
     if let Some(max_age) = rules.max_age {
-        let iat = claims
-            .get("iat")
-            .and_then(Value::as_u64)
-            .ok_or(VerifyError::MissingClaim)?;
+        let iat = iat.ok_or(VerifyError::MissingClaim)?;
         if now.saturating_sub(iat) > max_age.as_secs() + rules.leeway.as_secs() {
             return Err(VerifyError::TooOld);
         }
     }
-    Ok(Verified { claims, exp })
+    Ok(Verified {
+        claims,
+        exp,
+        iat,
+        kid: header.kid,
+    })
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ fn basic(id: &str, secret: &str) -> String {
 fn user(d: &Decision) -> Option<String> {
     match d {
         Decision::Allow(a) => a
-            .set
+            .set()
             .iter()
             .find(|(h, _)| h == "x-user-id")
             .map(|(_, v)| v.clone()),

@@ -3,6 +3,7 @@
 
 use envoy_types::pb::envoy::config::core::v3 as up_core;
 use envoy_types::pb::envoy::service::auth::v3 as up;
+use m2m_authz::cache::Identity;
 use m2m_authz::decision::{Allow, Decision, Deny};
 use m2m_authz::ext_authz::{to_auth_request, to_check_response};
 use m2m_authz::proto::envoy::service::auth::v3 as ours;
@@ -116,9 +117,11 @@ fn raw_header_map_keeps_repeated_headers_apart() {
 #[test]
 fn our_ok_response_decodes_as_envoys() {
     let decision = Decision::Allow(Allow {
-        set: vec![("x-user-id".into(), "user-1".into())],
-        remove: vec!["authorization".into(), "x-client-secret".into()],
-        client_id: "client-1".into(),
+        identity: std::sync::Arc::new(Identity {
+            headers: vec![("x-user-id".into(), "user-1".into())],
+            remove: vec!["authorization".into(), "x-client-secret".into()],
+            client_id: "client-1".into(),
+        }),
     });
     let bytes = to_check_response(&decision).encode_to_vec();
     let theirs = up::CheckResponse::decode(bytes.as_slice()).unwrap();
@@ -142,7 +145,8 @@ fn our_ok_response_decodes_as_envoys() {
 fn our_denied_response_decodes_as_envoys() {
     let decision = Decision::Deny(Deny {
         status: 401,
-        challenge: "Bearer realm=\"m2m-authz\"".into(),
+        challenge: Some("Bearer realm=\"m2m-authz\"".into()),
+        retry_after: None,
         body: "{\"error\":\"unauthorized\"}".into(),
         reason: "no_credentials",
     });

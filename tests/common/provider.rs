@@ -27,8 +27,10 @@ fn fixture(name: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Normal,
-    /// Answers 503.
+    /// Token and JWKS endpoints answer 503.
     Failing,
+    /// Only the JWKS endpoint answers 503.
+    JwksDown,
 }
 
 struct Client {
@@ -45,6 +47,9 @@ pub struct ProviderState {
     pub token_calls: AtomicUsize,
     pub jwks_calls: AtomicUsize,
     failing: AtomicBool,
+    jwks_down: AtomicBool,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     latency_ms: AtomicU64,
     lifetime_secs: AtomicU64,
 }
@@ -64,6 +69,9 @@ impl FakeProvider {
             token_calls: AtomicUsize::new(0),
             jwks_calls: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            jwks_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             latency_ms: AtomicU64::new(0),
             lifetime_secs: AtomicU64::new(3600),
         });
@@ -110,6 +118,9 @@ impl FakeProvider {
         self.state
             .failing
             .store(mode == Mode::Failing, Ordering::SeqCst);
+        self.state
+            .jwks_down
+            .store(mode == Mode::JwksDown, Ordering::SeqCst);
     }
 
     pub fn set_latency(&self, d: Duration) {
@@ -130,6 +141,11 @@ impl FakeProvider {
 
     pub fn token_calls(&self) -> usize {
         self.state.token_calls.load(Ordering::SeqCst)
+    }
+
+    /// The most token requests the endpoint was serving at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn jwks_calls(&self) -> usize {
@@ -190,6 +206,14 @@ fn oauth_error(status: StatusCode, code: &str) -> Response {
 
 async fn token(State(s): State<Arc<ProviderState>>, headers: HeaderMap, body: String) -> Response {
     s.token_calls.fetch_add(1, Ordering::SeqCst);
+    let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = token_inner(&s, headers, body).await;
+    s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn token_inner(s: &ProviderState, headers: HeaderMap, body: String) -> Response {
     let latency = s.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -240,7 +264,7 @@ async fn token(State(s): State<Arc<ProviderState>>, headers: HeaderMap, body: St
 
 async fn jwks(State(s): State<Arc<ProviderState>>) -> Response {
     s.jwks_calls.fetch_add(1, Ordering::SeqCst);
-    if s.failing.load(Ordering::SeqCst) {
+    if s.failing.load(Ordering::SeqCst) || s.jwks_down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let keys: Vec<Value> = s
