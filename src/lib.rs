@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod defaults;
+pub mod demo;
 pub mod exchange;
 pub mod ext_authz;
 pub mod flight;

@@ -37,6 +37,8 @@ enum Command {
     /// Manage the embedded issuer's M2M clients (works on its database file).
     #[command(subcommand)]
     Clients(m2m_authz::issuer::ClientsCommand),
+    /// Run the whole flow locally: Envoy, the sidecar with the embedded issuer, an echo upstream.
+    Demo(m2m_authz::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(m2m_authz::issuer::run_issuer_command(args))
         }
         Command::Clients(command) => m2m_authz::issuer::run_clients_command(command),
+        Command::Demo(args) => m2m_authz::demo::run(args),
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             telemetry::init();

@@ -426,7 +426,18 @@ fn set_status(path: &Path, client_id: &str, status: ClientStatus) -> anyhow::Res
     Ok(())
 }
 
-fn create(args: CreateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+/// A client made by [`create_client`]. Its secret exists in clear only here, so there is no
+/// `Debug`.
+pub struct CreatedClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub user_id: String,
+    pub scopes: Vec<String>,
+}
+
+/// What `clients create` does, returning the new client instead of printing it (the `demo`
+/// command uses it).
+pub fn create_client(args: CreateArgs) -> anyhow::Result<CreatedClient> {
     let config = IssuerConfig::load(&args.config.config)?;
     let template = config.parsed_template()?;
     let mut metadata: Map<String, Value> = match &args.metadata {
@@ -457,18 +468,29 @@ fn create(args: CreateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             trusted_metadata: metadata,
         },
     )?;
-    if args.json {
+    Ok(CreatedClient {
+        client_id: client.client_id,
+        client_secret: secret.expose().to_owned(),
+        user_id: args.user_id,
+        scopes: client.scopes,
+    })
+}
+
+fn create(args: CreateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let json = args.json;
+    let client = create_client(args)?;
+    if json {
         let body = json!({
             "client_id": client.client_id,
-            "client_secret": secret.expose(),
-            "user_id": args.user_id,
+            "client_secret": client.client_secret,
+            "user_id": client.user_id,
             "scopes": client.scopes,
         });
         writeln!(out, "{body}")?;
     } else {
         writeln!(out, "client_id:     {}", client.client_id)?;
-        writeln!(out, "client_secret: {}", secret.expose())?;
-        writeln!(out, "user_id:       {}", args.user_id)?;
+        writeln!(out, "client_secret: {}", client.client_secret)?;
+        writeln!(out, "user_id:       {}", client.user_id)?;
         writeln!(out, "scopes:        {}", client.scopes.join(" "))?;
         writeln!(
             out,

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
 pub use cli::{
-    ClientsCommand, ConfigArg, CreateArgs, IssuerArgs, IssuerCommand, RotateStep,
-    run_clients_command, run_issuer_command,
+    ClientsCommand, ConfigArg, CreateArgs, CreatedClient, IssuerArgs, IssuerCommand, RotateStep,
+    create_client, run_clients_command, run_issuer_command,
 };
 pub use config::{
     ConfigError, IssuerConfig, IssuerEndpoints, MIN_PROJECT_SECRET_LEN, PROJECT_SECRET_ENV,

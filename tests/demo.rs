@@ -1,0 +1,309 @@
+//! The README's demo command, run the way a user runs it: `scripts/demo` from a scratch
+//! directory (ports passed as flags, since the defaults may be taken), until `ready`; then one
+//! allowed and one refused request through Envoy, and SIGTERM stops everything it started.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::process::{ChildGuard, Lines, TempDir, free_port, log_file, tail};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_m2m-authz");
+/// Generous: on a busy 2-core machine `scripts/tools` and the start-up take a while.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const SIGTERM: i32 = 15;
+
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    listener: u16,
+    admin: u16,
+    grpc: u16,
+    issuer: u16,
+    upstream: u16,
+}
+
+impl Ports {
+    /// Five distinct ports that were free a moment ago.
+    fn free() -> Self {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 5 {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        Ports {
+            listener: ports[0],
+            admin: ports[1],
+            grpc: ports[2],
+            issuer: ports[3],
+            upstream: ports[4],
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            ("--listen-port", self.listener),
+            ("--admin-port", self.admin),
+            ("--grpc-port", self.grpc),
+            ("--issuer-port", self.issuer),
+            ("--upstream-port", self.upstream),
+        ]
+        .iter()
+        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+        .collect()
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+}
+
+/// `scripts/demo` running, up to its `ready` line.
+struct RunningDemo {
+    child: ChildGuard,
+    lines: Lines,
+    ports: Ports,
+}
+
+/// Starts `scripts/demo` in `cwd`, waits for `ready`. `Err((report, retry))`: `retry` when a
+/// port chosen as free was taken by someone else in the meantime.
+async fn start_demo(cwd: &Path, state: &Path) -> Result<RunningDemo, (String, bool)> {
+    let ports = Ports::free();
+    let stderr = cwd.join("demo.stderr.log");
+    let mut cmd = Command::new(common::repo_root().join("scripts/demo"));
+    cmd.current_dir(cwd)
+        .arg("--dir")
+        .arg(state)
+        .args(ports.args())
+        // `cargo test` already built the binary under test; the script would otherwise run
+        // `cargo build`, whose features differ from the test build's.
+        .env("M2M_AUTHZ_DEMO_BIN", BIN)
+        .env_remove("M2M_AUTHZ_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file(&stderr));
+    let mut child = ChildGuard::spawn("scripts/demo", &mut cmd).with_grace(EXIT_TIMEOUT);
+    let mut lines = Lines::spawn(child.child_mut().stdout.take().expect("demo stdout"));
+    match lines.wait_for_prefix("ready", READY_TIMEOUT).await {
+        Ok(line) => {
+            assert_eq!(line, "ready", "the ready line is exactly `ready`");
+            Ok(RunningDemo {
+                child,
+                lines,
+                ports,
+            })
+        }
+        Err(err) => {
+            let status = child.stop();
+            let stderr = tail(&stderr, 40);
+            let retry = stderr.contains("is in use") || stderr.contains("Address already in use");
+            Err((
+                format!(
+                    "{err}; demo exit status {status:?}\nstderr:\n{stderr}\nsidecar log:\n{}\nenvoy log:\n{}",
+                    tail(&state.join("m2m-authz.log"), 30),
+                    tail(&state.join("envoy.log"), 30),
+                ),
+                retry,
+            ))
+        }
+    }
+}
+
+async fn value_after(lines: &mut Lines, prefix: &str) -> String {
+    let line = lines
+        .wait_for_prefix(prefix, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("banner: {e}"));
+    line[prefix.len()..].trim().to_owned()
+}
+
+async fn wait_exit(child: &mut ChildGuard, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(common::process::POLL_INTERVAL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_demo_command_reaches_ready_and_allows_a_request() {
+    let tmp = TempDir::new("demo");
+    let state = tmp.join(".demo");
+    let mut failures = Vec::new();
+    let mut demo = None;
+    for _attempt in 0..3 {
+        match start_demo(tmp.path(), &state).await {
+            Ok(running) => {
+                demo = Some(running);
+                break;
+            }
+            Err((report, retry)) => {
+                failures.push(report);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(mut demo) = demo else {
+        panic!(
+            "scripts/demo did not reach ready:\n{}",
+            failures.join("\n-----\n")
+        );
+    };
+
+    let id = value_after(&mut demo.lines, "client_id: ").await;
+    let secret = value_after(&mut demo.lines, "client_secret: ").await;
+    let envoy_pid: u32 = value_after(&mut demo.lines, "envoy: pid ")
+        .await
+        .split(',')
+        .next()
+        .and_then(|pid| pid.trim().parse().ok())
+        .expect("envoy pid in the banner");
+    assert!(id.starts_with("m2m-client-test-"), "{id}");
+    assert!(secret.starts_with("secret-test-"), "client_secret line");
+    for file in ["m2m-authz.yaml", "issuer.yaml", "envoy.yaml", "issuer.db"] {
+        assert!(state.join(file).exists(), "{file} in the state dir");
+    }
+
+    let url = format!("http://127.0.0.1:{}/v1/orders", demo.ports.listener);
+    let http = common::http_client();
+
+    let allowed = http
+        .get(&url)
+        .basic_auth(&id, Some(&secret))
+        .send()
+        .await
+        .expect("allowed request");
+    assert_eq!(allowed.status(), 200);
+    let echo: Value = allowed.json().await.expect("echo JSON");
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/v1/orders");
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-user-id"], "user-demo-1", "{echo}");
+    assert!(headers.get("authorization").is_none(), "{echo}");
+    assert!(headers.get("x-client-secret").is_none(), "{echo}");
+    assert!(
+        !echo.to_string().contains(&secret),
+        "the secret reached the upstream"
+    );
+
+    let wrong = http
+        .get(&url)
+        .basic_auth(&id, Some("secret-test-wrong"))
+        .send()
+        .await
+        .expect("wrong-secret request");
+    assert_eq!(wrong.status(), 401);
+    let challenge = wrong
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+        "{challenge}"
+    );
+
+    // SIGTERM stops Envoy, drains the sidecar and exits 0.
+    demo.child.signal(SIGTERM);
+    let status = wait_exit(&mut demo.child, EXIT_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("the demo did not exit within {EXIT_TIMEOUT:?} of SIGTERM"));
+    assert!(status.success(), "demo exit status {status}");
+    assert!(
+        demo.lines
+            .wait_for_prefix("stopped", Duration::from_secs(5))
+            .await
+            .is_ok(),
+        "`stopped` after a clean shutdown"
+    );
+    for (what, port) in [
+        ("Envoy admin", demo.ports.admin),
+        ("Envoy listener", demo.ports.listener),
+        ("sidecar", demo.ports.grpc),
+        ("issuer", demo.ports.issuer),
+        ("upstream", demo.ports.upstream),
+    ] {
+        assert!(
+            tokio::net::TcpStream::connect(Ports::addr(port))
+                .await
+                .is_err(),
+            "{what} port {port} still accepts connections after the demo exited"
+        );
+    }
+    assert!(
+        !Path::new(&format!("/proc/{envoy_pid}")).exists(),
+        "Envoy (pid {envoy_pid}) outlived the demo"
+    );
+}
+
+/// Runs `m2m-authz demo` with `ports` and an Envoy path; returns (status, stdout, stderr).
+fn run_demo_binary(dir: &Path, envoy: &Path, ports: &Ports) -> (ExitStatus, String, String) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .arg("demo")
+        .arg("--envoy")
+        .arg(envoy)
+        .arg("--dir")
+        .arg(dir.join(".demo"))
+        .args(ports.args())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run m2m-authz demo");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_taken_port_gives_one_line_naming_its_flag() {
+    let tmp = TempDir::new("demo-port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut ports = Ports::free();
+    ports.grpc = taken.local_addr().expect("addr").port();
+    let (status, stdout, stderr) = run_demo_binary(tmp.path(), &common::tools::envoy_bin(), &ports);
+    assert!(!status.success(), "exit status {status}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: port {} (sidecar gRPC) is in use; pass --grpc-port to choose another\n",
+            ports.grpc
+        )
+    );
+    assert_eq!(stdout, "");
+    assert!(
+        !tmp.join(".demo").exists(),
+        "nothing is written before the ports are checked"
+    );
+}
+
+#[test]
+fn a_missing_envoy_says_to_run_scripts_tools() {
+    let tmp = TempDir::new("demo-envoy");
+    let envoy = tmp.join("no-such-envoy");
+    let (status, stdout, stderr) = run_demo_binary(tmp.path(), &envoy, &Ports::free());
+    assert!(!status.success(), "exit status {status}");
+    assert_eq!(
+        stderr,
+        format!(
+            "error: envoy not found at {}; run scripts/tools\n",
+            envoy.display()
+        )
+    );
+    assert_eq!(stdout, "");
+}
