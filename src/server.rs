@@ -2,12 +2,11 @@
 //! connections are refused while in-flight checks get up to the drain timeout to finish.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic_health::ServingStatus;
 
 use crate::authorizer::{Authorizer, BuildError};
@@ -36,16 +35,52 @@ pub enum ServeError {
     Issuer(#[from] crate::issuer::IssuerError),
 }
 
+/// A bound gRPC listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
 /// Binds the configured address. Separate from serving so callers can learn the bound address
-/// (port 0 in tests) and report a taken port before anything else starts.
-pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
-    let ListenAddr::Tcp(addr) = parse_listen(&config.listen.grpc).map_err(ServeError::Listen)?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+/// (port 0 in tests) and report a taken port before anything else starts. A stale socket file
+/// left by an earlier run is replaced; any other file at that path is an error.
+pub async fn bind(config: &Config) -> Result<Listener, ServeError> {
+    match parse_listen(&config.listen.grpc).map_err(ServeError::Listen)? {
+        ListenAddr::Tcp(addr) => {
+            TcpListener::bind(addr)
+                .await
+                .map(Listener::Tcp)
+                .map_err(|source| ServeError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        }
+        ListenAddr::Unix(path) => {
+            use std::os::unix::fs::FileTypeExt;
+            let bind_error = |source| ServeError::Bind {
+                addr: format!("unix:{}", path.display()),
+                source,
+            };
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if !meta.file_type().is_socket() {
+                    return Err(bind_error(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a socket is in the way",
+                    )));
+                }
+                std::fs::remove_file(&path).map_err(bind_error)?;
+            }
+            UnixListener::bind(&path)
+                .map(Listener::Unix)
+                .map_err(bind_error)
+        }
+    }
 }
 
 /// Serves until `shutdown` completes, then drains for at most `config.listen.drain_timeout`.
@@ -53,7 +88,7 @@ pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
 /// after the last check has drained.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let issuer = match &config.provider.embedded {
@@ -101,12 +136,19 @@ async fn start_embedded_issuer(config: IssuerConfig) -> Result<IssuerHandle, Ser
 
 pub async fn serve_with(
     authorizer: Arc<Authorizer>,
-    listener: TcpListener,
+    listener: Listener,
     jwks_refresh: Duration,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let local = match &listener {
+        Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        Listener::Unix(l) => l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_default(),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -131,17 +173,24 @@ pub async fn serve_with(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tonic::transport::Server::builder()
+    let stopped = async move {
+        let mut stop_rx = stop_rx;
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(ExtAuthz::new(authorizer)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            }
-        });
-    tracing::info!(addr = ?local, "m2m-authz listening for ext_authz checks");
-    tokio::pin!(server);
+        .add_service(AuthorizationServer::new(ExtAuthz::new(authorizer)));
+    let mut server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match listener {
+        Listener::Tcp(l) => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped))
+        }
+        Listener::Unix(l) => {
+            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped))
+        }
+    };
+    tracing::info!(addr = %local, "m2m-authz listening for ext_authz checks");
     let result = tokio::select! {
         r = &mut server => r,
         () = shutdown => {

@@ -194,3 +194,68 @@ async fn token_endpoint_down_fails_closed_and_the_sidecar_keeps_serving() {
     .await
     .unwrap();
 }
+
+/// Envoy reaches the sidecar over a Unix domain socket (`listen.grpc: unix:/path`, an Envoy
+/// `pipe` address): the same answers as over TCP.
+#[tokio::test]
+async fn checks_over_a_unix_domain_socket() {
+    let provider = FakeProvider::start().await;
+    provider.add_client("client-1", "s3cret-uds", "user-1");
+    let (sidecar, socket) = Sidecar::start_unix(&format!(
+        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n",
+        provider.token_url(),
+        provider.jwks_url()
+    ))
+    .await;
+    let upstream = EchoUpstream::start().await;
+    let placeholder = common::process::free_addr();
+    let envoy = Envoy::start_with(
+        EnvoyPorts {
+            ext_authz: placeholder,
+            upstream: upstream.addr(),
+        },
+        common::envoy::EnvoyOptions {
+            replacements: vec![(
+                format!(
+                    "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+                    placeholder.port()
+                ),
+                format!("pipe: {{ path: \"{}\" }}", socket.display()),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let http = common::http_client();
+    // Ready when keys are loaded: poll through Envoy with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = http
+            .get(envoy.url("/v1/orders"))
+            .basic_auth("client-1", Some("s3cret-uds"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never allowed: {}\n{}",
+            r.status(),
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        upstream.last_request().unwrap().header("x-user-id"),
+        Some("user-1")
+    );
+    let r = http
+        .get(envoy.url("/v1/orders"))
+        .basic_auth("client-1", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -57,6 +57,45 @@ impl Sidecar {
         sidecar
     }
 
+    /// Starts the binary serving Check on a Unix domain socket in its temp dir; ready once the
+    /// socket accepts connections. Returns the sidecar and the socket path.
+    pub async fn start_unix(config: &str) -> (Sidecar, std::path::PathBuf) {
+        let dir = TempDir::new("sidecar-uds");
+        let socket = dir.join("grpc.sock");
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            format!("listen:\n  grpc: \"unix:{}\"\n{config}", socket.display()),
+        )
+        .unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("M2M_AUTHZ_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stderr(log_file(&dir.join("stderr.log")));
+        let child = ChildGuard::spawn("m2m-authz", &mut cmd);
+        let mut sidecar = Sidecar {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            if let Some(status) = sidecar.child.try_wait() {
+                panic!("m2m-authz exited early ({status}):\n{}", sidecar.logs());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "socket never accepted:\n{}",
+                sidecar.logs()
+            );
+            tokio::time::sleep(super::process::POLL_INTERVAL).await;
+        }
+        (sidecar, socket)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
