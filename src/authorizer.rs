@@ -6,9 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::cache::{CacheKey, Identity, KeyDeriver, Lookup, TokenCache};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_PROVIDER};
+
+/// The `context_extensions` key with which an Envoy or Istio route may pick a provider.
+pub const PROVIDER_CONTEXT_KEY: &str = "provider";
 use crate::credentials::{BearerToken, Credential, Extractor, Secret};
 use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
@@ -17,8 +21,11 @@ use crate::flight::SingleFlight;
 use crate::identity::{IdentityError, IdentityMap};
 use crate::jwks::JwksError;
 use crate::limits::ExchangeLimiter;
+use crate::policy::reload::LivePolicy;
+use crate::policy::{Action, UpstreamCredential};
 use crate::provider::{Provider, ProviderBuildError, TokenCheckError, unix_now};
 use crate::request::AuthRequest;
+use crate::shared_cache::{CredentialRef, SharedEntry, SharedTier};
 use crate::stats::{Snapshot, Stats};
 use crate::verify::{Verified, VerifyError};
 
@@ -42,6 +49,20 @@ pub enum Unavailable {
     Lost,
 }
 
+impl Unavailable {
+    /// A short, stable name of the failure for logs and metrics (like `Deny::reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unavailable::Exchange(_) => "exchange_failed",
+            Unavailable::Jwks(_) => "jwks_unavailable",
+            Unavailable::KeysNotLoaded => "keys_not_loaded",
+            Unavailable::IssuedTokenInvalid(_) => "issued_token_invalid",
+            Unavailable::Timeout => "exchange_timeout",
+            Unavailable::Lost => "exchange_lost",
+        }
+    }
+}
+
 impl From<TokenCheckError> for Unavailable {
     fn from(e: TokenCheckError) -> Self {
         match e {
@@ -60,6 +81,11 @@ pub enum BuildError {
     Identity(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// `cache.shared`, naming the field: a URL or fleet key missing from file and environment.
+    #[error("{0}")]
+    SharedCache(String),
 }
 
 /// What one exchange flight produced, shared by every check that waited for it.
@@ -74,28 +100,27 @@ pub struct Authorizer {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    extractor: Extractor,
+/// One identity provider as checks use it: `default` (from `provider`) or one of `providers`.
+struct Slot {
+    name: String,
     provider: Provider,
-    cache: TokenCache,
-    flights: SingleFlight<Loaded>,
+    /// Each provider has its own exchange limits: a flood aimed at one cannot starve another.
     limiter: ExchangeLimiter,
-    keys: KeyDeriver,
-    identity: IdentityMap,
-    /// Every header name that must not reach the upstream as the caller sent it.
-    strip: Vec<String>,
-    realm: String,
-    provider_id: String,
+    /// Part of every cache key, so cache entries never cross providers.
+    id: String,
     scope: String,
     max_token_age: Option<Duration>,
+    jwks_refresh: Duration,
     /// Longest a check waits for an exchange flight (queue, exchange, key refetch).
     flight_wait: Duration,
-    stats: Arc<Stats>,
 }
 
-impl Authorizer {
-    pub fn new(config: &Config) -> Result<Self, BuildError> {
-        let p = &config.provider;
+impl Slot {
+    fn new(
+        name: &str,
+        p: &crate::config::ProviderConfig,
+        c: &crate::config::CacheConfig,
+    ) -> Result<Slot, BuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(p.connect_timeout)
             .timeout(p.request_timeout)
@@ -103,6 +128,57 @@ impl Authorizer {
             .user_agent(concat!("m2m-authz/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
+        let token_url = p
+            .resolved_token_url()
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        Ok(Slot {
+            name: name.to_owned(),
+            provider: Provider::new(http, p)?,
+            limiter: ExchangeLimiter::new(
+                c.max_concurrent_exchanges,
+                c.max_exchanges_per_second,
+                c.exchange_queue_timeout,
+            ),
+            id: format!("{name} {token_url}"),
+            scope: p.scope.clone().unwrap_or_default(),
+            max_token_age: p.max_token_age,
+            jwks_refresh: p.jwks_refresh_interval,
+            flight_wait: c.exchange_queue_timeout + p.request_timeout * 2 + Duration::from_secs(1),
+        })
+    }
+}
+
+struct Inner {
+    extractor: Extractor,
+    /// `default` first.
+    providers: Vec<Arc<Slot>>,
+    cache: TokenCache,
+    /// `cache.shared`: the fleet's tier on Redis, consulted inside a flight before exchanging.
+    shared: Option<Arc<SharedTier>>,
+    flights: SingleFlight<Loaded>,
+    keys: KeyDeriver,
+    identity: IdentityMap,
+    /// Every header name that must not reach the upstream as the caller sent it.
+    strip: Vec<String>,
+    realm: String,
+    stats: Arc<Stats>,
+    policy: Arc<LivePolicy>,
+    /// What anonymous routes send upstream: no identity, every identity and credential header
+    /// stripped.
+    anonymous: Arc<Identity>,
+}
+
+impl Authorizer {
+    pub fn new(config: &Config) -> Result<Self, BuildError> {
+        let mut providers = vec![Arc::new(Slot::new(
+            DEFAULT_PROVIDER,
+            &config.provider,
+            &config.cache,
+        )?)];
+        for (name, p) in &config.providers {
+            providers.push(Arc::new(Slot::new(name, p, &config.cache)?));
+        }
         let extractor = Extractor::new(&config.credentials);
         let identity = IdentityMap::new(&config.identity).map_err(BuildError::Identity)?;
         let mut strip: Vec<String> = identity.header_names().map(str::to_owned).collect();
@@ -113,45 +189,119 @@ impl Authorizer {
         }
         let stats = Arc::new(Stats::default());
         let c = &config.cache;
+        let shared = match &c.shared {
+            Some(s) => Some(Arc::new(
+                SharedTier::new(s, c.refresh_ahead, c.max_credential_age, stats.clone())
+                    .map_err(BuildError::SharedCache)?,
+            )),
+            None => None,
+        };
+        let policy = Arc::new(LivePolicy::from_config(
+            config.policy.as_ref(),
+            config.dir.as_deref(),
+            &config.provider_names(),
+        )?);
+        let anonymous = Arc::new(Identity {
+            headers: Vec::new(),
+            remove: strip.clone(),
+            client_id: String::new(),
+            scopes: Vec::new(),
+            access_token: None,
+        });
         Ok(Authorizer {
             inner: Arc::new(Inner {
                 extractor,
-                provider: Provider::new(http, p)?,
+                providers,
                 cache: TokenCache::new(c.settings(), stats.clone()),
+                shared,
                 flights: SingleFlight::default(),
-                limiter: ExchangeLimiter::new(
-                    c.max_concurrent_exchanges,
-                    c.max_exchanges_per_second,
-                    c.exchange_queue_timeout,
-                ),
                 keys: KeyDeriver::default(),
                 identity,
                 strip,
                 realm: config.realm.clone(),
-                provider_id: p
-                    .resolved_token_url()
-                    .map(|u| u.to_string())
-                    .unwrap_or_default(),
-                scope: p.scope.clone().unwrap_or_default(),
-                max_token_age: p.max_token_age,
-                flight_wait: c.exchange_queue_timeout
-                    + p.request_timeout * 2
-                    + Duration::from_secs(1),
                 stats,
+                policy,
+                anonymous,
             }),
         })
     }
 
+    /// The `default` provider.
     pub fn provider(&self) -> &Provider {
-        &self.inner.provider
+        &self.inner.providers[0].provider
+    }
+
+    /// Every provider by name, `default` first.
+    pub fn providers(&self) -> impl Iterator<Item = (&str, &Provider)> {
+        self.inner
+            .providers
+            .iter()
+            .map(|s| (s.name.as_str(), &s.provider))
+    }
+
+    /// Keeps every provider's JWKS fresh; the receiver turns true once all of them have loaded.
+    pub fn start_key_refresh(
+        &self,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tasks: Vec<_> = self
+            .inner
+            .providers
+            .iter()
+            .map(|s| s.provider.jwks().clone().spawn_refresher(s.jwks_refresh))
+            .collect();
+        let (all_tx, all_rx) = tokio::sync::watch::channel(false);
+        let mut each: Vec<_> = self
+            .inner
+            .providers
+            .iter()
+            .map(|s| s.provider.jwks().loaded())
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for loaded in &mut each {
+                if loaded.wait_for(|l| *l).await.is_err() {
+                    return;
+                }
+            }
+            all_tx.send_replace(true);
+            // Keep the sender alive so receivers never see it closed.
+            std::future::pending::<()>().await;
+        }));
+        (tasks, all_rx)
     }
 
     pub fn cache(&self) -> &TokenCache {
         &self.inner.cache
     }
 
+    /// The shared tier on Redis, when `cache.shared` is configured (for `/readyz` detail).
+    pub fn shared_cache(&self) -> Option<&Arc<SharedTier>> {
+        self.inner.shared.as_ref()
+    }
+
+    /// The live route policy (for the reload watcher and metrics).
+    pub fn policy(&self) -> &Arc<LivePolicy> {
+        &self.inner.policy
+    }
+
     pub fn stats(&self) -> Snapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// The live counters, for code that records into them (policy reloads).
+    pub fn counters(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// The client id the caller claims (Basic or the header pair), for logs: unverified and not
+    /// secret. `None` for a bearer token or when no client credential can be read.
+    pub fn claimed_client_id(&self, request: &AuthRequest) -> Option<String> {
+        match self.inner.extractor.extract(&request.headers) {
+            Ok(Credential::Client { client_id, .. }) => Some(client_id),
+            _ => None,
+        }
     }
 
     /// Sweeps expired cache entries periodically; stops when the returned handle is aborted.
@@ -167,31 +317,65 @@ impl Authorizer {
     }
 
     pub async fn check(&self, request: &AuthRequest) -> Result<Decision, Unavailable> {
+        // One whole policy snapshot per check, even if a reload lands meanwhile.
+        let policy = self.inner.policy.snapshot();
+        let requirement = match policy.select(request).1 {
+            Action::Deny => return Ok(self.deny(Refusal::RouteDenied)),
+            Action::AllowAnonymous => {
+                return Ok(Decision::Allow(Allow {
+                    identity: self.inner.anonymous.clone(),
+                    forward_token: false,
+                }));
+            }
+            Action::Require(r) => r,
+        };
         let credential = match self.inner.extractor.extract(&request.headers) {
             Ok(c) => c,
             Err(e) => return Ok(self.deny(Refusal::Credential(e))),
         };
+        // The rule's provider, else the route's `context_extensions`, else `default`.
+        let wanted = requirement
+            .provider
+            .as_deref()
+            .or_else(|| {
+                request
+                    .context
+                    .get(PROVIDER_CONTEXT_KEY)
+                    .map(String::as_str)
+            })
+            .unwrap_or(DEFAULT_PROVIDER);
+        let Some(slot) = self.inner.providers.iter().find(|s| s.name == wanted) else {
+            return Ok(self.deny(Refusal::UnknownProvider));
+        };
         let loaded = match credential {
-            Credential::Bearer(token) => self.bearer(&token).await,
+            Credential::Bearer(token) => self.bearer(slot, &token).await,
             Credential::Client {
                 client_id, secret, ..
-            } => self.client(&client_id, &secret).await,
+            } => self.client(slot, &client_id, &secret).await,
         };
         match loaded {
-            Loaded::Identity(identity) => Ok(Decision::Allow(Allow { identity })),
+            Loaded::Identity(identity) if requirement.met_by(&identity.scopes) => {
+                Ok(Decision::Allow(Allow {
+                    identity,
+                    forward_token: requirement.upstream == UpstreamCredential::Bearer,
+                }))
+            }
+            Loaded::Identity(_) => Ok(self.deny(Refusal::InsufficientScope {
+                required: requirement.describe(),
+            })),
             Loaded::Refused(r) => Ok(self.deny(r)),
             Loaded::Failed(u) => Err(u),
         }
     }
 
-    async fn client(&self, client_id: &str, secret: &Secret) -> Loaded {
+    async fn client(&self, slot: &Arc<Slot>, client_id: &str, secret: &Secret) -> Loaded {
         let inner = &self.inner;
         let key = inner.keys.derive(&[
             b"client",
-            inner.provider_id.as_bytes(),
+            slot.id.as_bytes(),
             client_id.as_bytes(),
             secret.expose().as_bytes(),
-            inner.scope.as_bytes(),
+            slot.scope.as_bytes(),
         ]);
         match inner.cache.lookup(&key, |_| true) {
             Lookup::Fresh(identity) => {
@@ -203,7 +387,7 @@ impl Authorizer {
                 // never waits for an exchange, and an idle one is never refreshed.
                 Stats::add(&inner.stats.hits);
                 Stats::add(&inner.stats.refreshes);
-                drop(self.flight(key, client_id, secret));
+                drop(self.flight(slot, key, client_id, secret));
                 Loaded::Identity(identity)
             }
             Lookup::Refused => {
@@ -214,7 +398,7 @@ impl Authorizer {
             }
             Lookup::Stale(identity) => {
                 Stats::add(&inner.stats.misses);
-                match self.wait(key, client_id, secret).await {
+                match self.wait(slot, key, client_id, secret).await {
                     // The provider is failing or we are over our own limits: the token is still
                     // within its (grace) validity, so keep serving it.
                     Loaded::Failed(_) | Loaded::Refused(Refusal::Limited { .. }) => {
@@ -226,13 +410,14 @@ impl Authorizer {
             }
             Lookup::Miss => {
                 Stats::add(&inner.stats.misses);
-                self.wait(key, client_id, secret).await
+                self.wait(slot, key, client_id, secret).await
             }
         }
     }
 
     fn flight(
         &self,
+        slot: &Arc<Slot>,
         key: CacheKey,
         client_id: &str,
         secret: &Secret,
@@ -240,12 +425,15 @@ impl Authorizer {
         let (flight, started) = self.inner.flights.join_or_start(
             key,
             || {
+                // The exchange task is traced as part of the check that started it.
                 Inner::exchange(
                     self.inner.clone(),
+                    slot.clone(),
                     key,
                     client_id.to_owned(),
                     secret.clone(),
                 )
+                .instrument(tracing::Span::current())
             },
             Loaded::Failed(Unavailable::Lost),
         );
@@ -255,19 +443,27 @@ impl Authorizer {
         flight
     }
 
-    async fn wait(&self, key: CacheKey, client_id: &str, secret: &Secret) -> Loaded {
-        let flight = self.flight(key, client_id, secret);
-        tokio::time::timeout(self.inner.flight_wait, flight)
+    async fn wait(
+        &self,
+        slot: &Arc<Slot>,
+        key: CacheKey,
+        client_id: &str,
+        secret: &Secret,
+    ) -> Loaded {
+        let flight = self.flight(slot, key, client_id, secret);
+        tokio::time::timeout(slot.flight_wait, flight)
             .await
             .unwrap_or(Loaded::Failed(Unavailable::Timeout))
     }
 
     /// Bearer tokens: verified once, then served from the cache until they expire or their
     /// signing key leaves the JWKS.
-    async fn bearer(&self, token: &BearerToken) -> Loaded {
+    async fn bearer(&self, slot: &Slot, token: &BearerToken) -> Loaded {
         let inner = &self.inner;
-        let key = inner.keys.derive(&[b"bearer", token.expose().as_bytes()]);
-        let keys = inner.provider.jwks().snapshot();
+        let key = inner
+            .keys
+            .derive(&[b"bearer", slot.id.as_bytes(), token.expose().as_bytes()]);
+        let keys = slot.provider.jwks().snapshot();
         let alive = |kid: &str| {
             keys.as_ref()
                 .is_some_and(|k| k.find((!kid.is_empty()).then_some(kid)).is_some())
@@ -277,17 +473,17 @@ impl Authorizer {
             return Loaded::Identity(identity);
         }
         Stats::add(&inner.stats.misses);
-        let verified = match inner.provider.verify(token.expose()).await {
+        let verified = match slot.provider.verify(token.expose()).await {
             Ok(v) => v,
             Err(TokenCheckError::Invalid(e)) => return Loaded::Refused(Refusal::Token(e)),
             Err(e) => return Loaded::Failed(e.into()),
         };
-        let identity = match inner.identity(&verified.claims) {
+        let identity = match inner.identity(&verified.claims, token.expose()) {
             Ok(i) => Arc::new(i),
             Err(e) => return Loaded::Refused(Refusal::Identity(e)),
         };
         let mut until = verified.exp;
-        if let (Some(age), Some(iat)) = (inner.max_token_age, verified.iat) {
+        if let (Some(age), Some(iat)) = (slot.max_token_age, verified.iat) {
             until = until.min(iat + age.as_secs());
         }
         let lifetime = Duration::from_secs(until.saturating_sub(unix_now()));
@@ -305,8 +501,35 @@ impl Authorizer {
 impl Inner {
     /// One exchange + verification for a credential, run on its own task by the single flight;
     /// it fills (or clears) the cache before the flight ends, so no later check repeats it.
-    async fn exchange(self: Arc<Self>, key: CacheKey, client_id: String, secret: Secret) -> Loaded {
-        let permit = match self.limiter.acquire().await {
+    async fn exchange(
+        self: Arc<Self>,
+        slot: Arc<Slot>,
+        key: CacheKey,
+        client_id: String,
+        secret: Secret,
+    ) -> Loaded {
+        // The shared tier first (before taking an exchange slot): a token another pod shared
+        // ends the flight once verified; else this pod exchanges, holding the fleet lock if it
+        // got it.
+        let ticket = match &self.shared {
+            Some(tier) => {
+                let shared_key = tier.key(CredentialRef {
+                    provider: &slot.id,
+                    client_id: &client_id,
+                    secret: secret.expose(),
+                    scope: &slot.scope,
+                });
+                match tier
+                    .before_exchange(shared_key, |entry| self.adopt(&slot, key, entry))
+                    .await
+                {
+                    Ok(loaded) => return loaded,
+                    Err(ticket) => Some(ticket),
+                }
+            }
+            None => None,
+        };
+        let permit = match slot.limiter.acquire().await {
             Ok(p) => p,
             Err(retry_after) => {
                 Stats::add(&self.stats.exchanges_limited);
@@ -314,8 +537,17 @@ impl Inner {
                 return Loaded::Refused(Refusal::Limited { retry_after });
             }
         };
-        let issued = match self.provider.exchange(&client_id, &secret).await {
+        let started = tokio::time::Instant::now();
+        let exchanged = slot.provider.exchange(&client_id, &secret).await;
+        self.stats.exchange_latency.record(started.elapsed());
+        let issued = match exchanged {
             Ok(issued) => issued,
+            // The provider's own rate limit: answered 429 like ours, never cached as a refusal.
+            Err(ExchangeError::RateLimited { retry_after }) => {
+                Stats::add(&self.stats.exchanges_failed);
+                self.cache.refresh_failed(&key);
+                return Loaded::Refused(Refusal::Limited { retry_after });
+            }
             Err(e) if e.is_callers_fault() => {
                 Stats::add(&self.stats.exchanges_rejected);
                 if matches!(e, ExchangeError::Rejected { .. }) {
@@ -333,14 +565,14 @@ impl Inner {
         };
         drop(permit);
         Stats::add(&self.stats.exchanges_ok);
-        let verified: Verified = match self.provider.verify(&issued.access_token).await {
+        let verified: Verified = match slot.provider.verify(&issued.access_token).await {
             Ok(v) => v,
             Err(e) => {
                 self.cache.refresh_failed(&key);
                 return Loaded::Failed(e.into());
             }
         };
-        let identity = match self.identity(&verified.claims) {
+        let identity = match self.identity(&verified.claims, &issued.access_token) {
             Ok(i) => Arc::new(i),
             Err(e) => {
                 self.cache.remove(&key);
@@ -353,10 +585,29 @@ impl Inner {
             lifetime = lifetime.min(expires_in);
         }
         self.cache.insert(key, identity.clone(), lifetime);
+        // Only verified tokens are shared; refusals and failures never are.
+        if let Some(ticket) = ticket {
+            ticket.store(&issued.access_token, lifetime).await;
+        }
         Loaded::Identity(identity)
     }
 
-    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, IdentityError> {
+    /// A token from the shared tier: verified with the provider's keys like a fresh exchange
+    /// (Redis is never trusted), then cached locally. `None`: not usable, exchange instead.
+    async fn adopt(&self, slot: &Slot, key: CacheKey, entry: SharedEntry) -> Option<Loaded> {
+        let verified = slot.provider.verify(&entry.access_token).await.ok()?;
+        let identity = Arc::new(self.identity(&verified.claims, &entry.access_token).ok()?);
+        let until = verified.exp.min(entry.expires_at);
+        let lifetime = Duration::from_secs(until.saturating_sub(unix_now()));
+        self.cache.insert(key, identity.clone(), lifetime);
+        Some(Loaded::Identity(identity))
+    }
+
+    fn identity(
+        &self,
+        claims: &Map<String, Value>,
+        token: &str,
+    ) -> Result<Identity, IdentityError> {
         let headers = self.identity.headers(claims)?;
         let remove = self
             .strip
@@ -374,6 +625,8 @@ impl Inner {
             headers,
             remove,
             client_id,
+            scopes: crate::policy::scopes::from_claims(claims, self.policy.load().scope_claim),
+            access_token: Some(BearerToken::new(token)),
         })
     }
 }

@@ -83,6 +83,10 @@ pub struct Identity {
     pub remove: Vec<String>,
     /// The client the token was issued to (`sub`), for logs.
     pub client_id: String,
+    /// The scopes the token grants, for route policy.
+    pub scopes: Vec<String>,
+    /// The access token, for routes that forward it upstream as `Authorization: Bearer`.
+    pub access_token: Option<crate::credentials::BearerToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +344,8 @@ mod tests {
             headers: vec![("x-user-id".into(), id.into())],
             remove: vec![],
             client_id: id.into(),
+            scopes: vec![],
+            access_token: None,
         })
     }
 

@@ -38,16 +38,28 @@ pub struct Config {
     #[serde(default)]
     pub listen: ListenConfig,
     pub provider: ProviderConfig,
+    /// More identity providers by name, chosen per policy rule (`provider: NAME`) or by Envoy's
+    /// `context_extensions` (`provider: NAME`); `provider` above is the one named `default`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub credentials: CredentialsConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Route rules; none: every request needs a valid credential.
+    pub policy: Option<crate::policy::PolicyConfig>,
     /// The `realm` of every `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// The folder of the config file, for relative paths in it.
+    #[serde(skip)]
+    pub dir: Option<std::path::PathBuf>,
 }
+
+/// The name of the provider configured under `provider`.
+pub const DEFAULT_PROVIDER: &str = "default";
 
 fn default_realm() -> String {
     defaults::REALM.to_owned()
@@ -59,6 +71,9 @@ pub struct ListenConfig {
     /// Where Envoy's ext_authz filter (and gRPC health checks) connect.
     #[serde(default = "default_grpc_listen")]
     pub grpc: String,
+    /// The admin HTTP port (`/metrics`, `/healthz`, `/readyz`, `/version`); TCP only.
+    #[serde(default = "default_admin_listen")]
+    pub admin: String,
     /// How long in-flight checks may take to finish after SIGTERM.
     #[serde(default = "default_drain", with = "duration")]
     pub drain_timeout: Duration,
@@ -66,6 +81,10 @@ pub struct ListenConfig {
 
 fn default_grpc_listen() -> String {
     defaults::GRPC_LISTEN.to_owned()
+}
+
+fn default_admin_listen() -> String {
+    defaults::ADMIN_LISTEN.to_owned()
 }
 
 fn default_drain() -> Duration {
@@ -76,6 +95,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
             grpc: default_grpc_listen(),
+            admin: default_admin_listen(),
             drain_timeout: default_drain(),
         }
     }
@@ -348,6 +368,9 @@ pub struct CacheConfig {
     /// Longest a check waits for an exchange slot before it is answered 429.
     #[serde(default = "default_exchange_queue_timeout", with = "duration")]
     pub exchange_queue_timeout: Duration,
+    /// The optional fleet-wide tier on Redis (issue 9); absent: off.
+    #[serde(default)]
+    pub shared: Option<crate::shared_cache::SharedCacheConfig>,
 }
 
 fn default_max_entries() -> usize {
@@ -388,6 +411,7 @@ impl Default for CacheConfig {
             max_exchanges_per_second: default_max_exchanges_per_second(),
             max_concurrent_exchanges: default_max_concurrent_exchanges(),
             exchange_queue_timeout: default_exchange_queue_timeout(),
+            shared: None,
         }
     }
 }
@@ -424,6 +448,11 @@ impl CacheConfig {
                 "cache.max_credential_age",
                 "expected at least 1s",
             ));
+        }
+        if let Some(shared) = &self.shared {
+            shared
+                .validate()
+                .map_err(|(field, problem)| ConfigError::invalid(field, problem))?;
         }
         Ok(())
     }
@@ -470,6 +499,7 @@ impl Config {
             ConfigError::invalid(&field, e.into_inner().to_string())
         })?;
         let mut config = config;
+        config.dir = dir.map(Path::to_path_buf);
         if let Some(embedded) = config.provider.embedded.as_mut() {
             if let Some(dir) = dir
                 && embedded.database.is_relative()
@@ -484,8 +514,44 @@ impl Config {
 
     /// Checks what the types alone cannot: required combinations, header syntax, ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        parse_listen(&self.listen.grpc).map_err(|p| ConfigError::invalid("listen.grpc", p))?;
+        let grpc =
+            parse_listen(&self.listen.grpc).map_err(|p| ConfigError::invalid("listen.grpc", p))?;
+        let admin = parse_admin_listen(&self.listen.admin)
+            .map_err(|p| ConfigError::invalid("listen.admin", p))?;
+        if grpc == ListenAddr::Tcp(admin) && admin.port() != 0 {
+            return Err(ConfigError::invalid(
+                "listen.admin",
+                "must differ from listen.grpc",
+            ));
+        }
         self.provider.validate()?;
+        for (name, p) in &self.providers {
+            let at = format!("providers.{name}");
+            if name == DEFAULT_PROVIDER
+                || name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::invalid(
+                    &at,
+                    "expected a name of letters, digits, '-' or '_', other than \"default\"",
+                ));
+            }
+            if p.kind == ProviderKind::Embedded {
+                return Err(ConfigError::invalid(
+                    &format!("{at}.kind"),
+                    "embedded is only for provider.kind",
+                ));
+            }
+            p.validate().map_err(|e| match e {
+                ConfigError::Invalid { field, problem } => ConfigError::Invalid {
+                    field: field.replacen("provider", &at, 1),
+                    problem,
+                },
+                other => other,
+            })?;
+        }
         let c = &self.credentials;
         if !c.basic && !c.bearer && !c.headers.enabled {
             return Err(ConfigError::invalid(
@@ -549,6 +615,12 @@ impl Config {
             }
         }
         self.cache.validate()?;
+        crate::policy::reload::LivePolicy::from_config(
+            self.policy.as_ref(),
+            self.dir.as_deref(),
+            &self.provider_names(),
+        )
+        .map_err(|e| ConfigError::invalid(&e.field, e.problem))?;
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
             return Err(ConfigError::invalid(
                 "realm",
@@ -556,6 +628,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Every provider's name: `default` first, then those under `providers`.
+    pub fn provider_names(&self) -> Vec<String> {
+        std::iter::once(DEFAULT_PROVIDER.to_owned())
+            .chain(self.providers.keys().cloned())
+            .collect()
     }
 
     /// A one-line description for `check-config` and the start-up log; never includes secrets.
@@ -570,13 +649,14 @@ impl Config {
         .map(|(_, name)| *name)
         .collect();
         format!(
-            "ok: provider {:?} ({}), grpc on {}, credentials {}, identity headers {}",
+            "ok: provider {:?} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}",
             self.provider.kind,
             self.provider
                 .resolved_token_url()
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
             self.listen.grpc,
+            self.listen.admin,
             sources.join("+"),
             self.identity
                 .headers
@@ -851,6 +931,12 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
         .map_err(|_| format!("expected host:port such as 127.0.0.1:9001, or unix:/path, got {s:?}"))
 }
 
+/// The admin port's address: TCP only (Kubernetes probes and Prometheus speak TCP).
+pub fn parse_admin_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("expected host:port such as 127.0.0.1:9901, got {s:?}"))
+}
+
 fn is_visible(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
@@ -869,7 +955,7 @@ fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// Durations are written as humantime strings: `30s`, `5m`, `1h 30m`.
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -917,6 +1003,7 @@ mod tests {
         assert_eq!(p.resolved_audiences(), vec!["project-test-1"]);
         assert_eq!(p.resolved_token_type().as_deref(), Some("jwt"));
         assert_eq!(c.listen.grpc, "127.0.0.1:9001");
+        assert_eq!(c.listen.admin, "127.0.0.1:9901");
     }
 
     #[test]
@@ -947,6 +1034,14 @@ mod tests {
             ),
             ("provider: {kind: other}", "provider.kind"),
             (&format!("{oauth2}listen: {{grpc: nope}}"), "listen.grpc"),
+            (
+                &format!("{oauth2}listen: {{admin: 'unix:/run/admin.sock'}}"),
+                "listen.admin",
+            ),
+            (
+                &format!("{oauth2}listen: {{grpc: '127.0.0.1:9001', admin: '127.0.0.1:9001'}}"),
+                "listen.admin",
+            ),
             (&format!("{oauth2}bogus: 1"), "bogus"),
             (&format!("{oauth2}credentials: {{bogus: 1}}"), "credentials"),
             (

@@ -20,6 +20,9 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct Allow {
     pub identity: Arc<Identity>,
+    /// Send the access token upstream as `Authorization: Bearer` (route policy
+    /// `upstream_credential: bearer`) instead of stripping every credential.
+    pub forward_token: bool,
 }
 
 impl Allow {
@@ -41,7 +44,9 @@ impl Allow {
 
 impl PartialEq for Allow {
     fn eq(&self, other: &Self) -> bool {
-        self.set() == other.set() && self.remove() == other.remove()
+        self.set() == other.set()
+            && self.remove() == other.remove()
+            && self.forward_token == other.forward_token
     }
 }
 
@@ -74,6 +79,14 @@ pub enum Refusal {
     Limited {
         retry_after: Duration,
     },
+    /// The route's policy is `deny`.
+    RouteDenied,
+    /// The route names a provider that is not configured (an Envoy or policy mistake).
+    UnknownProvider,
+    /// The credential is valid but lacks what the route requires (RFC 6750 §3.1).
+    InsufficientScope {
+        required: String,
+    },
 }
 
 impl Refusal {
@@ -89,6 +102,39 @@ impl Refusal {
                     "new credentials are arriving faster than the exchange limit; retry later",
                 ),
                 reason: "exchange_limited",
+            };
+        }
+        if let Refusal::RouteDenied | Refusal::UnknownProvider = self {
+            let unknown = matches!(self, Refusal::UnknownProvider);
+            return Deny {
+                status: 403,
+                challenge: None,
+                retry_after: None,
+                body: body(
+                    "access_denied",
+                    if unknown {
+                        "this route names an identity provider that is not configured"
+                    } else {
+                        "this route is closed by policy"
+                    },
+                ),
+                reason: if unknown {
+                    "unknown_provider"
+                } else {
+                    "route_denied"
+                },
+            };
+        }
+        if let Refusal::InsufficientScope { required } = self {
+            let description = "the credential lacks a scope this route requires";
+            return Deny {
+                status: 403,
+                challenge: Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{required}\""
+                )),
+                retry_after: None,
+                body: body("insufficient_scope", description),
+                reason: "insufficient_scope",
             };
         }
         let (status, rfc_error, body_error, reason): (u16, Option<&str>, &str, &'static str) =
@@ -132,7 +178,10 @@ impl Refusal {
                     "invalid_client",
                 ),
                 Refusal::Identity(_) => (403, None, "access_denied", "no_identity"),
-                Refusal::Limited { .. } => unreachable!("answered above"),
+                Refusal::Limited { .. }
+                | Refusal::RouteDenied
+                | Refusal::UnknownProvider
+                | Refusal::InsufficientScope { .. } => unreachable!("answered above"),
             };
         let description = match self {
             Refusal::Credential(e) => e.to_string(),
@@ -142,7 +191,12 @@ impl Refusal {
             }
             Refusal::Exchange(_) => "the client credentials were rejected".to_owned(),
             Refusal::Identity(e) => e.to_string(),
-            Refusal::Limited { .. } => unreachable!("answered above"),
+            Refusal::Limited { .. }
+            | Refusal::RouteDenied
+            | Refusal::UnknownProvider
+            | Refusal::InsufficientScope { .. } => {
+                unreachable!("answered above")
+            }
         };
         let mut challenge = format!("Bearer realm=\"{realm}\"");
         if let Some(code) = rfc_error {
@@ -235,5 +289,17 @@ mod tests {
         .to_deny("api");
         assert_eq!((limited.status, limited.retry_after), (429, Some(2)));
         assert!(limited.challenge.is_none());
+        let scope = Refusal::InsufficientScope {
+            required: "write:orders".into(),
+        }
+        .to_deny("api");
+        assert_eq!(scope.status, 403);
+        let challenge = scope.challenge.unwrap();
+        assert!(
+            challenge.contains("error=\"insufficient_scope\"")
+                && challenge.contains("scope=\"write:orders\""),
+            "{challenge}"
+        );
+        assert_eq!(Refusal::RouteDenied.to_deny("api").status, 403);
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub const GRPC_LISTEN: &str = "127.0.0.1:9001";
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REALM: &str = "m2m-authz";
 

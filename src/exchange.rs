@@ -48,6 +48,10 @@ pub enum ExchangeError {
     Misconfigured { code: String },
     #[error("the token endpoint's answer is unusable: {0}")]
     BadResponse(&'static str),
+    /// HTTP 429 from the token endpoint: passed on to the caller as our own 429, with the
+    /// provider's `Retry-After` (capped), rather than failing the check.
+    #[error("the token endpoint is rate limiting (retry after {}s)", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
 }
 
 impl ExchangeError {
@@ -102,6 +106,8 @@ impl TokenClient {
         })
     }
 
+    /// One token request, as a trace span (never with the credential: `skip_all`).
+    #[tracing::instrument(name = "token.exchange", skip_all, fields(otel.kind = "client"))]
     pub async fn exchange(
         &self,
         client_id: &str,
@@ -138,6 +144,7 @@ impl TokenClient {
         }
         let response = request.form(&form).send().await.map_err(classify_send)?;
         let status = response.status();
+        let retry_after = response_retry_after(response.headers());
         let body = read_capped(response, MAX_PROVIDER_BODY_BYTES)
             .await
             .map_err(|e| match e {
@@ -146,15 +153,103 @@ impl TokenClient {
                 }
                 crate::http_body::BodyError::Transport(e) => classify_send(e),
             })?;
-        if status.is_success() {
-            return parse_success(&body);
-        }
-        let code = serde_json::from_slice::<ErrorResponse>(&body)
-            .ok()
-            .and_then(|e| e.error)
-            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()));
-        classify_error(status.as_u16(), code)
+        parse_token_response(status.as_u16(), retry_after.as_deref(), &body)
     }
+}
+
+fn response_retry_after(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A token endpoint's answer, as status, `Retry-After` header value and body, sorted into an
+/// access token or an `ExchangeError`. Pure, so it is unit-tested and fuzzed on its own.
+pub fn parse_token_response(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Issued, ExchangeError> {
+    if (200..300).contains(&status) {
+        return parse_success(body);
+    }
+    if status == 429 {
+        return Err(ExchangeError::RateLimited {
+            retry_after: parse_retry_after(retry_after, crate::provider::unix_now()),
+        });
+    }
+    let code = serde_json::from_slice::<ErrorResponse>(body)
+        .ok()
+        .and_then(|e| e.error)
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()));
+    classify_error(status, code)
+}
+
+/// Used when a 429 carries no usable `Retry-After`.
+pub const DEFAULT_PROVIDER_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The longest provider `Retry-After` passed on: a provider asking for more is still retried
+/// within a minute rather than locking its clients out for longer.
+pub const MAX_PROVIDER_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// RFC 9110 §10.2.3: `Retry-After` is delay-seconds or an HTTP-date (IMF-fixdate), clamped to
+/// 1 s ..= `MAX_PROVIDER_RETRY_AFTER`; anything else gives the default.
+fn parse_retry_after(value: Option<&str>, now: u64) -> Duration {
+    let Some(value) = value.map(str::trim) else {
+        return DEFAULT_PROVIDER_RETRY_AFTER;
+    };
+    let secs =
+        if !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()) {
+            value.parse::<u64>().ok()
+        } else {
+            parse_imf_fixdate(value).map(|at| at.saturating_sub(now))
+        };
+    match secs {
+        Some(s) => Duration::from_secs(s.clamp(1, MAX_PROVIDER_RETRY_AFTER.as_secs())),
+        None => DEFAULT_PROVIDER_RETRY_AFTER,
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` → seconds since the epoch.
+fn parse_imf_fixdate(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let day = num(5..7)?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| s.get(8..11) == Some(*m))? as u64 + 1;
+    let year = num(12..16)?;
+    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
+        return None;
+    }
+    if !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), for years from 1970.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 fn classify_send(e: reqwest::Error) -> ExchangeError {
@@ -262,5 +357,70 @@ mod tests {
             let e = classify_error(status, code.map(String::from)).unwrap_err();
             assert_eq!(e.is_callers_fault(), callers, "{status} {code:?} → {e:?}");
         }
+    }
+
+    #[test]
+    fn provider_429_is_rate_limited_with_a_capped_retry_after() {
+        let limited = |retry_after: Option<&str>, body: &[u8]| match parse_token_response(
+            429,
+            retry_after,
+            body,
+        ) {
+            Err(ExchangeError::RateLimited { retry_after }) => retry_after.as_secs(),
+            other => panic!("{retry_after:?}: {other:?}"),
+        };
+        assert_eq!(limited(Some("7"), b""), 7);
+        assert_eq!(limited(Some(" 7 "), b""), 7);
+        assert_eq!(limited(Some("0"), b""), 1, "at least a second");
+        assert_eq!(limited(Some("86400"), b""), 60, "capped");
+        assert_eq!(limited(Some("99999999999999999999999"), b""), 1);
+        assert_eq!(limited(None, b""), 1);
+        assert_eq!(limited(Some("soon"), b""), 1);
+        assert_eq!(limited(Some("-5"), b""), 1);
+        // Whatever the body says, a 429 is a rate limit, never a refused credential (which
+        // would be cached as a refusal).
+        assert_eq!(limited(Some("3"), br#"{"error":"invalid_client"}"#), 3);
+        let e = parse_token_response(429, None, b"").unwrap_err();
+        assert!(!e.is_callers_fault());
+    }
+
+    #[test]
+    fn retry_after_http_dates() {
+        let at = parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(at, 784_111_777);
+        assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 06 Xyz 1994 08:49:37 GMT",
+            "Sun, 6  Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, +6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMTX",
+            "",
+        ] {
+            assert_eq!(parse_imf_fixdate(bad), None, "{bad}");
+        }
+        // A date 30 s ahead waits 30 s; one in the past, a second; one far ahead, the cap.
+        assert_eq!(
+            parse_retry_after(Some("Sun, 06 Nov 1994 08:50:07 GMT"), at),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_retry_after(Some("Sun, 06 Nov 1994 08:49:37 GMT"), at + 100),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            parse_retry_after(Some("Mon, 07 Nov 1994 08:49:37 GMT"), at),
+            MAX_PROVIDER_RETRY_AFTER
+        );
+        // Multi-byte text never panics the fixed-offset slicing.
+        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:é GMT"), None);
+        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:4é:37 GMT"), None);
+        assert_eq!(parse_imf_fixdate("Sun, 06 Né 1994 08:49:37 GMT"), None);
     }
 }

@@ -5,9 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::authorizer::Authorizer;
 use crate::decision::{Allow, Decision, Deny};
+use crate::defaults::AUTHORIZATION;
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, log_check};
 use crate::proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
@@ -85,8 +90,13 @@ fn allowed(allow: &Allow) -> CheckResponse {
             message: String::new(),
         }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: allow.set().iter().map(|(k, v)| header(k, v)).collect(),
-            headers_to_remove: allow.remove().to_vec(),
+            headers: allowed_headers(allow),
+            headers_to_remove: allow
+                .remove()
+                .iter()
+                .filter(|h| !(forwards_token(allow) && *h == AUTHORIZATION))
+                .cloned()
+                .collect(),
             response_headers_to_add: Vec::new(),
         })),
     }
@@ -114,6 +124,19 @@ fn denied(deny: &Deny) -> CheckResponse {
     }
 }
 
+fn forwards_token(allow: &Allow) -> bool {
+    allow.forward_token && allow.identity.access_token.is_some()
+}
+
+fn allowed_headers(allow: &Allow) -> Vec<HeaderValueOption> {
+    let mut headers: Vec<HeaderValueOption> =
+        allow.set().iter().map(|(k, v)| header(k, v)).collect();
+    if let (true, Some(token)) = (allow.forward_token, &allow.identity.access_token) {
+        headers.push(header(AUTHORIZATION, &format!("Bearer {}", token.expose())));
+    }
+    headers
+}
+
 fn deny_headers(deny: &Deny) -> Vec<HeaderValueOption> {
     let mut headers = vec![
         header("content-type", "application/json"),
@@ -131,11 +154,21 @@ fn deny_headers(deny: &Deny) -> Vec<HeaderValueOption> {
 /// The tonic service.
 pub struct ExtAuthz {
     authorizer: Arc<Authorizer>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ExtAuthz {
     pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        ExtAuthz { authorizer }
+        ExtAuthz {
+            authorizer,
+            metrics: None,
+        }
+    }
+
+    /// Counts every answered check (and its latency) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -147,27 +180,56 @@ impl Authorization for ExtAuthz {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let request = to_auth_request(request.into_inner());
-        match self.authorizer.check(&request).await {
-            Ok(decision) => {
-                let micros = started.elapsed().as_micros() as u64;
-                match &decision {
-                    Decision::Allow(a) => tracing::debug!(
-                        decision = "allow", client_id = %a.client_id(), method = %request.method,
-                        path = %request.path, micros, "check"
-                    ),
-                    Decision::Deny(d) => tracing::info!(
-                        decision = "deny", status = d.status, reason = d.reason, method = %request.method,
-                        path = %request.path, micros, "check"
-                    ),
+        // Only exported traces need a span per check; without them it would be pure cost.
+        let span = if crate::otel::enabled() {
+            tracing::info_span!(
+                "ext_authz.check",
+                otel.kind = "server",
+                otel.status_code = Empty,
+                decision = Empty,
+                reason = Empty,
+                status = Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        crate::otel::set_parent(&span, &request.headers);
+        let result = self
+            .authorizer
+            .check(&request)
+            .instrument(span.clone())
+            .await;
+        let elapsed = started.elapsed();
+        let outcome = Outcome::of(&result);
+        span.record("decision", outcome.decision.as_str());
+        span.record("reason", outcome.reason);
+        span.record("status", outcome.status);
+        if let Some(metrics) = &self.metrics {
+            metrics.record_check(&outcome, elapsed);
+        }
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        if outcome.is_logged() {
+            span.in_scope(|| match &result {
+                Ok(Decision::Allow(a)) => {
+                    log_check(&outcome, &request, Some(a.client_id()), elapsed, None);
                 }
-                Ok(Response::new(to_check_response(&decision)))
-            }
+                Ok(Decision::Deny(_)) => {
+                    let claimed = self.authorizer.claimed_client_id(&request);
+                    log_check(&outcome, &request, claimed.as_deref(), elapsed, None);
+                }
+                Err(error) => {
+                    let claimed = self.authorizer.claimed_client_id(&request);
+                    log_check(&outcome, &request, claimed.as_deref(), elapsed, Some(error));
+                }
+            });
+        }
+        match result {
+            Ok(decision) => Ok(Response::new(to_check_response(&decision))),
             // An infrastructure failure is not a denial: answering UNAVAILABLE lets the
             // operator's `failure_mode_allow` decide (false by default, so Envoy fails closed).
-            Err(error) => {
-                tracing::warn!(%error, method = %request.method, path = %request.path, "check failed");
-                Err(Status::unavailable(error.to_string()))
-            }
+            Err(error) => Err(Status::unavailable(error.to_string())),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! and kept serving when the endpoint is down.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -11,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
+use tracing::field::Empty;
 use url::Url;
 
 use crate::defaults::{JWKS_RETRY, MAX_PROVIDER_BODY_BYTES};
@@ -148,6 +150,14 @@ pub struct Jwks {
     /// rotated key is verified at once.
     fetch_gate: Mutex<Option<Instant>>,
     loaded: watch::Sender<bool>,
+    fetches: FetchCounts,
+}
+
+/// How many JWKS fetches succeeded and failed, for metrics.
+#[derive(Debug, Default)]
+pub struct FetchCounts {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 impl Jwks {
@@ -165,7 +175,13 @@ impl Jwks {
             current: ArcSwapOption::empty(),
             fetch_gate: Mutex::new(None),
             loaded: watch::channel(false).0,
+            fetches: FetchCounts::default(),
         }
+    }
+
+    /// Fetches so far, by outcome.
+    pub fn fetches(&self) -> &FetchCounts {
+        &self.fetches
     }
 
     /// The keys as last loaded; `None` until the first fetch succeeds.
@@ -206,13 +222,35 @@ impl Jwks {
     }
 
     async fn fetch_and_publish(&self) -> Result<Arc<KeySet>, JwksError> {
-        let set = Arc::new(self.fetch().await?);
+        let fetched = self.fetch().await;
+        let counter = match &fetched {
+            Ok(_) => &self.fetches.ok,
+            Err(_) => &self.fetches.failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        let set = Arc::new(fetched?);
         self.current.store(Some(set.clone()));
         self.loaded.send_replace(true);
         Ok(set)
     }
 
+    /// One fetch, as a trace span (a child of the check that caused it, if any).
+    #[tracing::instrument(
+        name = "jwks.fetch",
+        skip_all,
+        fields(otel.kind = "client", otel.status_code = Empty, error = Empty)
+    )]
     async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let fetched = self.fetch_inner().await;
+        if let Err(e) = &fetched {
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "error");
+            span.record("error", tracing::field::display(e));
+        }
+        fetched
+    }
+
+    async fn fetch_inner(&self) -> Result<KeySet, JwksError> {
         let response = self
             .http
             .get(self.url.clone())

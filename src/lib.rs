@@ -3,6 +3,7 @@
 //! decision, authorizer) knows nothing of gRPC; `ext_authz` and `server` are the edge.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod authorizer;
 pub mod cache;
 pub mod config;
@@ -18,9 +19,14 @@ pub mod identity;
 pub mod issuer;
 pub mod jwks;
 pub mod limits;
+pub mod metrics;
+pub mod otel;
+pub mod outcome;
+pub mod policy;
 pub mod provider;
 pub mod request;
 pub mod server;
+pub mod shared_cache;
 pub mod stats;
 pub mod telemetry;
 pub mod verify;

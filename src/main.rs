@@ -39,6 +39,15 @@ enum Command {
     Clients(m2m_authz::issuer::ClientsCommand),
     /// Run the whole flow locally: Envoy, the sidecar with the embedded issuer, an echo upstream.
     Demo(m2m_authz::demo::DemoArgs),
+    /// Route policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Which rule a request matches and what the decision would be.
+    Explain(m2m_authz::policy::explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,16 +74,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Clients(command) => m2m_authz::issuer::run_clients_command(command),
         Command::Demo(args) => m2m_authz::demo::run(args),
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            print!("{}", m2m_authz::policy::explain::run(&args)?);
+            Ok(())
+        }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             telemetry::init();
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let listener = server::bind(&config).await?;
+            let served = runtime.block_on(async {
+                let listeners = server::bind(&config).await?;
                 tracing::info!(summary = %config.summary(), "configuration loaded");
-                server::serve(&config, listener, shutdown_signal()).await?;
+                server::serve(&config, listeners, shutdown_signal()).await?;
                 Ok(())
-            })
+            });
+            // Export the last trace spans before the process ends.
+            telemetry::shutdown();
+            served
         }
     }
 }

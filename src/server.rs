@@ -1,22 +1,29 @@
-//! Serving Check and gRPC health on one port, and stopping gracefully: on shutdown new
-//! connections are refused while in-flight checks get up to the drain timeout to finish.
+//! Serving Check and gRPC health on one port and the admin HTTP endpoints on another, and
+//! stopping gracefully: on shutdown new connections are refused while in-flight checks get up to
+//! the drain timeout to finish; the admin port answers (`/readyz` 503) until they have.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic_health::ServingStatus;
 
+use crate::admin::AdminState;
 use crate::authorizer::{Authorizer, BuildError};
-use crate::config::{Config, ListenAddr, ProviderKind, parse_listen};
+use crate::config::{Config, ListenAddr, ProviderKind, parse_admin_listen, parse_listen};
 use crate::ext_authz::ExtAuthz;
 use crate::issuer::{Issuer, IssuerConfig};
+use crate::metrics::Metrics;
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
 /// The gRPC service name health checks ask about, besides the empty (whole server) name.
 pub const CHECK_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// How long the admin port may take to close once checks have drained.
+const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,6 +33,13 @@ pub enum ServeError {
     Listen(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("listen.admin: {0}")]
+    AdminListen(String),
+    #[error("listen.admin: cannot listen on {addr}: {source}")]
+    AdminBind {
         addr: String,
         source: std::io::Error,
     },
@@ -47,10 +61,29 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// Binds the configured address. Separate from serving so callers can learn the bound address
-/// (port 0 in tests) and report a taken port before anything else starts. A stale socket file
-/// left by an earlier run is replaced; any other file at that path is an error.
-pub async fn bind(config: &Config) -> Result<Listener, ServeError> {
+/// Both bound ports: Check (and gRPC health), and the admin HTTP endpoints.
+pub struct Listeners {
+    pub grpc: Listener,
+    pub admin: TcpListener,
+}
+
+/// Binds `listen.grpc` and `listen.admin`. Separate from serving so callers can learn the bound
+/// addresses (port 0 in tests) and report a taken port before anything else starts.
+pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+    let grpc = bind_grpc(config).await?;
+    let addr = parse_admin_listen(&config.listen.admin).map_err(ServeError::AdminListen)?;
+    let admin = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::AdminBind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(Listeners { grpc, admin })
+}
+
+/// Binds `listen.grpc`. A stale socket file left by an earlier run is replaced; any other file
+/// at that path is an error.
+async fn bind_grpc(config: &Config) -> Result<Listener, ServeError> {
     match parse_listen(&config.listen.grpc).map_err(ServeError::Listen)? {
         ListenAddr::Tcp(addr) => {
             TcpListener::bind(addr)
@@ -88,7 +121,7 @@ pub async fn bind(config: &Config) -> Result<Listener, ServeError> {
 /// after the last check has drained.
 pub async fn serve(
     config: &Config,
-    listener: Listener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let issuer = match &config.provider.embedded {
@@ -98,14 +131,7 @@ pub async fn serve(
         _ => None,
     };
     let authorizer = Arc::new(Authorizer::new(config)?);
-    let result = serve_with(
-        authorizer,
-        listener,
-        config.provider.jwks_refresh_interval,
-        config.listen.drain_timeout,
-        shutdown,
-    )
-    .await;
+    let result = serve_with(authorizer, listeners, config.listen.drain_timeout, shutdown).await;
     if let Some((stop, task)) = issuer {
         let _ = stop.send(());
         let _ = task.await;
@@ -136,11 +162,14 @@ async fn start_embedded_issuer(config: IssuerConfig) -> Result<IssuerHandle, Ser
 
 pub async fn serve_with(
     authorizer: Arc<Authorizer>,
-    listener: Listener,
-    jwks_refresh: Duration,
+    listeners: Listeners,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners;
     let local = match &listener {
         Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         Listener::Unix(l) => l
@@ -158,10 +187,11 @@ pub async fn serve_with(
         .await;
 
     let maintenance = authorizer.spawn_maintenance();
-    let jwks = authorizer.provider().jwks().clone();
-    let refresher = jwks.clone().spawn_refresher(jwks_refresh);
-    // Health reports SERVING only once keys are loaded: before that every check would fail.
-    let mut loaded = jwks.loaded();
+    let policy_watcher = authorizer.policy().clone().spawn_watcher();
+    let (refreshers, keys_loaded) = authorizer.start_key_refresh();
+    // Health reports SERVING only once every provider's keys are loaded: before that checks
+    // would fail.
+    let mut loaded = keys_loaded.clone();
     let health_task = tokio::spawn(async move {
         if loaded.wait_for(|l| *l).await.is_ok() {
             health.set_service_status("", ServingStatus::Serving).await;
@@ -172,6 +202,27 @@ pub async fn serve_with(
         }
     });
 
+    let metrics = Arc::new(Metrics::new(authorizer.clone()));
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_addr = admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut admin_task = tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(AdminState {
+            metrics: metrics.clone(),
+            keys_loaded,
+            draining: draining.clone(),
+            shared_cache: authorizer.shared_cache().cloned(),
+        }),
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    tracing::info!(addr = %admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /version)");
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = async move {
         let mut stop_rx = stop_rx;
@@ -179,7 +230,9 @@ pub async fn serve_with(
     };
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(ExtAuthz::new(authorizer)));
+        .add_service(AuthorizationServer::new(
+            ExtAuthz::new(authorizer).with_metrics(metrics),
+        ));
     let mut server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match listener {
@@ -195,6 +248,7 @@ pub async fn serve_with(
         r = &mut server => r,
         () = shutdown => {
             tracing::info!(drain_secs = drain.as_secs_f32(), "shutting down: draining in-flight checks");
+            draining.store(true, Ordering::Relaxed);
             stop_tx.send_replace(true);
             match tokio::time::timeout(drain, &mut server).await {
                 Ok(r) => r,
@@ -205,8 +259,20 @@ pub async fn serve_with(
             }
         }
     };
-    refresher.abort();
+    for r in refreshers {
+        r.abort();
+    }
     maintenance.abort();
+    if let Some(w) = policy_watcher {
+        w.abort();
+    }
     health_task.abort();
+    let _ = admin_stop.send(());
+    if tokio::time::timeout(ADMIN_STOP_TIMEOUT, &mut admin_task)
+        .await
+        .is_err()
+    {
+        admin_task.abort();
+    }
     result.map_err(ServeError::from)
 }

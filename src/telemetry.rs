@@ -1,11 +1,66 @@
-//! Logging setup: JSON lines when stderr is not a terminal (or `M2M_AUTHZ_LOG_FORMAT=json`),
-//! human-readable otherwise; level from `M2M_AUTHZ_LOG` (default `info`).
+//! Logging and tracing setup: JSON lines when stderr is not a terminal (or
+//! `M2M_AUTHZ_LOG_FORMAT=json`), human-readable otherwise; level from `M2M_AUTHZ_LOG` (an
+//! `EnvFilter`, default `info`). When the `OTEL_*` variables ask for it, spans are also exported
+//! over OTLP (see `otel`); `shutdown` flushes them.
 
 use std::io::IsTerminal;
 
+use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
+use tracing_subscriber::fmt;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::defaults::{LOG_ENV, LOG_FORMAT_ENV};
+use crate::otel;
+
+/// Crates that move our bytes: HTTP/2 and HTTP/1 codecs, the gRPC server, the HTTP client, TLS,
+/// the OTLP exporter. Their debug and trace events describe frames, buffers and connections of
+/// requests that carry client secrets (the Check's headers, the token request's form body and
+/// Basic header). Today's versions leave header values and bodies out of those events (checked:
+/// `tests/log_secrecy.rs` passes without this cap, with ~2,000 transport lines for a dozen
+/// checks), but nothing binds future versions to that, so their detail is capped at `info`
+/// whatever `M2M_AUTHZ_LOG` says, even `trace`. The cap is a filter applied after the user's
+/// directives, so no directive, however specific, lifts it.
+const TRANSPORT_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "tonic",
+    "tower",
+    "rustls",
+    "rustls_platform_verifier",
+    "axum",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+];
+
+fn is_transport(target: &str) -> bool {
+    TRANSPORT_TARGETS.iter().any(|t| {
+        target
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// False for debug/trace events and spans of the transport crates.
+fn within_cap(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO || !is_transport(meta.target())
+}
+
+/// `filter` (the user's `M2M_AUTHZ_LOG`) with the transport crates capped at `info`.
+pub fn capped<S>(filter: EnvFilter) -> impl Filter<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    filter.and(filter_fn(within_cap))
+}
 
 pub fn init() {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -14,13 +69,62 @@ pub fn init() {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless; ignore it.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let format: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        // One flat object per event: the check's own fields, not the span's, are the line.
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder.try_init()
+        fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed()
     };
+    let logs = format.with_filter(capped(filter));
+    let (traces, otel_error) = match otel::layer() {
+        Ok(layer) => (layer, None),
+        Err(e) => (None, Some(e)),
+    };
+    // Only our own spans are exported, at info and above: never the transport crates'.
+    let traces =
+        traces.map(|l| l.with_filter(Targets::new().with_target("m2m_authz", Level::INFO)));
+    // A second init (tests) is harmless; ignore it.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init();
+    if let Some(error) = otel_error {
+        tracing::warn!(%error, "traces are not exported");
+    } else if otel::requested() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+}
+
+/// Flushes buffered trace spans; call once serving has ended.
+pub fn shutdown() {
+    otel::shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_targets_match_whole_path_segments() {
+        for t in [
+            "h2",
+            "h2::codec::framed_read",
+            "hyper_util::client",
+            "tonic",
+        ] {
+            assert!(is_transport(t), "{t}");
+        }
+        for t in ["m2m_authz", "h2o", "hyperfine", "m2m_authz::check"] {
+            assert!(!is_transport(t), "{t}");
+        }
+    }
 }

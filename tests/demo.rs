@@ -23,15 +23,16 @@ struct Ports {
     listener: u16,
     admin: u16,
     grpc: u16,
+    metrics: u16,
     issuer: u16,
     upstream: u16,
 }
 
 impl Ports {
-    /// Five distinct ports that were free a moment ago.
+    /// Six distinct ports that were free a moment ago.
     fn free() -> Self {
         let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 5 {
+        while ports.len() < 6 {
             let port = free_port();
             if !ports.contains(&port) {
                 ports.push(port);
@@ -43,6 +44,7 @@ impl Ports {
             grpc: ports[2],
             issuer: ports[3],
             upstream: ports[4],
+            metrics: ports[5],
         }
     }
 
@@ -51,6 +53,7 @@ impl Ports {
             ("--listen-port", self.listener),
             ("--admin-port", self.admin),
             ("--grpc-port", self.grpc),
+            ("--metrics-port", self.metrics),
             ("--issuer-port", self.issuer),
             ("--upstream-port", self.upstream),
         ]
@@ -234,6 +237,7 @@ async fn readme_demo_command_reaches_ready_and_allows_a_request() {
         ("Envoy admin", demo.ports.admin),
         ("Envoy listener", demo.ports.listener),
         ("sidecar", demo.ports.grpc),
+        ("sidecar admin", demo.ports.metrics),
         ("issuer", demo.ports.issuer),
         ("upstream", demo.ports.upstream),
     ] {

@@ -137,7 +137,7 @@ async fn health_waits_for_keys_then_checks_are_answered() {
     std::fs::write(
         &path,
         format!(
-            "listen: {{grpc: '{addr}', drain_timeout: 2s}}\n{}",
+            "listen: {{grpc: '{addr}', admin: '127.0.0.1:0', drain_timeout: 2s}}\n{}",
             provider_yaml(&p)
         ),
     )

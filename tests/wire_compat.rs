@@ -121,7 +121,10 @@ fn our_ok_response_decodes_as_envoys() {
             headers: vec![("x-user-id".into(), "user-1".into())],
             remove: vec!["authorization".into(), "x-client-secret".into()],
             client_id: "client-1".into(),
+            scopes: vec![],
+            access_token: None,
         }),
+        forward_token: false,
     });
     let bytes = to_check_response(&decision).encode_to_vec();
     let theirs = up::CheckResponse::decode(bytes.as_slice()).unwrap();

@@ -34,6 +34,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::Config;
 use crate::defaults::LOG_ENV;
@@ -76,6 +79,9 @@ pub struct DemoArgs {
     /// The sidecar's gRPC port (ext_authz Check and health) on 127.0.0.1.
     #[arg(long, value_name = "PORT", default_value_t = 9001, value_parser = port_parser())]
     pub grpc_port: u16,
+    /// The sidecar's admin HTTP port (/metrics, /healthz, /readyz, /version) on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 9901, value_parser = port_parser())]
+    pub metrics_port: u16,
     /// The embedded issuer's HTTP port (token endpoint, JWKS) on 127.0.0.1.
     #[arg(long, value_name = "PORT", default_value_t = 9400, value_parser = port_parser())]
     pub issuer_port: u16,
@@ -125,6 +131,7 @@ struct Ports {
     listener: PortUse,
     admin: PortUse,
     grpc: PortUse,
+    metrics: PortUse,
     issuer: PortUse,
     upstream: PortUse,
 }
@@ -136,16 +143,18 @@ impl Ports {
             listener: port(args.listen_port, "Envoy listener", "--listen-port"),
             admin: port(args.admin_port, "Envoy admin", "--admin-port"),
             grpc: port(args.grpc_port, "sidecar gRPC", "--grpc-port"),
+            metrics: port(args.metrics_port, "sidecar admin", "--metrics-port"),
             issuer: port(args.issuer_port, "embedded issuer", "--issuer-port"),
             upstream: port(args.upstream_port, "echo upstream", "--upstream-port"),
         }
     }
 
-    fn all(&self) -> [PortUse; 5] {
+    fn all(&self) -> [PortUse; 6] {
         [
             self.listener,
             self.admin,
             self.grpc,
+            self.metrics,
             self.issuer,
             self.upstream,
         ]
@@ -272,10 +281,11 @@ impl StateDir {
         let sidecar_yaml = format!(
             "# Written by `m2m-authz demo` on every run: the sidecar it runs in-process, with the\n\
              # embedded issuer. `m2m-authz serve --config` on this file runs the same sidecar.\n\
-             listen:\n  grpc: {grpc}\n  drain_timeout: {drain}s\n\
+             listen:\n  grpc: {grpc}\n  admin: {admin}\n  drain_timeout: {drain}s\n\
              provider:\n  kind: embedded\n  embedded:\n    listen: {issuer_listen}\n    \
              database: {database}\n    project_id: {PROJECT_ID}\n    project_secret: {secret}\n",
             grpc = quoted(&ports.grpc.addr().to_string()),
+            admin = quoted(&ports.metrics.addr().to_string()),
             drain = DRAIN_TIMEOUT.as_secs(),
         );
         write_private(&self.path("m2m-authz.yaml"), &sidecar_yaml)?;
@@ -373,10 +383,13 @@ fn init_logging(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(path)
         .with_context(|| format!("cannot create log file {}", path.display()))?;
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(Mutex::new(file))
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .with_filter(crate::telemetry::capped(filter)),
+        )
         .try_init();
     Ok(())
 }
@@ -438,8 +451,9 @@ async fn run_async(
     let echo_listener = TcpListener::bind(ports.upstream.addr())
         .await
         .map_err(|e| ports.upstream.bind_error(&e))?;
-    let grpc_listener = server::bind(&config).await.map_err(|e| match e {
+    let sidecar_listeners = server::bind(&config).await.map_err(|e| match e {
         ServeError::Bind { source, .. } => ports.grpc.bind_error(&source),
+        ServeError::AdminBind { source, .. } => ports.metrics.bind_error(&source),
         other => other.into(),
     })?;
 
@@ -449,7 +463,7 @@ async fn run_async(
     }));
     let (sidecar_stop, sidecar_stopped) = oneshot::channel::<()>();
     let mut sidecar: Option<SidecarTask> = Some(tokio::spawn(async move {
-        server::serve(&config, grpc_listener, async move {
+        server::serve(&config, sidecar_listeners, async move {
             let _ = sidecar_stopped.await;
         })
         .await
@@ -748,6 +762,11 @@ impl Demo<'_> {
             "envoy: pid {envoy_pid}, admin http://127.0.0.1:{}",
             self.ports.admin.port
         )?;
+        writeln!(
+            out,
+            "m2m-authz: metrics http://127.0.0.1:{}/metrics, readiness /readyz",
+            self.ports.metrics.port
+        )?;
         writeln!(out, "stop with ctrl-c")?;
         out.flush()
     }
@@ -874,6 +893,7 @@ mod tests {
             listen_port: listener,
             admin_port: admin,
             grpc_port: grpc,
+            metrics_port: 9901,
             issuer_port: issuer,
             upstream_port: upstream,
         })

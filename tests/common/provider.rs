@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -22,6 +23,10 @@ pub const AUDIENCE: &str = "api://test";
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(super::repo_root().join("tests/fixtures").join(name)).expect("fixture")
 }
+
+/// Replaces the token endpoint's whole answer (for fault injection): called once per token
+/// request, after it is counted.
+pub type TokenOverride = Arc<dyn Fn() -> BoxFuture<'static, Response> + Send + Sync>;
 
 /// What the token endpoint does with the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,9 @@ pub struct ProviderState {
     max_in_flight: AtomicUsize,
     latency_ms: AtomicU64,
     lifetime_secs: AtomicU64,
+    token_override: Mutex<Option<TokenOverride>>,
+    /// Every access token the token endpoint issued, in order.
+    issued: Mutex<Vec<String>>,
 }
 
 pub struct FakeProvider {
@@ -62,6 +70,12 @@ pub struct FakeProvider {
 
 impl FakeProvider {
     pub async fn start() -> FakeProvider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener)
+    }
+
+    /// Serves on a listener the test prepared (e.g. one whose backlog it filled first).
+    pub fn start_on(listener: tokio::net::TcpListener) -> FakeProvider {
         let state = Arc::new(ProviderState {
             clients: Mutex::new(HashMap::new()),
             signing_kid: Mutex::new("rsa-a".into()),
@@ -74,12 +88,13 @@ impl FakeProvider {
             max_in_flight: AtomicUsize::new(0),
             latency_ms: AtomicU64::new(0),
             lifetime_secs: AtomicU64::new(3600),
+            token_override: Mutex::new(None),
+            issued: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/oauth2/token", post(token))
             .route("/jwks", get(jwks))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -129,6 +144,22 @@ impl FakeProvider {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// From now on every token request gets what `f` answers (`None`: back to normal).
+    pub fn set_token_override(&self, f: Option<TokenOverride>) {
+        *self.state.token_override.lock().unwrap() = f;
+    }
+
+    /// Every token request is answered with this JSON (status 200): a provider that issues
+    /// whatever access token it likes.
+    pub fn issue_raw(&self, access_token: &str) {
+        let body =
+            json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": 3600 });
+        self.set_token_override(Some(Arc::new(move || -> BoxFuture<'static, Response> {
+            let body = body.clone();
+            Box::pin(async move { axum::Json(body).into_response() })
+        })));
+    }
+
     pub fn set_lifetime(&self, secs: u64) {
         self.state.lifetime_secs.store(secs, Ordering::SeqCst);
     }
@@ -137,6 +168,11 @@ impl FakeProvider {
     pub fn rotate(&self, kid: &str, published: &[&str]) {
         *self.state.signing_kid.lock().unwrap() = kid.into();
         *self.state.published.lock().unwrap() = published.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Every access token the token endpoint has issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued.lock().unwrap().clone()
     }
 
     pub fn token_calls(&self) -> usize {
@@ -208,7 +244,11 @@ async fn token(State(s): State<Arc<ProviderState>>, headers: HeaderMap, body: St
     s.token_calls.fetch_add(1, Ordering::SeqCst);
     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let response = token_inner(&s, headers, body).await;
+    let forced = s.token_override.lock().unwrap().clone();
+    let response = match forced {
+        Some(f) => f().await,
+        None => token_inner(&s, headers, body).await,
+    };
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
 }
@@ -258,6 +298,7 @@ async fn token_inner(s: &ProviderState, headers: HeaderMap, body: String) -> Res
     let lifetime = s.lifetime_secs.load(Ordering::SeqCst);
     let kid = s.signing_kid.lock().unwrap().clone();
     let token = mint(&kid, &id, claims, lifetime);
+    s.issued.lock().unwrap().push(token.clone());
     axum::Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": lifetime }))
         .into_response()
 }

@@ -14,6 +14,16 @@ use super::process::{ChildGuard, TempDir, free_addr, log_file, tail};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The file in a sidecar's temp dir that names its `listen.admin` address.
+const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// A free `listen.admin` address for a sidecar in `dir`, remembered for `Sidecar::admin_url`.
+fn admin_addr(dir: &TempDir) -> SocketAddr {
+    let admin = free_addr();
+    std::fs::write(dir.join(ADMIN_ADDR_FILE), admin.to_string()).unwrap();
+    admin
+}
+
 pub struct Sidecar {
     pub child: ChildGuard,
     pub addr: SocketAddr,
@@ -33,10 +43,13 @@ impl Sidecar {
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = TempDir::new("sidecar");
         let addr = free_addr();
+        let admin = admin_addr(&dir);
         let path = dir.join("config.yaml");
         std::fs::write(
             &path,
-            format!("listen:\n  grpc: \"{addr}\"\n  drain_timeout: 5s\n{config}"),
+            format!(
+                "listen:\n  grpc: \"{addr}\"\n  admin: \"{admin}\"\n  drain_timeout: 5s\n{config}"
+            ),
         )
         .unwrap();
         let mut cmd = Command::new(binary());
@@ -63,9 +76,13 @@ impl Sidecar {
         let dir = TempDir::new("sidecar-uds");
         let socket = dir.join("grpc.sock");
         let path = dir.join("config.yaml");
+        let admin = admin_addr(&dir);
         std::fs::write(
             &path,
-            format!("listen:\n  grpc: \"unix:{}\"\n{config}", socket.display()),
+            format!(
+                "listen:\n  grpc: \"unix:{}\"\n  admin: \"{admin}\"\n{config}",
+                socket.display()
+            ),
         )
         .unwrap();
         let mut cmd = Command::new(binary());
@@ -98,6 +115,13 @@ impl Sidecar {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://host:port` of the admin port (`listen.admin`), for sidecars started here.
+    pub fn admin_url(&self) -> String {
+        let addr = std::fs::read_to_string(self.dir.join(ADMIN_ADDR_FILE))
+            .expect("this sidecar was not started with a known listen.admin");
+        format!("http://{}", addr.trim())
     }
 
     /// Polls gRPC health until SERVING; panics with the log tail on timeout or exit.

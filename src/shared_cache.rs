@@ -1,0 +1,855 @@
+//! The optional shared token cache tier (`cache.shared`, issue 9): tokens exchanged by one
+//! sidecar are served to the fleet's other sidecars through Redis, so a fleet of pods costs the
+//! provider about what one pod does.
+//!
+//! Lookup order is local cache → Redis → exchange. Redis is consulted only inside a
+//! credential's single-flight task (`Inner::exchange`), so within one pod concurrent misses make
+//! one Redis read and at most one exchange; across pods a short lock (`SET NX PX`) keeps a burst
+//! of pods from exchanging the same credential at once, with a bounded wait (`lock_wait`) and a
+//! fallback to exchanging anyway when the lock holder died.
+//!
+//! Nothing usable leaks from Redis:
+//! - the key is `key_prefix` + hex(HMAC-SHA-256(fleet key, provider ‖ client id ‖ secret ‖
+//!   scope)), each part length-prefixed: pods agree on it, and it reveals none of its inputs;
+//! - the value (access token, issue and expiry times) is sealed with ChaCha20-Poly1305 under a
+//!   key derived by HKDF-SHA-256 from the caller's own secret (salt: the fleet key), with a
+//!   random 96-bit nonce per write and the Redis key as associated data. Reading Redis with the
+//!   fleet key but without a caller's secret yields nothing that caller could replay.
+//!
+//! A value read from Redis is still verified against the provider's JWKS before use, and one
+//! that fails to open or verify is ignored (and overwritten by the next exchange). Refusals are
+//! never written. Redis trouble (down, slow, garbage) never fails a check: every operation is
+//! bounded by `timeout`, after a connection failure Redis is skipped for a moment, and the check
+//! goes on down the local path; it is counted (`m2m_authz_shared_cache_*`) and shown in
+//! `/readyz` detail.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::time::Instant;
+
+use crate::provider::unix_now;
+use crate::stats::Stats;
+
+/// Where the fleet key comes from when `cache.shared.fleet_key` is not set (a Kubernetes
+/// Secret, in the shipped overlay).
+pub const FLEET_KEY_ENV: &str = "M2M_AUTHZ_FLEET_KEY";
+/// Where the Redis URL comes from when `cache.shared.url` is not set (it may hold a password).
+pub const URL_ENV: &str = "M2M_AUTHZ_REDIS_URL";
+
+pub const DEFAULT_KEY_PREFIX: &str = "m2m-authz:";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// The shortest fleet key accepted, in bytes (after base64 decoding).
+pub const MIN_FLEET_KEY_BYTES: usize = 32;
+
+/// After a failed connection, Redis is skipped for this long: an outage costs one timeout, not
+/// one per flight.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A value this close to its expiry is not worth sharing or adopting.
+const MIN_SHARED_LIFETIME: Duration = Duration::from_secs(2);
+/// Longest pause between two reads while another pod holds the lock.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// The first byte of every sealed value: its format.
+const VALUE_VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+
+/// `cache.shared`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// `redis://host:6379/0` or `rediss://` (TLS); else `$M2M_AUTHZ_REDIS_URL`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Base64 of at least 32 random bytes, the same on every pod; else `$M2M_AUTHZ_FLEET_KEY`.
+    #[serde(default)]
+    pub fleet_key: Option<String>,
+    /// Longest one Redis operation may take before the check goes on without it.
+    #[serde(default = "default_timeout", with = "crate::config::duration")]
+    pub timeout: Duration,
+    /// How long a pod's claim to exchange a credential for the fleet lasts.
+    #[serde(default = "default_lock_ttl", with = "crate::config::duration")]
+    pub lock_ttl: Duration,
+    /// Longest a pod waits for another pod's exchange before exchanging itself.
+    #[serde(default = "default_lock_wait", with = "crate::config::duration")]
+    pub lock_wait: Duration,
+}
+
+fn default_key_prefix() -> String {
+    DEFAULT_KEY_PREFIX.to_owned()
+}
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+fn default_lock_ttl() -> Duration {
+    DEFAULT_LOCK_TTL
+}
+fn default_lock_wait() -> Duration {
+    DEFAULT_LOCK_WAIT
+}
+
+impl fmt::Debug for SharedCacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCacheConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("fleet_key", &self.fleet_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("lock_wait", &self.lock_wait)
+            .finish()
+    }
+}
+
+/// The URL without its password, for logs and `/readyz`.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable>".to_owned(),
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl SharedCacheConfig {
+    /// `url`, else `$M2M_AUTHZ_REDIS_URL`.
+    pub fn resolved_url(&self) -> Result<String, String> {
+        self.url
+            .clone()
+            .or_else(|| env_nonempty(URL_ENV))
+            .ok_or_else(|| format!("required (or set {URL_ENV})"))
+    }
+
+    /// The decoded fleet key: `fleet_key`, else `$M2M_AUTHZ_FLEET_KEY`.
+    pub fn resolved_fleet_key(&self) -> Result<Vec<u8>, String> {
+        let text = self
+            .fleet_key
+            .clone()
+            .or_else(|| env_nonempty(FLEET_KEY_ENV))
+            .ok_or_else(|| format!("required (or set {FLEET_KEY_ENV})"))?;
+        let text = text.trim();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .map_err(|_| "expected base64".to_owned())?;
+        if key.len() < MIN_FLEET_KEY_BYTES {
+            return Err(format!(
+                "expected at least {MIN_FLEET_KEY_BYTES} bytes (`openssl rand -base64 32`), got {}",
+                key.len()
+            ));
+        }
+        Ok(key)
+    }
+
+    /// The field at fault (`cache.shared.*`) and what is wrong with it.
+    ///
+    /// A URL or fleet key given neither in the file nor in the environment is not an error here
+    /// (`check-config` runs where the Pod's Secret is not): `serve` refuses to start without
+    /// them (`SharedTier::new`), naming the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Ok(url) = self.resolved_url() {
+            Self::validate_url(&url)?;
+        }
+        self.validate_rest()
+    }
+
+    fn validate_url(url: &str) -> Result<(), (&'static str, String)> {
+        match url::Url::parse(url) {
+            Ok(u) if u.scheme() == "redis" || u.scheme() == "rediss" => {}
+            Ok(_) => {
+                return Err((
+                    "cache.shared.url",
+                    "expected a redis:// or rediss:// (TLS) URL".into(),
+                ));
+            }
+            Err(e) => return Err(("cache.shared.url", format!("not a URL: {e}"))),
+        }
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| ("cache.shared.url", format!("not a Redis URL: {e}")))
+    }
+
+    fn validate_rest(&self) -> Result<(), (&'static str, String)> {
+        if self.key_prefix.len() > 64 || self.key_prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err((
+                "cache.shared.key_prefix",
+                "expected at most 64 printable ASCII characters, without spaces".into(),
+            ));
+        }
+        if self.fleet_key.is_some() || env_nonempty(FLEET_KEY_ENV).is_some() {
+            self.resolved_fleet_key()
+                .map_err(|p| ("cache.shared.fleet_key", p))?;
+        }
+        for (field, d, min, max) in [
+            (
+                "cache.shared.timeout",
+                self.timeout,
+                Duration::from_millis(1),
+                Duration::from_secs(5),
+            ),
+            (
+                "cache.shared.lock_ttl",
+                self.lock_ttl,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            ),
+            (
+                "cache.shared.lock_wait",
+                self.lock_wait,
+                Duration::ZERO,
+                Duration::from_secs(60),
+            ),
+        ] {
+            if d < min || d > max {
+                return Err((field, format!("expected between {min:?} and {max:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn length_prefixed<M: Mac>(mac: &mut M, parts: &[&[u8]]) {
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// What identifies a credential across the fleet. `provider` is the provider slot's id (its
+/// name and token URL), `scope` the scope it is exchanged for.
+#[derive(Clone, Copy)]
+pub struct CredentialRef<'a> {
+    pub provider: &'a str,
+    pub client_id: &'a str,
+    pub secret: &'a str,
+    pub scope: &'a str,
+}
+
+/// A credential's Redis keys and value key, derived once per flight.
+pub struct SharedKey {
+    /// Where the sealed value lives.
+    pub entry: String,
+    /// The fleet's exchange lock for this credential.
+    pub lock: String,
+    seal: Key,
+}
+
+impl SharedKey {
+    /// Derives the keys: HMAC under the fleet key for the Redis key, HKDF from the caller's
+    /// secret (salt: the fleet key) for the value key.
+    pub fn derive(fleet_key: &[u8], prefix: &str, c: CredentialRef<'_>) -> SharedKey {
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(fleet_key) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        length_prefixed(
+            &mut mac,
+            &[
+                b"m2m-authz shared-cache v1 key",
+                c.provider.as_bytes(),
+                c.client_id.as_bytes(),
+                c.secret.as_bytes(),
+                c.scope.as_bytes(),
+            ],
+        );
+        let id = hex(&mac.finalize().into_bytes());
+        let mut info = b"m2m-authz shared-cache v1 value".to_vec();
+        for part in [c.provider, c.client_id, c.scope] {
+            info.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            info.extend_from_slice(part.as_bytes());
+        }
+        let mut seal = [0u8; 32];
+        let Ok(()) =
+            Hkdf::<Sha256>::new(Some(fleet_key), c.secret.as_bytes()).expand(&info, &mut seal)
+        else {
+            unreachable!("32 bytes is a valid HKDF-SHA-256 output length")
+        };
+        SharedKey {
+            entry: format!("{prefix}{id}"),
+            lock: format!("{prefix}lock:{id}"),
+            seal: Key::from(seal),
+        }
+    }
+
+    /// Seals `entry` for this key: version ‖ nonce ‖ ciphertext, the Redis key as associated
+    /// data.
+    pub fn seal(&self, entry: &SharedEntry) -> Vec<u8> {
+        let plain = serde_json::to_vec(entry).unwrap_or_default();
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let aad = self.aad();
+        let Ok(sealed) = ChaCha20Poly1305::new(&self.seal).encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &aad,
+            },
+        ) else {
+            unreachable!("ChaCha20-Poly1305 seals any message that fits in memory")
+        };
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(VALUE_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens a value read from Redis; `None` for anything not sealed by this key for this entry.
+    pub fn open(&self, value: &[u8]) -> Option<SharedEntry> {
+        let (&version, rest) = value.split_first()?;
+        if version != VALUE_VERSION || rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let aad = self.aad();
+        let plain = ChaCha20Poly1305::new(&self.seal)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = vec![VALUE_VERSION];
+        aad.extend_from_slice(self.entry.as_bytes());
+        aad
+    }
+}
+
+/// What the fleet shares for a credential (only ever stored sealed).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SharedEntry {
+    pub access_token: String,
+    /// Unix seconds when it was exchanged.
+    pub issued_at: u64,
+    /// Unix seconds after which it must not be used (its `exp`, or sooner per `expires_in`).
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for SharedEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedEntry")
+            .field("access_token", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Why an operation on Redis did not succeed.
+#[derive(Debug)]
+enum OpError {
+    /// Skipped: a recent connection failure.
+    Backoff,
+    Timeout,
+    Redis(String),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Backoff => f.write_str("unavailable (retrying shortly)"),
+            OpError::Timeout => f.write_str("operation timed out"),
+            OpError::Redis(e) => f.write_str(e),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Health {
+    /// Unix seconds and description of the last failure.
+    last_error: Option<(u64, String)>,
+    last_ok: Option<u64>,
+}
+
+/// The Redis tier, shared by every provider slot of one authorizer.
+pub struct SharedTier {
+    client: redis::Client,
+    url: String,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Set after a connection failure: Redis is skipped until then.
+    retry_at: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
+    prefix: String,
+    fleet_key: Vec<u8>,
+    timeout: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    refresh_ahead: f64,
+    max_credential_age: Option<Duration>,
+    stats: Arc<Stats>,
+}
+
+/// What `SharedTier::before_exchange` leaves the flight to do: exchange, then `store`. Holds
+/// the fleet lock when this pod took it; dropping it unstored releases the lock.
+pub struct Ticket {
+    tier: Arc<SharedTier>,
+    key: SharedKey,
+    lock: Option<String>,
+}
+
+impl SharedTier {
+    /// `config` must have passed `SharedCacheConfig::validate`. No connection is made here.
+    pub fn new(
+        config: &SharedCacheConfig,
+        refresh_ahead: f64,
+        max_credential_age: Option<Duration>,
+        stats: Arc<Stats>,
+    ) -> Result<SharedTier, String> {
+        fn field(f: &'static str) -> impl Fn(String) -> String {
+            move |p| format!("cache.shared.{f}: {p}")
+        }
+        let url = config.resolved_url().map_err(field("url"))?;
+        let client = redis::Client::open(url.as_str()).map_err(|e| field("url")(e.to_string()))?;
+        Ok(SharedTier {
+            client,
+            url: redact_url(&url),
+            conn: tokio::sync::Mutex::new(None),
+            retry_at: Mutex::new(None),
+            health: Mutex::new(Health::default()),
+            prefix: config.key_prefix.clone(),
+            fleet_key: config.resolved_fleet_key().map_err(field("fleet_key"))?,
+            timeout: config.timeout,
+            lock_ttl: config.lock_ttl,
+            lock_wait: config.lock_wait,
+            refresh_ahead,
+            max_credential_age,
+            stats,
+        })
+    }
+
+    pub fn key(&self, c: CredentialRef<'_>) -> SharedKey {
+        SharedKey::derive(&self.fleet_key, &self.prefix, c)
+    }
+
+    /// The shared tier's state for `/readyz` detail: never makes the pod not ready.
+    pub fn status(&self) -> serde_json::Value {
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let degraded = match (&h.last_error, h.last_ok) {
+            (Some((err_at, _)), Some(ok_at)) => *err_at >= ok_at,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let s = self.stats.snapshot();
+        let mut v = serde_json::json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "url": self.url,
+            "hits": s.shared_hits,
+            "misses": s.shared_misses,
+            "errors": s.shared_errors,
+            "lock_waits": s.shared_lock_waits,
+        });
+        if let Some((at, e)) = &h.last_error {
+            v["last_error"] = serde_json::json!(e);
+            v["last_error_age_seconds"] = serde_json::json!(unix_now().saturating_sub(*at));
+        }
+        v
+    }
+
+    fn record_ok(&self) {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_ok = Some(unix_now());
+    }
+
+    /// Counts a failure and remembers it for `/readyz`.
+    fn record_error(&self, what: &str, e: impl fmt::Display) {
+        Stats::add(&self.stats.shared_errors);
+        let text = format!("{what}: {e}");
+        tracing::warn!(error = %text, "shared cache tier: going on without it");
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = Some((unix_now(), text));
+    }
+
+    /// Runs one command within `timeout` (connecting first if needed).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, OpError> {
+        if self
+            .retry_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return Err(OpError::Backoff);
+        }
+        let run = async {
+            let mut conn = {
+                let mut slot = self.conn.lock().await;
+                match &*slot {
+                    Some(c) => c.clone(),
+                    None => {
+                        let config = redis::AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout));
+                        let c = self
+                            .client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                            .map_err(|e| (true, e))?;
+                        *slot = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            cmd.query_async::<T>(&mut conn)
+                .await
+                .map_err(|e| (false, e))
+        };
+        let result = match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err((connecting, e))) => {
+                // A server's answer to a well-formed command (e.g. WRONGTYPE) leaves the
+                // connection usable; anything else drops it, to reconnect next time.
+                let answered = matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
+                );
+                (connecting || !answered, OpError::Redis(e.to_string()))
+            }
+            Err(_) => (true, OpError::Timeout),
+        };
+        let (reset, err) = result;
+        if reset {
+            *self.conn.lock().await = None;
+            *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + RETRY_AFTER);
+        }
+        Err(err)
+    }
+
+    /// The shared value for `key`, if Redis answers with one this caller can open and that is
+    /// fresh enough to adopt. Failures are counted and read as a miss.
+    async fn read(&self, key: &SharedKey) -> Option<SharedEntry> {
+        let value: Option<Vec<u8>> = match self.query(redis::cmd("GET").arg(&key.entry)).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.record_error("read", e);
+                return None;
+            }
+        };
+        self.record_ok();
+        let value = value?;
+        let Some(entry) = key.open(&value) else {
+            self.record_error(
+                "read",
+                "a value that does not open with this credential's key",
+            );
+            return None;
+        };
+        self.usable(&entry).then_some(entry)
+    }
+
+    /// Whether a shared token is still worth adopting rather than re-exchanging: before the
+    /// point where the local cache would refresh it, within `max_credential_age`.
+    fn usable(&self, e: &SharedEntry) -> bool {
+        let now = unix_now();
+        let lifetime = e.expires_at.saturating_sub(e.issued_at) as f64;
+        let refresh_at = e.issued_at + (lifetime * self.refresh_ahead) as u64;
+        let too_old = self
+            .max_credential_age
+            .is_some_and(|age| now >= e.issued_at + age.as_secs());
+        now >= e.issued_at.saturating_sub(60)
+            && now < refresh_at
+            && e.expires_at.saturating_sub(now) >= MIN_SHARED_LIFETIME.as_secs()
+            && !too_old
+    }
+
+    /// `Some(true)`: this pod holds the lock under `token`; `Some(false)`: another pod does;
+    /// `None`: Redis did not answer.
+    async fn try_lock(&self, key: &SharedKey, token: &str) -> Option<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key.lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lock_ttl.as_millis() as u64);
+        match self.query::<Option<String>>(&cmd).await {
+            Ok(v) => {
+                self.record_ok();
+                Some(v.is_some())
+            }
+            Err(e) => {
+                self.record_error("lock", e);
+                None
+            }
+        }
+    }
+
+    /// Releases the lock if this pod still holds it.
+    async fn unlock(&self, key: &str, token: &str) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+            .arg(1)
+            .arg(key)
+            .arg(token);
+        if let Err(e) = self.query::<i64>(&cmd).await {
+            self.record_error("unlock", e);
+        }
+    }
+
+    /// Runs before a flight exchanges: a usable shared value that `adopt` accepts (verified) ends
+    /// the flight; otherwise returns the ticket to exchange with — holding the fleet lock when
+    /// this pod got it, after waiting up to `lock_wait` for a pod that holds it.
+    pub async fn before_exchange<T, F, Fut>(
+        self: &Arc<Self>,
+        key: SharedKey,
+        mut adopt: F,
+    ) -> Result<T, Ticket>
+    where
+        F: FnMut(SharedEntry) -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        // Rejected values (garbage that opened, tokens that fail verification) are counted.
+        macro_rules! try_adopt {
+            ($entry:expr) => {
+                if let Some(entry) = $entry {
+                    match adopt(entry).await {
+                        Some(v) => {
+                            Stats::add(&self.stats.shared_hits);
+                            return Ok(v);
+                        }
+                        None => self.record_error("read", "a shared token that fails verification"),
+                    }
+                }
+            };
+        }
+        try_adopt!(self.read(&key).await);
+        let mut token = [0u8; 16];
+        rand::rng().fill_bytes(&mut token);
+        let token = hex(&token);
+        let mut ticket = Ticket {
+            tier: self.clone(),
+            key,
+            lock: None,
+        };
+        match self.try_lock(&ticket.key, &token).await {
+            None => {
+                Stats::add(&self.stats.shared_misses);
+                return Err(ticket);
+            }
+            Some(true) => ticket.lock = Some(token.clone()),
+            Some(false) => {
+                Stats::add(&self.stats.shared_lock_waits);
+                let deadline = Instant::now() + self.lock_wait;
+                let pause = POLL_INTERVAL
+                    .min(self.lock_wait / 4)
+                    .max(Duration::from_millis(1));
+                while Instant::now() < deadline {
+                    tokio::time::sleep(pause).await;
+                    try_adopt!(self.read(&ticket.key).await);
+                    match self.try_lock(&ticket.key, &token).await {
+                        // The holder finished without a value, or its lock expired: ours now.
+                        Some(true) => {
+                            ticket.lock = Some(token.clone());
+                            break;
+                        }
+                        Some(false) => continue,
+                        None => break,
+                    }
+                }
+            }
+        }
+        if ticket.lock.is_some() {
+            // A pod may have stored its value and released the lock just before we took it.
+            try_adopt!(self.read(&ticket.key).await);
+        }
+        Stats::add(&self.stats.shared_misses);
+        Err(ticket)
+    }
+}
+
+impl Ticket {
+    /// Shares a freshly exchanged and verified token for `lifetime`, then releases the lock.
+    pub async fn store(mut self, access_token: &str, lifetime: Duration) {
+        if lifetime >= MIN_SHARED_LIFETIME {
+            let now = unix_now();
+            let entry = SharedEntry {
+                access_token: access_token.to_owned(),
+                issued_at: now,
+                expires_at: now + lifetime.as_secs(),
+            };
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&self.key.entry)
+                .arg(self.key.seal(&entry))
+                .arg("PX")
+                .arg(lifetime.as_millis() as u64);
+            match self.tier.query::<()>(&cmd).await {
+                Ok(()) => self.tier.record_ok(),
+                Err(e) => self.tier.record_error("write", e),
+            }
+        }
+        if let Some(token) = self.lock.take() {
+            self.tier.unlock(&self.key.lock, &token).await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    /// An exchange that failed (or a flight that ended early) releases the lock, so a waiting
+    /// pod takes over at once instead of after `lock_ttl`.
+    fn drop(&mut self) {
+        if let Some(token) = self.lock.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let tier = self.tier.clone();
+            let key = self.key.lock.clone();
+            rt.spawn(async move { tier.unlock(&key, &token).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(secret: &str) -> CredentialRef<'_> {
+        CredentialRef {
+            provider: "default http://idp/token",
+            client_id: "client-1",
+            secret,
+            scope: "",
+        }
+    }
+
+    fn entry() -> SharedEntry {
+        SharedEntry {
+            access_token: "eyJhbGciOi.payload.sig".into(),
+            issued_at: 100,
+            expires_at: 200,
+        }
+    }
+
+    #[test]
+    fn keys_agree_across_pods_and_reveal_nothing() {
+        let fleet = [7u8; 32];
+        let a = SharedKey::derive(&fleet, "p:", cred("s3cret"));
+        let b = SharedKey::derive(&fleet, "p:", cred("s3cret"));
+        assert_eq!(a.entry, b.entry);
+        assert!(a.entry.starts_with("p:") && a.entry.len() == 2 + 64);
+        assert!(!a.entry.contains("s3cret") && !a.entry.contains("client-1"));
+        assert_ne!(
+            a.entry,
+            SharedKey::derive(&fleet, "p:", cred("other")).entry
+        );
+        assert_ne!(
+            a.entry,
+            SharedKey::derive(&[8u8; 32], "p:", cred("s3cret")).entry
+        );
+    }
+
+    #[test]
+    fn values_open_only_with_the_callers_secret_and_their_key() {
+        let fleet = [7u8; 32];
+        let k = SharedKey::derive(&fleet, "p:", cred("s3cret"));
+        let sealed = k.seal(&entry());
+        assert!(!String::from_utf8_lossy(&sealed).contains("eyJ"));
+        let opened = SharedKey::derive(&fleet, "p:", cred("s3cret"))
+            .open(&sealed)
+            .unwrap();
+        assert_eq!(opened.access_token, entry().access_token);
+        // A wrong secret derives another value key.
+        let mut wrong = SharedKey::derive(&fleet, "p:", cred("guess"));
+        assert!(wrong.open(&sealed).is_none());
+        // The right value key under another Redis key: the associated data does not match.
+        wrong = SharedKey::derive(&fleet, "p:", cred("s3cret"));
+        wrong.entry = "p:elsewhere".into();
+        assert!(wrong.open(&sealed).is_none());
+        // Tampering with any byte fails.
+        for i in 0..sealed.len() {
+            let mut t = sealed.clone();
+            t[i] ^= 1;
+            assert!(k.open(&t).is_none(), "byte {i}");
+        }
+        assert!(k.open(b"").is_none() && k.open(b"\x01short").is_none());
+        // Two writes of the same entry use different nonces.
+        assert_ne!(k.seal(&entry()), sealed);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let base = SharedCacheConfig {
+            url: Some("redis://127.0.0.1:6379".into()),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            fleet_key: Some(base64::engine::general_purpose::STANDARD.encode([1u8; 32])),
+            timeout: DEFAULT_TIMEOUT,
+            lock_ttl: DEFAULT_LOCK_TTL,
+            lock_wait: DEFAULT_LOCK_WAIT,
+        };
+        base.validate().unwrap();
+        let mut c = base.clone();
+        c.url = Some("http://x".into());
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.url");
+        let mut c = base.clone();
+        c.fleet_key = Some(base64::engine::general_purpose::STANDARD.encode([1u8; 16]));
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.fleet_key");
+        let mut c = base.clone();
+        c.fleet_key = Some("not base64!".into());
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.fleet_key");
+        let mut c = base.clone();
+        c.timeout = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.timeout");
+        let mut c = base;
+        c.key_prefix = "has space".into();
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.key_prefix");
+        assert!(
+            !format!("{c:?}").contains("AQEB"),
+            "the fleet key is redacted"
+        );
+    }
+
+    #[test]
+    fn a_missing_fleet_key_passes_check_config_but_stops_serve() {
+        if std::env::var_os(FLEET_KEY_ENV).is_some() {
+            return;
+        }
+        let c = SharedCacheConfig {
+            url: Some("redis://127.0.0.1:6379".into()),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            fleet_key: None,
+            timeout: DEFAULT_TIMEOUT,
+            lock_ttl: DEFAULT_LOCK_TTL,
+            lock_wait: DEFAULT_LOCK_WAIT,
+        };
+        c.validate().unwrap();
+        let Err(e) = SharedTier::new(&c, 0.8, None, Arc::default()) else {
+            panic!("built without a fleet key")
+        };
+        assert!(e.starts_with("cache.shared.fleet_key: required"), "{e}");
+    }
+}

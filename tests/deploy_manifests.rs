@@ -1,0 +1,1279 @@
+//! The deployment artefacts under deploy/, checked with the real tools:
+//!
+//! - every kustomization renders (`kubectl kustomize`; a kustomize Component
+//!   is rendered on top of the base it patches) and its output passes
+//!   `kubernetes-validate --strict` for the oldest and newest Kubernetes
+//!   versions the manifests support;
+//! - every Envoy bootstrap (deploy/envoy/*.yaml and every one that a rendered
+//!   ConfigMap carries) passes `envoy --mode validate` without warnings;
+//! - every m2m-authz config that a rendered ConfigMap or Secret carries
+//!   passes `m2m-authz check-config` (the real binary);
+//! - ports, names and mounts agree between the manifests, the Envoy bootstrap
+//!   and the m2m-authz config, and every Pod is locked down;
+//! - the Istio files (no schemas here) parse and agree with each other and
+//!   with the shared Service.
+//!
+//! Needs `kubectl` on PATH (or `$KUBECTL`) and `scripts/tools` (Envoy and
+//! kubernetes-validate in .tools/venv); fails, never skips, without them.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::process::TempDir;
+use serde::Deserialize as _;
+use serde_yaml_ng::Value;
+
+/// The example application Pod (Envoy + m2m-authz native sidecar).
+const BASE: &str = "deploy/kubernetes";
+/// m2m-authz as a shared gRPC service (Istio's CUSTOM provider).
+const SHARED: &str = "deploy/kubernetes/shared-service";
+/// Kustomize components live here and are rendered on top of `BASE`.
+const COMPONENTS: &str = "deploy/kubernetes/components";
+const SECRET_COMPONENT: &str = "deploy/kubernetes/components/config-in-secret";
+const ISTIO: &str = "deploy/istio";
+
+/// The Kubernetes versions the manifests are validated against: the oldest
+/// they support (native sidecars, gRPC probes, preStop `sleep`) and the
+/// newest that the pinned kubernetes-validate bundles.
+const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
+
+/// Where m2m-authz's config is mounted and how it is named (the image's CMD).
+const M2M_AUTHZ_CONFIG_KEY: &str = "config.yaml";
+
+// ---------------------------------------------------------------------------
+// Tools
+
+fn kubectl() -> PathBuf {
+    let kubectl = std::env::var_os("KUBECTL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    match Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+    {
+        Ok(out) if out.status.success() => kubectl,
+        Ok(out) => panic!(
+            "`{} version --client` failed: {}",
+            kubectl.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => panic!(
+            "kubectl not runnable ({}: {err}): install kubectl (or set KUBECTL)",
+            kubectl.display()
+        ),
+    }
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let path = common::tools::tools_dir().join("venv/bin/kubernetes-validate");
+    assert!(
+        path.exists(),
+        "kubernetes-validate not found at {}: run scripts/tools first (or set {} to the dir it installed into)",
+        path.display(),
+        common::tools::TOOLS_ENV
+    );
+    path
+}
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.success,
+        "{cmd:?} failed\nstdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------
+// Files and YAML
+
+fn repo_path(relative: &str) -> PathBuf {
+    common::repo_root().join(relative)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Every document of a (multi-document) YAML text; empty documents skipped.
+fn yaml_docs(text: &str, what: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: invalid YAML: {e}")))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn yaml_one(text: &str, what: &str) -> Value {
+    let mut docs = yaml_docs(text, what);
+    assert_eq!(docs.len(), 1, "{what}: expected one YAML document");
+    docs.remove(0)
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str], what: &str) -> &'a str {
+    at(value, path, what)
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: {} is not a string", path.join(".")))
+}
+
+fn u64_at(value: &Value, path: &[&str], what: &str) -> u64 {
+    at(value, path, what)
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: {} is not an unsigned integer", path.join(".")))
+}
+
+fn seq_at<'a>(value: &'a Value, path: &[&str], what: &str) -> &'a [Value] {
+    at(value, path, what)
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what}: {} is not a list", path.join(".")))
+}
+
+fn at<'a>(value: &'a Value, path: &[&str], what: &str) -> &'a Value {
+    let mut current = value;
+    for (i, key) in path.iter().enumerate() {
+        current = current
+            .get(*key)
+            .unwrap_or_else(|| panic!("{what}: missing {}", path[..=i].join(".")));
+    }
+    current
+}
+
+fn opt<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    let mut current = value;
+    for key in path {
+        current = current.get(*key)?;
+    }
+    Some(current)
+}
+
+fn named<'a>(items: &'a [Value], name: &str, what: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|item| item.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{what}: no entry named {name:?}"))
+}
+
+fn mapping_keys(value: &Value) -> BTreeSet<String> {
+    value
+        .as_mapping()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `to` relative to `from` (both existing dirs), for kustomize, which
+/// refuses absolute resource paths.
+fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from = from.canonicalize().expect("canonicalize from");
+    let to = to.canonicalize().expect("canonicalize to");
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for part in &to[common..] {
+        rel.push(part.as_os_str());
+    }
+    rel
+}
+
+// ---------------------------------------------------------------------------
+// Kustomizations
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KustomizeKind {
+    Kustomization,
+    Component,
+}
+
+/// Every kustomization file under deploy/: (its dir relative to the repo
+/// root, its kind), sorted.
+fn kustomizations() -> Vec<(String, KustomizeKind)> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read dir {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if matches!(
+                path.file_name().and_then(|n| n.to_str()),
+                Some("kustomization.yaml" | "kustomization.yml" | "Kustomization")
+            ) {
+                found.push(path);
+            }
+        }
+    }
+    let root = common::repo_root();
+    let mut files = Vec::new();
+    walk(&root.join("deploy"), &mut files);
+    let mut found: Vec<(String, KustomizeKind)> = files
+        .iter()
+        .map(|file| {
+            let dir = file
+                .parent()
+                .unwrap()
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let doc = yaml_one(&read(file), &file.display().to_string());
+            let kind = match doc.get("kind").and_then(Value::as_str) {
+                None | Some("Kustomization") => KustomizeKind::Kustomization,
+                Some("Component") => KustomizeKind::Component,
+                Some(other) => panic!("{}: unknown kind {other}", file.display()),
+            };
+            (dir, kind)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// A kustomization's output.
+struct Rendered {
+    /// Its dir, relative to the repo root.
+    dir: String,
+    text: String,
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn objects(&self, kind: &str) -> Vec<&Value> {
+        self.docs
+            .iter()
+            .filter(|d| d.get("kind").and_then(Value::as_str) == Some(kind))
+            .collect()
+    }
+
+    fn object(&self, kind: &str, name: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .objects(kind)
+            .into_iter()
+            .filter(|d| opt(d, &["metadata", "name"]).and_then(Value::as_str) == Some(name))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{}: expected exactly one {kind} {name}",
+            self.dir
+        );
+        found[0]
+    }
+
+    /// The one Deployment of this output.
+    fn deployment(&self) -> &Value {
+        let deployments = self.objects("Deployment");
+        assert_eq!(
+            deployments.len(),
+            1,
+            "{}: expected one Deployment",
+            self.dir
+        );
+        deployments[0]
+    }
+
+    /// The files of a ConfigMap or Secret: key -> content.
+    fn files_of(&self, kind: &str, name: &str) -> BTreeMap<String, String> {
+        files_of(self.object(kind, name), &self.dir)
+    }
+}
+
+/// The files that a ConfigMap or Secret carries: key -> content (Secret
+/// `data` decoded).
+fn files_of(object: &Value, what: &str) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let kind = str_at(object, &["kind"], what);
+    let plain = if kind == "Secret" {
+        "stringData"
+    } else {
+        "data"
+    };
+    if let Some(data) = object.get(plain).and_then(Value::as_mapping) {
+        for (key, value) in data {
+            files.insert(
+                key.as_str().unwrap().to_owned(),
+                value.as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    if kind == "Secret"
+        && let Some(data) = object.get("data").and_then(Value::as_mapping)
+    {
+        for (key, value) in data {
+            // kustomize folds long values over several lines.
+            let encoded: String = value
+                .as_str()
+                .unwrap()
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_else(|e| panic!("{what}: Secret data {key:?} not base64: {e}"));
+            files.insert(
+                key.as_str().unwrap().to_owned(),
+                String::from_utf8(bytes).expect("Secret data is UTF-8"),
+            );
+        }
+    }
+    files
+}
+
+fn render(dir: &str, kind: KustomizeKind) -> Rendered {
+    let kubectl = kubectl();
+    let text = match kind {
+        KustomizeKind::Kustomization => {
+            run_ok(Command::new(&kubectl).arg("kustomize").arg(repo_path(dir)))
+        }
+        KustomizeKind::Component => {
+            // A component renders only as part of a kustomization: put it on
+            // the base it is written for, in an overlay outside deploy/
+            // (kustomize refuses an overlay nested in its base's dir).
+            assert!(
+                dir.starts_with(&format!("{COMPONENTS}/")),
+                "{dir}: kustomize components belong under {COMPONENTS}/ (they are rendered on top of {BASE})"
+            );
+            let overlay = TempDir::new("kustomize-overlay");
+            let base = relative_path(overlay.path(), &repo_path(BASE));
+            let component = relative_path(overlay.path(), &repo_path(dir));
+            std::fs::write(
+                overlay.join("kustomization.yaml"),
+                format!(
+                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+                    base.display(),
+                    component.display()
+                ),
+            )
+            .expect("write overlay");
+            run_ok(Command::new(&kubectl).arg("kustomize").arg(overlay.path()))
+        }
+    };
+    let docs = yaml_docs(&text, &format!("kubectl kustomize {dir}"));
+    assert!(!docs.is_empty(), "{dir}: renders nothing");
+    Rendered {
+        dir: dir.to_owned(),
+        text,
+        docs,
+    }
+}
+
+/// Every kustomization under deploy/, rendered once for all tests.
+fn rendered() -> &'static [Rendered] {
+    static RENDERED: OnceLock<Vec<Rendered>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        kustomizations()
+            .into_iter()
+            .map(|(dir, kind)| render(&dir, kind))
+            .collect()
+    })
+}
+
+fn rendered_dir(dir: &str) -> &'static Rendered {
+    rendered()
+        .iter()
+        .find(|r| r.dir == dir)
+        .unwrap_or_else(|| panic!("no kustomization rendered from {dir}"))
+}
+
+// ---------------------------------------------------------------------------
+// Pod helpers
+
+fn pod_spec(workload: &Value, what: &str) -> Value {
+    at(workload, &["spec", "template", "spec"], what).clone()
+}
+
+/// Every container of a Pod spec, init containers (and native sidecars)
+/// first.
+fn all_containers(pod: &Value) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for field in ["initContainers", "containers"] {
+        if let Some(list) = pod.get(field).and_then(Value::as_sequence) {
+            all.extend(list);
+        }
+    }
+    all
+}
+
+fn container<'a>(pod: &'a Value, name: &str, what: &str) -> &'a Value {
+    all_containers(pod)
+        .into_iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{what}: no container {name}"))
+}
+
+/// The value following `flag` in a container's command line (args or
+/// command).
+fn flag_value<'a>(container: &'a Value, flag: &str, what: &str) -> &'a str {
+    let mut words = Vec::new();
+    for field in ["command", "args"] {
+        if let Some(list) = container.get(field).and_then(Value::as_sequence) {
+            words.extend(list.iter().filter_map(Value::as_str));
+        }
+    }
+    words
+        .iter()
+        .position(|w| *w == flag)
+        .and_then(|i| words.get(i + 1).copied())
+        .unwrap_or_else(|| panic!("{what}: no {flag} VALUE in {words:?}"))
+}
+
+/// The ConfigMap or Secret (kind, name) mounted, whole and read-only, at the
+/// directory of the absolute path `file_path` in `container`.
+fn mounted_source(pod: &Value, container: &Value, file_path: &str, what: &str) -> (String, String) {
+    let (dir, _file) = file_path.rsplit_once('/').expect("absolute file path");
+    let mount = seq_at(container, &["volumeMounts"], what)
+        .iter()
+        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(dir))
+        .unwrap_or_else(|| panic!("{what}: nothing mounted at {dir}"));
+    assert!(
+        mount.get("subPath").is_none(),
+        "{what}: mount whole volumes at {dir}, not subPath"
+    );
+    assert_eq!(
+        mount.get("readOnly").and_then(Value::as_bool),
+        Some(true),
+        "{what}: {dir} must be mounted readOnly"
+    );
+    let volume_name = str_at(mount, &["name"], what);
+    let volume = named(seq_at(pod, &["volumes"], what), volume_name, what);
+    let (kind, name) = if let Some(cm) = volume.get("configMap") {
+        ("ConfigMap", str_at(cm, &["name"], what))
+    } else if let Some(secret) = volume.get("secret") {
+        ("Secret", str_at(secret, &["secretName"], what))
+    } else {
+        panic!("{what}: volume {volume_name} is neither a ConfigMap nor a Secret")
+    };
+    (kind.to_owned(), name.to_owned())
+}
+
+/// The m2m-authz config file of a rendered Pod: its YAML text.
+fn m2m_authz_config(r: &Rendered) -> String {
+    let what = r.dir.as_str();
+    let pod = pod_spec(r.deployment(), what);
+    let sidecar = container(&pod, "m2m-authz", what);
+    let path = flag_value(sidecar, "--config", what);
+    let (kind, name) = mounted_source(&pod, sidecar, path, what);
+    let key = path.rsplit('/').next().unwrap();
+    assert_eq!(key, M2M_AUTHZ_CONFIG_KEY, "{what}: config file name");
+    r.files_of(&kind, &name)
+        .remove(key)
+        .unwrap_or_else(|| panic!("{what}: {kind} {name} has no key {key}"))
+}
+
+/// The Envoy bootstrap of a rendered Pod: its YAML text.
+fn envoy_bootstrap(r: &Rendered) -> String {
+    let what = r.dir.as_str();
+    let pod = pod_spec(r.deployment(), what);
+    let envoy = container(&pod, "envoy", what);
+    let path = flag_value(envoy, "--config-path", what);
+    let (kind, name) = mounted_source(&pod, envoy, path, what);
+    let key = path.rsplit('/').next().unwrap();
+    r.files_of(&kind, &name)
+        .remove(key)
+        .unwrap_or_else(|| panic!("{what}: {kind} {name} has no key {key}"))
+}
+
+fn parse_addr(addr: &str, what: &str) -> (String, u16) {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{what}: {addr:?} is not HOST:PORT"));
+    (
+        host.to_owned(),
+        port.parse()
+            .unwrap_or_else(|_| panic!("{what}: bad port in {addr:?}")),
+    )
+}
+
+fn parse_duration(text: &str, what: &str) -> Duration {
+    humantime::parse_duration(text).unwrap_or_else(|e| panic!("{what}: duration {text:?}: {e}"))
+}
+
+/// The `listen` section of an m2m-authz config.
+struct Listen {
+    grpc: (String, u16),
+    /// `listen.admin` (HTTP /healthz, /readyz, /metrics), if set; the binary's
+    /// default is loopback, which no kubelet probe can reach.
+    admin: Option<(String, u16)>,
+    drain_timeout: Duration,
+}
+
+fn m2m_authz_listen(config: &str, what: &str) -> Listen {
+    let doc = yaml_one(config, what);
+    let grpc = parse_addr(str_at(&doc, &["listen", "grpc"], what), what);
+    let admin = opt(&doc, &["listen", "admin"])
+        .and_then(Value::as_str)
+        .map(|a| parse_addr(a, what));
+    let drain_timeout = opt(&doc, &["listen", "drain_timeout"])
+        .and_then(Value::as_str)
+        .map(|d| parse_duration(d, what))
+        .unwrap_or(Duration::from_secs(10));
+    Listen {
+        grpc,
+        admin,
+        drain_timeout,
+    }
+}
+
+/// Every probe of m2m-authz's container must reach a listener that the
+/// kubelet can connect to (not loopback): gRPC health or TCP on the Check
+/// port, or HTTP /healthz or /readyz on the admin port.
+fn check_m2m_authz_probes(container: &Value, listen: &Listen, what: &str) {
+    for probe_name in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let Some(probe) = container.get(probe_name) else {
+            continue;
+        };
+        let what = format!("{what} m2m-authz {probe_name}");
+        let port = probe_port(container, probe, &what);
+        let (host, target) = if let Some(http) = probe.get("httpGet") {
+            let path = str_at(http, &["path"], &what);
+            let want = if probe_name == "readinessProbe" {
+                "/readyz"
+            } else {
+                "/healthz"
+            };
+            assert_eq!(path, want, "{what}: path");
+            let admin = listen
+                .admin
+                .clone()
+                .unwrap_or_else(|| panic!("{what}: HTTP probe but no listen.admin"));
+            (admin.0, admin.1)
+        } else {
+            assert!(
+                probe.get("grpc").is_some() || probe.get("tcpSocket").is_some(),
+                "{what}: gRPC health or TCP on the Check port, or HTTP on admin"
+            );
+            if probe_name == "readinessProbe" {
+                assert!(
+                    probe.get("grpc").is_some(),
+                    "{what}: readiness must be gRPC health (SERVING once keys load)"
+                );
+            }
+            listen.grpc.clone()
+        };
+        assert_eq!(port, target, "{what}: probe port");
+        assert_ne!(
+            host, "127.0.0.1",
+            "{what}: the kubelet cannot reach a loopback listener"
+        );
+    }
+}
+
+/// (address, port) of a named Envoy listener.
+fn envoy_listener(bootstrap: &Value, name: &str, what: &str) -> (String, u16) {
+    let listener = named(
+        seq_at(bootstrap, &["static_resources", "listeners"], what),
+        name,
+        what,
+    );
+    let socket = at(listener, &["address", "socket_address"], what);
+    (
+        str_at(socket, &["address"], what).to_owned(),
+        u64_at(socket, &["port_value"], what) as u16,
+    )
+}
+
+/// (address, port) of every endpoint of a named Envoy cluster.
+fn envoy_cluster_endpoints(bootstrap: &Value, name: &str, what: &str) -> Vec<(String, u16)> {
+    let cluster = named(
+        seq_at(bootstrap, &["static_resources", "clusters"], what),
+        name,
+        what,
+    );
+    let mut endpoints = Vec::new();
+    for locality in seq_at(cluster, &["load_assignment", "endpoints"], what) {
+        for lb in seq_at(locality, &["lb_endpoints"], what) {
+            let socket = at(lb, &["endpoint", "address", "socket_address"], what);
+            endpoints.push((
+                str_at(socket, &["address"], what).to_owned(),
+                u64_at(socket, &["port_value"], what) as u16,
+            ));
+        }
+    }
+    endpoints
+}
+
+/// The containerPort of a container's named port.
+fn container_port(container: &Value, name: &str, what: &str) -> u16 {
+    u64_at(
+        named(seq_at(container, &["ports"], what), name, what),
+        &["containerPort"],
+        what,
+    ) as u16
+}
+
+/// A probe's port: a number, or the name of one of the container's ports.
+fn probe_port(container: &Value, probe: &Value, what: &str) -> u16 {
+    let port = ["httpGet", "grpc", "tcpSocket"]
+        .iter()
+        .find_map(|kind| opt(probe, &[kind, "port"]))
+        .unwrap_or_else(|| panic!("{what}: probe without httpGet/grpc/tcpSocket port"));
+    match port {
+        Value::Number(n) => n.as_u64().unwrap() as u16,
+        Value::String(name) => container_port(container, name, what),
+        other => panic!("{what}: bad probe port {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_kustomization_renders() {
+    let found = kustomizations();
+    let dirs: BTreeSet<&str> = found.iter().map(|(d, _)| d.as_str()).collect();
+    for expected in [BASE, SHARED, SECRET_COMPONENT] {
+        assert!(
+            dirs.contains(expected),
+            "{expected}: no kustomization (found {dirs:?})"
+        );
+    }
+    assert_eq!(
+        found
+            .iter()
+            .find(|(d, _)| d == SECRET_COMPONENT)
+            .map(|(_, k)| *k),
+        Some(KustomizeKind::Component)
+    );
+    let rendered = rendered();
+    assert_eq!(rendered.len(), found.len());
+    for r in rendered {
+        for doc in &r.docs {
+            for field in ["apiVersion", "kind"] {
+                assert!(
+                    doc.get(field).is_some(),
+                    "{}: object without {field}",
+                    r.dir
+                );
+            }
+            str_at(doc, &["metadata", "name"], &r.dir);
+        }
+    }
+}
+
+#[test]
+fn rendered_manifests_pass_kubernetes_validate_strict() {
+    let validate = kubernetes_validate();
+    let dir = TempDir::new("kubernetes-validate");
+    for r in rendered() {
+        let file = dir.join(&format!("{}.yaml", r.dir.replace('/', "_")));
+        std::fs::write(&file, &r.text).expect("write rendered manifests");
+        for version in KUBERNETES_VERSIONS {
+            let out = run(Command::new(&validate)
+                .arg("--strict")
+                .args(["-k", version])
+                .arg(&file));
+            let report = format!(
+                "kubernetes-validate --strict -k {version} on `kubectl kustomize {}`:\n{}\n{}",
+                r.dir, out.stdout, out.stderr
+            );
+            assert!(out.success, "{report}");
+            // Unknown kinds only warn (exit 0): every object must have been
+            // checked against a schema.
+            assert!(!out.stdout.contains("WARN"), "{report}");
+            let passed = out.stdout.matches(" passed for resource ").count();
+            assert_eq!(passed, r.docs.len(), "not every object validated: {report}");
+        }
+    }
+}
+
+#[test]
+fn envoy_configs_pass_envoy_validate() {
+    let envoy = common::tools::envoy_bin();
+    let dir = TempDir::new("envoy-validate");
+    let mut configs: Vec<(String, PathBuf)> = Vec::new();
+
+    let envoy_dir = repo_path("deploy/envoy");
+    for entry in std::fs::read_dir(&envoy_dir).expect("read deploy/envoy") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            configs.push((path.display().to_string(), path));
+        }
+    }
+    assert!(
+        configs.iter().any(|(_, p)| p.ends_with("envoy.yaml")),
+        "deploy/envoy/envoy.yaml missing"
+    );
+    // Every Envoy bootstrap that a rendered ConfigMap carries.
+    let mut in_configmaps = 0;
+    for r in rendered() {
+        for cm in r.objects("ConfigMap") {
+            for (key, content) in files_of(cm, &r.dir) {
+                let is_bootstrap = key.ends_with(".yaml")
+                    && yaml_docs(&content, &key)
+                        .first()
+                        .is_some_and(|d| d.get("static_resources").is_some());
+                if is_bootstrap {
+                    let name = str_at(cm, &["metadata", "name"], &r.dir);
+                    let file = dir.join(&format!("{name}-{key}"));
+                    std::fs::write(&file, &content).expect("write Envoy config");
+                    configs.push((format!("{} ConfigMap {name} key {key}", r.dir), file));
+                    in_configmaps += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        in_configmaps >= 1,
+        "no Envoy bootstrap found in the rendered ConfigMaps"
+    );
+    // The on-disk source of the base's ConfigMap is what was rendered.
+    assert_eq!(
+        envoy_bootstrap(rendered_dir(BASE)),
+        read(&repo_path("deploy/kubernetes/envoy.yaml"))
+    );
+
+    for (what, file) in &configs {
+        let out = run(Command::new(&envoy)
+            .args(["--mode", "validate", "-l", "warning", "-c"])
+            .arg(file));
+        let all = format!("{}{}", out.stdout, out.stderr);
+        let report = format!("envoy --mode validate {what}:\n{all}");
+        assert!(out.success, "{report}");
+        assert!(all.contains("' OK"), "{report}");
+        assert!(
+            !all.contains("][warning][") && !all.contains("][error]["),
+            "warnings: {report}"
+        );
+    }
+}
+
+#[test]
+fn m2m_authz_configs_pass_check_config() {
+    let binary = env!("CARGO_BIN_EXE_m2m-authz");
+    let dir = TempDir::new("check-config");
+    let mut checked = 0;
+    for r in rendered() {
+        for kind in ["ConfigMap", "Secret"] {
+            for object in r.objects(kind) {
+                let name = str_at(object, &["metadata", "name"], &r.dir);
+                let Some(content) = files_of(object, &r.dir).remove(M2M_AUTHZ_CONFIG_KEY) else {
+                    continue;
+                };
+                let file = dir.join(&format!("{}-{name}.yaml", r.dir.replace('/', "_")));
+                std::fs::write(&file, &content).expect("write config");
+                let out = run(Command::new(binary)
+                    .arg("check-config")
+                    .arg("--config")
+                    .arg(&file));
+                assert!(
+                    out.success && out.stdout.starts_with("ok"),
+                    "m2m-authz check-config on {} {kind} {name}:\n{}{}",
+                    r.dir,
+                    out.stdout,
+                    out.stderr
+                );
+                checked += 1;
+            }
+        }
+    }
+    // The base's ConfigMap, the component's Secret, the shared service's.
+    assert!(checked >= 3, "only {checked} m2m-authz configs found");
+    // And the files they come from (identical; checked for clear errors).
+    for file in [
+        "deploy/kubernetes/m2m-authz.yaml",
+        "deploy/kubernetes/shared-service/m2m-authz.yaml",
+        "deploy/kubernetes/components/config-in-secret/m2m-authz.yaml",
+    ] {
+        let out = run(Command::new(binary)
+            .arg("check-config")
+            .arg("--config")
+            .arg(repo_path(file)));
+        assert!(
+            out.success,
+            "m2m-authz check-config --config {file}:\n{}{}",
+            out.stdout, out.stderr
+        );
+    }
+}
+
+/// Every Pod template: non-root, read-only, no privilege, no capabilities,
+/// RuntimeDefault seccomp, no API token, bounded memory, pinned images,
+/// m2m-authz probes that the kubelet can reach, and a grace period that
+/// covers the preStop sleeps and m2m-authz's drain.
+#[test]
+fn every_pod_is_locked_down() {
+    let mut pods = 0;
+    for r in rendered() {
+        for kind in ["Deployment", "DaemonSet", "StatefulSet"] {
+            for workload in r.objects(kind) {
+                pods += 1;
+                let name = str_at(workload, &["metadata", "name"], &r.dir);
+                let what = format!("{} {kind} {name}", r.dir);
+                let pod = pod_spec(workload, &what);
+                check_pod(r, &pod, &what);
+            }
+        }
+    }
+    assert!(pods >= 3, "only {pods} Pod templates found");
+}
+
+fn check_pod(r: &Rendered, pod: &Value, what: &str) {
+    assert_eq!(
+        pod.get("automountServiceAccountToken")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{what}: automountServiceAccountToken"
+    );
+    let account = str_at(pod, &["serviceAccountName"], what);
+    let sa = r.object("ServiceAccount", account);
+    assert_eq!(
+        sa.get("automountServiceAccountToken")
+            .and_then(Value::as_bool),
+        Some(false),
+        "{what}: ServiceAccount {account} automountServiceAccountToken"
+    );
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(
+            pod.get(field).and_then(Value::as_bool),
+            Some(true),
+            "{what}: {field}"
+        );
+    }
+    let pod_sc = at(pod, &["securityContext"], what);
+    assert_eq!(
+        pod_sc.get("runAsNonRoot").and_then(Value::as_bool),
+        Some(true),
+        "{what}: pod runAsNonRoot"
+    );
+    assert_ne!(
+        pod_sc.get("runAsUser").and_then(Value::as_u64),
+        Some(0),
+        "{what}: runAsUser 0"
+    );
+    assert_eq!(
+        str_at(pod_sc, &["seccompProfile", "type"], what),
+        "RuntimeDefault",
+        "{what}: pod seccompProfile"
+    );
+
+    let mut pre_stop = Duration::ZERO;
+    let containers = all_containers(pod);
+    assert!(!containers.is_empty(), "{what}: no containers");
+    for c in &containers {
+        let cname = str_at(c, &["name"], what);
+        let what = format!("{what} container {cname}");
+        let sc = at(c, &["securityContext"], &what);
+        for (field, want) in [
+            ("runAsNonRoot", true),
+            ("readOnlyRootFilesystem", true),
+            ("allowPrivilegeEscalation", false),
+        ] {
+            assert_eq!(
+                sc.get(field).and_then(Value::as_bool),
+                Some(want),
+                "{what}: securityContext.{field}"
+            );
+        }
+        assert_ne!(
+            sc.get("privileged").and_then(Value::as_bool),
+            Some(true),
+            "{what}: privileged"
+        );
+        let drop: Vec<&str> = seq_at(sc, &["capabilities", "drop"], &what)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(drop, ["ALL"], "{what}: capabilities.drop");
+        assert!(
+            opt(sc, &["capabilities", "add"]).is_none(),
+            "{what}: capabilities.add"
+        );
+        assert_eq!(
+            str_at(sc, &["seccompProfile", "type"], &what),
+            "RuntimeDefault",
+            "{what}: seccompProfile"
+        );
+        for resource in ["cpu", "memory"] {
+            at(c, &["resources", "requests", resource], &what);
+        }
+        at(c, &["resources", "limits", "memory"], &what);
+        let image = str_at(c, &["image"], &what);
+        let tag = image
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .filter(|t| !t.contains('/'));
+        assert!(
+            matches!(tag, Some(t) if t != "latest") || image.contains("@sha256:"),
+            "{what}: image {image:?} must be pinned to a tag or digest"
+        );
+        if let Some(seconds) = opt(c, &["lifecycle", "preStop", "sleep", "seconds"]) {
+            pre_stop = pre_stop.max(Duration::from_secs(seconds.as_u64().unwrap()));
+        }
+    }
+
+    // Containers stop in parallel (after their preStop), then native
+    // sidecars; m2m-authz drains for up to listen.drain_timeout.
+    let runs_m2m_authz = containers
+        .iter()
+        .any(|c| c.get("name").and_then(Value::as_str) == Some("m2m-authz"));
+    let drain = if runs_m2m_authz {
+        let listen = m2m_authz_listen(&m2m_authz_config(r), what);
+        check_m2m_authz_probes(container(pod, "m2m-authz", what), &listen, what);
+        listen.drain_timeout
+    } else {
+        Duration::ZERO
+    };
+    let grace = Duration::from_secs(u64_at(pod, &["terminationGracePeriodSeconds"], what));
+    assert!(
+        grace > pre_stop + drain,
+        "{what}: terminationGracePeriodSeconds {grace:?} must exceed preStop {pre_stop:?} + drain_timeout {drain:?}"
+    );
+}
+
+/// The example Pod: m2m-authz is a native sidecar on loopback, Envoy sends
+/// checks to it and traffic to the loopback app, the Service reaches Envoy's
+/// listener, the probes hit Envoy's probe listener.
+#[test]
+fn sidecar_pod_is_wired_together() {
+    let r = rendered_dir(BASE);
+    let what = BASE;
+    let pod = pod_spec(r.deployment(), what);
+
+    // Native sidecar: an init container that keeps running.
+    let init = seq_at(&pod, &["initContainers"], what);
+    let sidecar = named(init, "m2m-authz", what);
+    assert_eq!(
+        str_at(sidecar, &["restartPolicy"], what),
+        "Always",
+        "m2m-authz must be a native sidecar"
+    );
+    let listen = m2m_authz_listen(&m2m_authz_config(r), what);
+    let (host, port) = listen.grpc.clone();
+    assert_eq!(
+        host, "127.0.0.1",
+        "the in-pod m2m-authz must take checks from the Pod's Envoy only (loopback)"
+    );
+    if let Some(ports) = sidecar.get("ports").and_then(Value::as_sequence) {
+        for p in ports {
+            assert_ne!(
+                u64_at(p, &["containerPort"], what) as u16,
+                port,
+                "the in-pod m2m-authz's Check port must not be declared"
+            );
+        }
+    }
+    check_m2m_authz_probes(sidecar, &listen, what);
+
+    let bootstrap = yaml_one(&envoy_bootstrap(r), "Envoy bootstrap");
+    assert_eq!(
+        envoy_cluster_endpoints(&bootstrap, "m2m_authz", what),
+        [("127.0.0.1".to_owned(), port)],
+        "Envoy's m2m_authz cluster must point at m2m-authz's listen.grpc"
+    );
+    assert!(
+        envoy_cluster_endpoints(&bootstrap, "app", what)
+            .iter()
+            .all(|(h, _)| h == "127.0.0.1"),
+        "the app must be reached on loopback"
+    );
+    let admin = at(&bootstrap, &["admin", "address", "socket_address"], what);
+    assert_eq!(
+        str_at(admin, &["address"], what),
+        "127.0.0.1",
+        "Envoy's admin interface must stay on loopback"
+    );
+
+    // Service -> Envoy's ingress listener.
+    let envoy = container(&pod, "envoy", what);
+    let (ingress_host, ingress_port) = envoy_listener(&bootstrap, "ingress", what);
+    assert_eq!(ingress_host, "0.0.0.0");
+    let service = r.object("Service", "orders-api");
+    let ports = seq_at(service, &["spec", "ports"], what);
+    assert_eq!(ports.len(), 1, "the Service exposes Envoy's listener only");
+    let target = str_at(&ports[0], &["targetPort"], what);
+    assert_eq!(
+        container_port(envoy, target, what),
+        ingress_port,
+        "Service targetPort -> Envoy ingress listener"
+    );
+    // Service selects this Pod.
+    let selector = at(service, &["spec", "selector"], what);
+    let labels = at(
+        r.deployment(),
+        &["spec", "template", "metadata", "labels"],
+        what,
+    );
+    for (k, v) in selector.as_mapping().unwrap() {
+        assert_eq!(labels.get(k.as_str().unwrap()), Some(v), "Service selector");
+    }
+
+    // Probes: Envoy's probe listener, /ready gated on m2m_authz and app.
+    let (_, probe_listener_port) = envoy_listener(&bootstrap, "probes", what);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = at(envoy, &[probe], what);
+        assert_eq!(
+            probe_port(envoy, p, what),
+            probe_listener_port,
+            "envoy {probe} must target the probes listener"
+        );
+    }
+    assert_eq!(
+        str_at(envoy, &["readinessProbe", "httpGet", "path"], what),
+        "/ready"
+    );
+    let probes = named(
+        seq_at(&bootstrap, &["static_resources", "listeners"], what),
+        "probes",
+        what,
+    );
+    let hcm = &seq_at(
+        &seq_at(probes, &["filter_chains"], what)[0],
+        &["filters"],
+        what,
+    )[0];
+    let ready_filter = seq_at(hcm, &["typed_config", "http_filters"], what)
+        .iter()
+        .map(|f| at(f, &["typed_config"], what))
+        .find(|c| {
+            c.get("headers")
+                .and_then(Value::as_sequence)
+                .is_some_and(|h| {
+                    h.iter().any(|m| {
+                        opt(m, &["string_match", "exact"]).and_then(Value::as_str) == Some("/ready")
+                    })
+                })
+        })
+        .unwrap_or_else(|| panic!("{what}: no health_check filter for /ready"));
+    let required = at(ready_filter, &["cluster_min_healthy_percentages"], what);
+    for cluster in ["m2m_authz", "app"] {
+        let percent = opt(required, &[cluster, "value"]).and_then(Value::as_f64);
+        assert_eq!(
+            percent,
+            Some(100.0),
+            "/ready must require {cluster} to be healthy"
+        );
+    }
+    let m2m_cluster = named(
+        seq_at(&bootstrap, &["static_resources", "clusters"], what),
+        "m2m_authz",
+        what,
+    );
+    let hc = &seq_at(m2m_cluster, &["health_checks"], what)[0];
+    assert!(
+        hc.get("grpc_health_check").is_some(),
+        "m2m_authz cluster must be gRPC health checked"
+    );
+}
+
+/// The shared service: m2m-authz on all interfaces, the Service's gRPC port
+/// reaches it, the readiness probe is its gRPC health.
+#[test]
+fn shared_service_is_wired_together() {
+    let r = rendered_dir(SHARED);
+    let what = SHARED;
+    let pod = pod_spec(r.deployment(), what);
+    let m2m = container(&pod, "m2m-authz", what);
+    let listen = m2m_authz_listen(&m2m_authz_config(r), what);
+    let (host, port) = listen.grpc.clone();
+    assert_eq!(
+        host, "0.0.0.0",
+        "a shared service must listen on all interfaces"
+    );
+    assert_eq!(container_port(m2m, "grpc", what), port);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(m2m.get(probe).is_some(), "{what}: {probe} missing");
+    }
+    check_m2m_authz_probes(m2m, &listen, what);
+
+    let service = r.object("Service", "m2m-authz");
+    let ports = seq_at(service, &["spec", "ports"], what);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(str_at(&ports[0], &["appProtocol"], what), "grpc");
+    assert_eq!(
+        container_port(m2m, str_at(&ports[0], &["targetPort"], what), what),
+        port
+    );
+
+    // The Check port is open to chosen peers only: every ingress rule names
+    // its peers, and one of them admits the Check port.
+    let policy = r.object("NetworkPolicy", "m2m-authz");
+    let ingress = seq_at(policy, &["spec", "ingress"], what);
+    let mut check_port_admitted = false;
+    for rule in ingress {
+        assert!(
+            !seq_at(rule, &["from"], what).is_empty(),
+            "{what}: NetworkPolicy rule without peers"
+        );
+        for p in seq_at(rule, &["ports"], what) {
+            check_port_admitted |= u64_at(p, &["port"], what) as u16 == port;
+        }
+    }
+    assert!(
+        check_port_admitted,
+        "{what}: NetworkPolicy never admits port {port}"
+    );
+}
+
+/// deploy/istio: parse every file; the AuthorizationPolicy is CUSTOM with a
+/// provider that meshconfig.yaml defines, and that provider points at the
+/// shared Service's gRPC port, fails closed and uses only fields that
+/// Istio's EnvoyExternalAuthorizationGrpcProvider has.
+#[test]
+fn istio_provider_policy_and_service_agree() {
+    let dir = repo_path(ISTIO);
+    let mut docs: Vec<(String, Value)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read deploy/istio") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            let name = path.display().to_string();
+            for doc in yaml_docs(&read(&path), &name) {
+                docs.push((name.clone(), doc));
+            }
+        }
+    }
+
+    // meshconfig.yaml: values for the istiod chart.
+    let mesh = yaml_one(&read(&dir.join("meshconfig.yaml")), "meshconfig.yaml");
+    let providers = seq_at(
+        &mesh,
+        &["meshConfig", "extensionProviders"],
+        "meshconfig.yaml",
+    );
+    let mut provider_names = BTreeSet::new();
+    for p in providers {
+        provider_names.insert(str_at(p, &["name"], "meshconfig.yaml").to_owned());
+    }
+    let provider = named(providers, "m2m-authz", "meshconfig.yaml");
+    assert_eq!(
+        mapping_keys(provider),
+        BTreeSet::from(["name".to_owned(), "envoyExtAuthzGrpc".to_owned()]),
+        "the m2m-authz provider is a gRPC ext_authz provider"
+    );
+    let grpc = at(provider, &["envoyExtAuthzGrpc"], "meshconfig.yaml");
+    let allowed: BTreeSet<String> = [
+        "service",
+        "port",
+        "timeout",
+        "failOpen",
+        "statusOnError",
+        "includeRequestBodyInCheck",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let keys = mapping_keys(grpc);
+    assert!(
+        keys.is_subset(&allowed),
+        "unknown envoyExtAuthzGrpc fields: {:?}",
+        keys.difference(&allowed).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        grpc.get("failOpen").and_then(Value::as_bool),
+        Some(false),
+        "must fail closed, explicitly"
+    );
+    let timeout = parse_duration(str_at(grpc, &["timeout"], "meshconfig.yaml"), "timeout");
+    assert!(timeout <= Duration::from_secs(5), "timeout {timeout:?}");
+    if let Some(status) = grpc.get("statusOnError") {
+        let status = status.as_str().expect("statusOnError is a string");
+        assert!(
+            status.len() == 3 && status.parse::<u16>().is_ok(),
+            "statusOnError {status:?}"
+        );
+    }
+
+    // service: <Service name>.<namespace>.svc.cluster.local, port: its port.
+    let service_host = str_at(grpc, &["service"], "meshconfig.yaml");
+    let labels: Vec<&str> = service_host.split('.').collect();
+    assert!(
+        labels.len() == 5 && labels[2..] == ["svc", "cluster", "local"],
+        "service {service_host:?} must be NAME.NAMESPACE.svc.cluster.local"
+    );
+    let shared = rendered_dir(SHARED);
+    let service = shared.object("Service", labels[0]);
+    let service_port = u64_at(
+        &seq_at(service, &["spec", "ports"], SHARED)[0],
+        &["port"],
+        SHARED,
+    );
+    assert_eq!(
+        u64_at(grpc, &["port"], "meshconfig.yaml"),
+        service_port,
+        "provider port = shared Service port"
+    );
+
+    // Every AuthorizationPolicy.
+    let policies: Vec<&(String, Value)> = docs
+        .iter()
+        .filter(|(_, d)| d.get("kind").and_then(Value::as_str) == Some("AuthorizationPolicy"))
+        .collect();
+    assert!(!policies.is_empty(), "no AuthorizationPolicy in {ISTIO}");
+    for (file, policy) in policies {
+        assert_eq!(
+            str_at(policy, &["apiVersion"], file),
+            "security.istio.io/v1"
+        );
+        let name = str_at(policy, &["metadata", "name"], file);
+        let what = format!("{file} AuthorizationPolicy {name}");
+        let spec = at(policy, &["spec"], &what);
+        let spec_fields: BTreeSet<String> = [
+            "selector",
+            "targetRef",
+            "targetRefs",
+            "rules",
+            "action",
+            "provider",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let keys = mapping_keys(spec);
+        assert!(
+            keys.is_subset(&spec_fields),
+            "{what}: unknown spec fields {:?}",
+            keys.difference(&spec_fields).collect::<Vec<_>>()
+        );
+        assert_eq!(str_at(spec, &["action"], &what), "CUSTOM");
+        let provider = str_at(spec, &["provider", "name"], &what);
+        assert!(
+            provider_names.contains(provider),
+            "{what}: provider {provider:?} is not in meshConfig.extensionProviders {provider_names:?}"
+        );
+        assert!(
+            !mapping_keys(at(spec, &["selector", "matchLabels"], &what)).is_empty(),
+            "{what}: select the protected workloads"
+        );
+        assert!(
+            !seq_at(spec, &["rules"], &what).is_empty(),
+            "{what}: a CUSTOM policy without rules matches nothing"
+        );
+    }
+    // Every other document is one of the two kinds above.
+    for (file, doc) in &docs {
+        let kind = doc.get("kind").and_then(Value::as_str);
+        assert!(
+            kind == Some("AuthorizationPolicy") || doc.get("meshConfig").is_some(),
+            "{file}: unexpected document"
+        );
+    }
+}
