@@ -33,6 +33,9 @@ const MAX_ENTRIES: usize = 100;
 /// File descriptors the sidecar may hold beyond its warmed-up count: pooled provider
 /// connections (at most `max_concurrent_exchanges`) and some slack.
 const FD_SLACK: usize = 48;
+/// How far the cache may pass `max_entries` for a moment: inserts racing on different shards
+/// (at most one per exchange slot, `max_concurrent_exchanges`, or per in-flight Bearer check).
+const CACHE_RACE_SLACK: u64 = 16 + WORKERS as u64;
 /// Resident memory the sidecar may use at any point, and may grow by after warm-up.
 const RSS_LIMIT_KIB: u64 = 128 * 1024;
 const RSS_GROWTH_KIB: u64 = 64 * 1024;
@@ -139,6 +142,30 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
+}
+
+/// A gauge from the admin port's Prometheus text.
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+async fn cache_gauges(admin: &str) -> (u64, u64) {
+    let text = match common::http_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    (
+        gauge(&text, "m2m_authz_cache_entries").expect("m2m_authz_cache_entries in /metrics"),
+        gauge(&text, "m2m_authz_cache_negative_entries").unwrap_or(0),
+    )
 }
 
 fn fd_count(pid: u32) -> usize {
@@ -260,17 +287,22 @@ async fn an_hour_of_traffic_in_a_minute() {
         })
     };
 
-    // Watch the process while the traffic runs.
+    // Watch the process while the traffic runs: descriptors, memory, and the cache's size as
+    // its own metrics report it.
     let watcher = {
         let stop = stop.clone();
+        let admin = sidecar.admin_url();
         tokio::spawn(async move {
-            let (mut max_fd, mut max_rss) = (0, 0);
+            let (mut max_fd, mut max_rss, mut max_cache, mut max_negative) = (0, 0, 0, 0);
             while !stop.load(Ordering::SeqCst) {
                 max_fd = max_fd.max(fd_count(pid));
                 max_rss = max_rss.max(status_field(pid, "VmRSS:"));
+                let (entries, negative) = cache_gauges(&admin).await;
+                max_cache = max_cache.max(entries);
+                max_negative = max_negative.max(negative);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            (max_fd, max_rss)
+            (max_fd, max_rss, max_cache, max_negative)
         })
     };
 
@@ -361,7 +393,7 @@ async fn an_hour_of_traffic_in_a_minute() {
     }
     stop.store(true, Ordering::SeqCst);
     hiccups.await.unwrap();
-    let (max_fd, max_rss) = watcher.await.unwrap();
+    let (max_fd, max_rss, max_cache, max_negative) = watcher.await.unwrap();
 
     let mut sidecar = sidecar;
     assert!(
@@ -380,7 +412,7 @@ async fn an_hour_of_traffic_in_a_minute() {
         "a secret reached the log"
     );
     eprintln!(
-        "soak: {total} checks; allowed {}, denied {}, 429 {}, unavailable {}; {} token exchanges; fds {fd_start}→max {max_fd}; RSS {rss_start}→max {max_rss} KiB",
+        "soak: {total} checks; allowed {}, denied {}, 429 {}, unavailable {}; {} token exchanges; fds {fd_start}→max {max_fd}; RSS {rss_start}→max {max_rss} KiB; cache max {max_cache}, refusals max {max_negative}",
         tally.allowed.load(Ordering::Relaxed),
         tally.denied.load(Ordering::Relaxed),
         tally.limited.load(Ordering::Relaxed),
@@ -417,8 +449,18 @@ async fn an_hour_of_traffic_in_a_minute() {
         "fds {fd_start} → {fd_end}: leaked connections"
     );
 
-    // The cache stays within max_entries: touch more cold credentials than it holds, then the
-    // first of them again — it was evicted, so it costs a new exchange.
+    // The cache stays within its bounds, as its metrics said throughout…
+    assert!(max_cache > 0, "the cache gauge never moved");
+    assert!(
+        max_cache <= MAX_ENTRIES as u64 + CACHE_RACE_SLACK,
+        "the cache held {max_cache} entries (max_entries {MAX_ENTRIES})"
+    );
+    assert!(
+        max_negative <= 100 + CACHE_RACE_SLACK,
+        "{max_negative} refusals remembered"
+    );
+    // …and as a caller sees it: touch more cold credentials than it holds, then the first of
+    // them again — it was evicted, so it costs a new exchange.
     let mut client = sidecar.client().await;
     let first = basic("cold-0", "cold-secret-0");
     let want = Answer::Allowed("u-cold-0".into(), "cold-0".into());
