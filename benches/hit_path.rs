@@ -29,7 +29,6 @@ fn check_request(authorization: &str) -> CheckRequest {
                     headers: [("authorization".to_owned(), authorization.to_owned())].into(),
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         }),

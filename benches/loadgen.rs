@@ -143,7 +143,9 @@ async fn floor(listen: String) -> anyhow::Result<()> {
     } else {
         let l = tokio::net::TcpListener::bind(&listen).await?;
         router
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+            )
             .await?;
     }
     Ok(())
@@ -312,7 +314,6 @@ fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
                         .collect(),
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         }),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
@@ -237,7 +237,12 @@ pub async fn serve_with(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match listener {
         Listener::Tcp(l) => {
-            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped))
+            Box::pin(router.serve_with_incoming_shutdown(
+                // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm
+                // and delayed ACKs add tens of milliseconds to some of them.
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                stopped,
+            ))
         }
         Listener::Unix(l) => {
             Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped))
