@@ -21,7 +21,7 @@ fn rules() -> String {
                 "  - name: r{i}\n    match: {{context: {{policy: p{i}}}}}\n    require: {{all_of: [\"p{i}\"]}}\n"
             )),
             _ => y.push_str(&format!(
-                "  - name: r{i}\n    match: {{host: api{i}.example.com, path: /v2/items{i}/{{a}}/sub/{{b}}}}\n    require: {{}}\n"
+                "  - name: r{i}\n    match: {{host: api{i}.example.com, path: \"/v2/items{i}/{{a}}/sub/{{b}}\"}}\n    require: {{}}\n"
             )),
         }
     }
