@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::check::check_request;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -149,31 +151,4 @@ async fn signing_key_rotation_under_traffic_fails_no_request() {
         );
     }
     assert!(done.load(Ordering::SeqCst) >= 40);
-}
-
-fn check_request(
-    id: &str,
-    secret: &str,
-) -> m2m_authz::proto::envoy::service::auth::v3::CheckRequest {
-    use base64::Engine;
-    use m2m_authz::proto::envoy::service::auth::v3::{
-        AttributeContext, CheckRequest, attribute_context,
-    };
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: [("authorization".to_owned(), basic)].into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
 }

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::check::check_request;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +25,7 @@ use m2m_authz::authorizer::{Authorizer, Unavailable};
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::exchange::ExchangeError;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use m2m_authz::request::{AuthRequest, Headers};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -540,26 +540,6 @@ async fn connect_timeout_and_connection_refused() {
         matches!(r, Err(Unavailable::Exchange(ExchangeError::Connect))),
         "{r:?}"
     );
-}
-
-fn check_request(id: &str, secret: &str) -> CheckRequest {
-    let value = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: [("authorization".to_owned(), value)].into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 /// The real binary under the same faults, over gRPC: UNAVAILABLE or 429 (with `Retry-After`) as

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::check::check_request;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,9 +20,7 @@ use base64::Engine;
 use common::process::{ChildGuard, TempDir, free_addr, log_file};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use m2m_authz::shared_cache::{CredentialRef, DEFAULT_KEY_PREFIX, FLEET_KEY_ENV, SharedKey};
 
 const FLEET_KEY: [u8; 32] = *b"test fleet key, 32 bytes long!!!";
@@ -158,26 +158,6 @@ fn shared_key(p: &FakeProvider, client_id: &str, secret: &str) -> SharedKey {
             scope: "",
         },
     )
-}
-
-fn check_request(id: &str, secret: &str) -> CheckRequest {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: [("authorization".to_owned(), basic)].into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 /// The `x-user-id` an allowed check sets; `Err` for a denial or a failed call.

@@ -4,14 +4,13 @@
 
 mod common;
 
+use common::check::check_request;
+
 use std::time::Duration;
 
-use base64::Engine;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use tokio::time::Instant;
 
 const SIGTERM: i32 = 15;
@@ -19,26 +18,6 @@ const SIGTERM: i32 = 15;
 const DRAIN: Duration = Duration::from_secs(5);
 /// Time to exit beyond the drain timeout (process teardown on a loaded machine).
 const EXIT_MARGIN: Duration = Duration::from_secs(3);
-
-fn check_request(id: &str, secret: &str) -> CheckRequest {
-    let value = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: [("authorization".to_owned(), value)].into_iter().collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
 
 fn config(p: &FakeProvider, request_timeout: &str) -> String {
     format!(

@@ -6,6 +6,7 @@
 //! part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod check;
 pub mod echo;
 pub mod envoy;
 pub mod issuer;
