@@ -18,7 +18,7 @@ use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
 use crate::exchange::ExchangeError;
 use crate::flight::SingleFlight;
-use crate::identity::{IdentityError, IdentityMap};
+use crate::identity::{IdentityBuilder, IdentityError, IdentityMap};
 use crate::jwks::JwksError;
 use crate::limits::ExchangeLimiter;
 use crate::policy::reload::LivePolicy;
@@ -47,6 +47,10 @@ pub enum Unavailable {
     Timeout,
     #[error("the exchange task was lost")]
     Lost,
+    /// A route forwards the access token, but the policy that was live when this credential was
+    /// exchanged did not, so the token was not kept; a retry exchanges again.
+    #[error("the access token to forward was not kept")]
+    TokenNotKept,
 }
 
 impl Unavailable {
@@ -59,6 +63,7 @@ impl Unavailable {
             Unavailable::IssuedTokenInvalid(_) => "issued_token_invalid",
             Unavailable::Timeout => "exchange_timeout",
             Unavailable::Lost => "exchange_lost",
+            Unavailable::TokenNotKept => "token_not_kept",
         }
     }
 }
@@ -158,9 +163,7 @@ struct Inner {
     shared: Option<Arc<SharedTier>>,
     flights: SingleFlight<Loaded>,
     keys: KeyDeriver,
-    identity: IdentityMap,
-    /// Every header name that must not reach the upstream as the caller sent it.
-    strip: Vec<String>,
+    identity: IdentityBuilder,
     realm: String,
     stats: Arc<Stats>,
     policy: Arc<LivePolicy>,
@@ -180,13 +183,10 @@ impl Authorizer {
             providers.push(Arc::new(Slot::new(name, p, &config.cache)?));
         }
         let extractor = Extractor::new(&config.credentials);
-        let identity = IdentityMap::new(&config.identity).map_err(BuildError::Identity)?;
-        let mut strip: Vec<String> = identity.header_names().map(str::to_owned).collect();
-        for h in extractor.credential_headers() {
-            if !strip.contains(&h) {
-                strip.push(h);
-            }
-        }
+        let identity = IdentityBuilder::new(
+            IdentityMap::new(&config.identity).map_err(BuildError::Identity)?,
+            extractor.credential_headers(),
+        );
         let stats = Arc::new(Stats::default());
         let c = &config.cache;
         let shared = match &c.shared {
@@ -201,13 +201,7 @@ impl Authorizer {
             config.dir.as_deref(),
             &config.provider_names(),
         )?);
-        let anonymous = Arc::new(Identity {
-            headers: Vec::new(),
-            remove: strip.clone(),
-            client_id: String::new(),
-            scopes: Vec::new(),
-            access_token: None,
-        });
+        let anonymous = Arc::new(identity.anonymous());
         Ok(Authorizer {
             inner: Arc::new(Inner {
                 extractor,
@@ -217,7 +211,6 @@ impl Authorizer {
                 flights: SingleFlight::default(),
                 keys: KeyDeriver::default(),
                 identity,
-                strip,
                 realm: config.realm.clone(),
                 stats,
                 policy,
@@ -324,7 +317,7 @@ impl Authorizer {
             Action::AllowAnonymous => {
                 return Ok(Decision::Allow(Allow {
                     identity: self.inner.anonymous.clone(),
-                    forward_token: false,
+                    forward: None,
                 }));
             }
             Action::Require(r) => r,
@@ -347,18 +340,36 @@ impl Authorizer {
         let Some(slot) = self.inner.providers.iter().find(|s| s.name == wanted) else {
             return Ok(self.deny(Refusal::UnknownProvider));
         };
-        let loaded = match credential {
-            Credential::Bearer(token) => self.bearer(slot, &token).await,
+        let forward = requirement.upstream == UpstreamCredential::Bearer;
+        let loaded = match &credential {
+            Credential::Bearer(token) => self.bearer(slot, token).await,
             Credential::Client {
                 client_id, secret, ..
-            } => self.client(slot, &client_id, &secret).await,
+            } => {
+                let mut loaded = self.client(slot, client_id, secret).await;
+                // Cached while no route forwarded tokens (a policy reload added one since): the
+                // credential is exchanged again, once, and its token is kept from then on.
+                if forward && matches!(&loaded, Loaded::Identity(i) if i.access_token.is_none()) {
+                    self.inner
+                        .cache
+                        .remove(&self.client_key(slot, client_id, secret));
+                    loaded = self.client(slot, client_id, secret).await;
+                }
+                loaded
+            }
         };
         match loaded {
             Loaded::Identity(identity) if requirement.met_by(&identity.scopes) => {
-                Ok(Decision::Allow(Allow {
-                    identity,
-                    forward_token: requirement.upstream == UpstreamCredential::Bearer,
-                }))
+                let forward = match (forward, &credential) {
+                    (false, _) => None,
+                    // The caller's own token, verified just now or earlier.
+                    (true, Credential::Bearer(token)) => Some(token.clone()),
+                    (true, Credential::Client { .. }) => match &identity.access_token {
+                        Some(token) => Some(token.clone()),
+                        None => return Err(Unavailable::TokenNotKept),
+                    },
+                };
+                Ok(Decision::Allow(Allow { identity, forward }))
             }
             Loaded::Identity(_) => Ok(self.deny(Refusal::InsufficientScope {
                 required: requirement.describe(),
@@ -368,15 +379,19 @@ impl Authorizer {
         }
     }
 
-    async fn client(&self, slot: &Arc<Slot>, client_id: &str, secret: &Secret) -> Loaded {
-        let inner = &self.inner;
-        let key = inner.keys.derive(&[
+    fn client_key(&self, slot: &Slot, client_id: &str, secret: &Secret) -> CacheKey {
+        self.inner.keys.derive(&[
             b"client",
             slot.id.as_bytes(),
             client_id.as_bytes(),
             secret.expose().as_bytes(),
             slot.scope.as_bytes(),
-        ]);
+        ])
+    }
+
+    async fn client(&self, slot: &Arc<Slot>, client_id: &str, secret: &Secret) -> Loaded {
+        let inner = &self.inner;
+        let key = self.client_key(slot, client_id, secret);
         match inner.cache.lookup(&key, |_| true) {
             Lookup::Fresh(identity) => {
                 Stats::add(&inner.stats.hits);
@@ -478,7 +493,8 @@ impl Authorizer {
             Err(TokenCheckError::Invalid(e)) => return Loaded::Refused(Refusal::Token(e)),
             Err(e) => return Loaded::Failed(e.into()),
         };
-        let identity = match inner.identity(&verified.claims, token.expose()) {
+        // Never kept: a route that forwards a token forwards the caller's own.
+        let identity = match inner.identity(&verified.claims, None) {
             Ok(i) => Arc::new(i),
             Err(e) => return Loaded::Refused(Refusal::Identity(e)),
         };
@@ -572,7 +588,7 @@ impl Inner {
                 return Loaded::Failed(e.into());
             }
         };
-        let identity = match self.identity(&verified.claims, &issued.access_token) {
+        let identity = match self.identity(&verified.claims, Some(&issued.access_token)) {
             Ok(i) => Arc::new(i),
             Err(e) => {
                 self.cache.remove(&key);
@@ -596,37 +612,26 @@ impl Inner {
     /// (Redis is never trusted), then cached locally. `None`: not usable, exchange instead.
     async fn adopt(&self, slot: &Slot, key: CacheKey, entry: SharedEntry) -> Option<Loaded> {
         let verified = slot.provider.verify(&entry.access_token).await.ok()?;
-        let identity = Arc::new(self.identity(&verified.claims, &entry.access_token).ok()?);
+        let identity = Arc::new(
+            self.identity(&verified.claims, Some(&entry.access_token))
+                .ok()?,
+        );
         let until = verified.exp.min(entry.expires_at);
         let lifetime = Duration::from_secs(until.saturating_sub(unix_now()));
         self.cache.insert(key, identity.clone(), lifetime);
         Some(Loaded::Identity(identity))
     }
 
+    /// The identity to cache for verified claims. `token`: the exchanged access token, kept only
+    /// while the live policy has a route that forwards it.
     fn identity(
         &self,
         claims: &Map<String, Value>,
-        token: &str,
+        token: Option<&str>,
     ) -> Result<Identity, IdentityError> {
-        let headers = self.identity.headers(claims)?;
-        let remove = self
-            .strip
-            .iter()
-            .filter(|h| !headers.iter().any(|(set, _)| set == *h))
-            .cloned()
-            .collect();
-        let client_id = claims
-            .get("sub")
-            .and_then(|s| s.as_str())
-            .filter(|s| s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or("")
-            .to_owned();
-        Ok(Identity {
-            headers,
-            remove,
-            client_id,
-            scopes: crate::policy::scopes::from_claims(claims, self.policy.load().scope_claim),
-            access_token: Some(BearerToken::new(token)),
-        })
+        let policy = self.policy.load();
+        let keep = token.filter(|_| policy.forwards_tokens());
+        let scopes = crate::policy::scopes::from_claims(claims, policy.scope_claim);
+        self.identity.build(claims, scopes, keep)
     }
 }

@@ -33,10 +33,11 @@ impl fmt::Debug for Secret {
 
 /// An access token presented by the caller. `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
-pub struct BearerToken(String);
+pub struct BearerToken(std::sync::Arc<str>);
 
 impl BearerToken {
-    pub fn new(s: impl Into<String>) -> Self {
+    /// Cloning shares the text: a cached token forwarded upstream is never copied per check.
+    pub fn new(s: impl Into<std::sync::Arc<str>>) -> Self {
         BearerToken(s.into())
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::Identity;
-use crate::credentials::CredentialError;
+use crate::credentials::{BearerToken, CredentialError};
 use crate::exchange::ExchangeError;
 use crate::identity::IdentityError;
 use crate::verify::VerifyError;
@@ -20,19 +20,19 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct Allow {
     pub identity: Arc<Identity>,
-    /// Send the access token upstream as `Authorization: Bearer` (route policy
+    /// The access token to send upstream as `Authorization: Bearer` (route policy
     /// `upstream_credential: bearer`) instead of stripping every credential.
-    pub forward_token: bool,
+    pub forward: Option<BearerToken>,
 }
 
 impl Allow {
     /// Set upstream, overwriting whatever the caller sent under the same name.
-    pub fn set(&self) -> &[(String, String)] {
+    pub fn set(&self) -> &[crate::identity::IdentityHeader] {
         &self.identity.headers
     }
 
     /// Removed upstream: credential headers and identity headers this answer does not set.
-    pub fn remove(&self) -> &[String] {
+    pub fn remove(&self) -> &[Arc<str>] {
         &self.identity.remove
     }
 
@@ -46,7 +46,7 @@ impl PartialEq for Allow {
     fn eq(&self, other: &Self) -> bool {
         self.set() == other.set()
             && self.remove() == other.remove()
-            && self.forward_token == other.forward_token
+            && self.forward == other.forward
     }
 }
 

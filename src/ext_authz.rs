@@ -94,8 +94,8 @@ fn allowed(allow: &Allow) -> CheckResponse {
             headers_to_remove: allow
                 .remove()
                 .iter()
-                .filter(|h| !(forwards_token(allow) && *h == AUTHORIZATION))
-                .cloned()
+                .filter(|h| !(allow.forward.is_some() && &***h == AUTHORIZATION))
+                .map(|h| h.to_string())
                 .collect(),
             response_headers_to_add: Vec::new(),
         })),
@@ -124,14 +124,10 @@ fn denied(deny: &Deny) -> CheckResponse {
     }
 }
 
-fn forwards_token(allow: &Allow) -> bool {
-    allow.forward_token && allow.identity.access_token.is_some()
-}
-
 fn allowed_headers(allow: &Allow) -> Vec<HeaderValueOption> {
     let mut headers: Vec<HeaderValueOption> =
         allow.set().iter().map(|(k, v)| header(k, v)).collect();
-    if let (true, Some(token)) = (allow.forward_token, &allow.identity.access_token) {
+    if let Some(token) = &allow.forward {
         headers.push(header(AUTHORIZATION, &format!("Bearer {}", token.expose())));
     }
     headers

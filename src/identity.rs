@@ -1,9 +1,34 @@
 //! Turning verified claims into the identity headers the upstream trusts.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use serde_json::{Map, Value};
 
 use crate::config::IdentityConfig;
+use crate::credentials::BearerToken;
 use crate::defaults::MAX_IDENTITY_VALUE_BYTES;
+
+/// An identity header to set upstream: its name (shared by every identity) and its value.
+pub type IdentityHeader = (Arc<str>, Box<str>);
+
+/// What an allowed check sends upstream for a verified credential, computed once per token and
+/// cached. Kept small (one per cached credential): header names and remove lists are shared by
+/// every identity, only the values are its own.
+#[derive(Debug)]
+pub struct Identity {
+    /// Identity headers to set upstream, already sanitized.
+    pub headers: Box<[IdentityHeader]>,
+    /// Headers to remove upstream: credential headers, and identity headers not set here.
+    pub remove: Arc<[Arc<str>]>,
+    /// The client the token was issued to (`sub`), for logs.
+    pub client_id: Box<str>,
+    /// The scopes the token grants, for route policy.
+    pub scopes: Box<[Box<str>]>,
+    /// The access token, kept only while some route forwards it upstream
+    /// (`upstream_credential: bearer`).
+    pub access_token: Option<BearerToken>,
+}
 
 /// Where a header's value comes from: a top-level claim, or an RFC 6901 JSON Pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +91,7 @@ pub enum IdentityError {
 /// The configured claim → header mappings.
 #[derive(Debug, Clone)]
 pub struct IdentityMap {
-    mappings: Vec<(String, ClaimPath, bool)>,
+    mappings: Vec<(Arc<str>, ClaimPath, bool)>,
 }
 
 impl IdentityMap {
@@ -79,14 +104,14 @@ impl IdentityMap {
                 .required
                 .iter()
                 .any(|r| r.eq_ignore_ascii_case(&header));
-            mappings.push((header, ClaimPath::parse(claim)?, required));
+            mappings.push((header.into(), ClaimPath::parse(claim)?, required));
         }
         Ok(IdentityMap { mappings })
     }
 
     /// Every header this map may set: all are stripped from incoming requests.
     pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        self.mappings.iter().map(|(h, _, _)| h.as_str())
+        self.mappings.iter().map(|(h, _, _)| &**h)
     }
 
     /// The headers to set upstream. A missing optional claim sets nothing (its header is still
@@ -95,14 +120,14 @@ impl IdentityMap {
     pub fn headers(
         &self,
         claims: &Map<String, Value>,
-    ) -> Result<Vec<(String, String)>, IdentityError> {
+    ) -> Result<Vec<IdentityHeader>, IdentityError> {
         let mut out = Vec::with_capacity(self.mappings.len());
         for (header, path, required) in &self.mappings {
             let value = match path.lookup(claims) {
                 None | Some(Value::Null) => {
                     if *required {
                         return Err(IdentityError::MissingClaim {
-                            header: header.clone(),
+                            header: header.to_string(),
                         });
                     }
                     continue;
@@ -111,7 +136,7 @@ impl IdentityMap {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(_) => {
                     return Err(IdentityError::NotScalar {
-                        header: header.clone(),
+                        header: header.to_string(),
                     });
                 }
             };
@@ -122,12 +147,96 @@ impl IdentityMap {
                 || value.ends_with(' ')
             {
                 return Err(IdentityError::Unsafe {
-                    header: header.clone(),
+                    header: header.to_string(),
                 });
             }
-            out.push((header.clone(), value));
+            out.push((header.clone(), value.into_boxed_str()));
         }
         Ok(out)
+    }
+}
+
+/// Builds the cached `Identity` of verified claims: the header values from the `IdentityMap`,
+/// the remove list (every identity and credential header not set) shared among identities that
+/// set the same headers, and the access token only when asked to keep it.
+#[derive(Debug)]
+pub struct IdentityBuilder {
+    map: IdentityMap,
+    /// Every header name that must not reach the upstream as the caller sent it.
+    strip: Vec<Arc<str>>,
+    /// The distinct remove lists handed out so far (a handful: one per set of unset optional
+    /// headers).
+    removes: Mutex<HashSet<Arc<[Arc<str>]>>>,
+}
+
+impl IdentityBuilder {
+    /// `credential_headers`: the headers credentials are read from, stripped as well.
+    pub fn new(map: IdentityMap, credential_headers: impl IntoIterator<Item = String>) -> Self {
+        let mut strip: Vec<Arc<str>> = map.mappings.iter().map(|(h, _, _)| h.clone()).collect();
+        for h in credential_headers {
+            if !strip.iter().any(|s| **s == *h) {
+                strip.push(h.into());
+            }
+        }
+        IdentityBuilder {
+            map,
+            strip,
+            removes: Mutex::default(),
+        }
+    }
+
+    /// Every header stripped from a request with no identity (anonymous routes).
+    pub fn strip(&self) -> &[Arc<str>] {
+        &self.strip
+    }
+
+    /// What anonymous routes send upstream: no identity, every identity and credential header
+    /// stripped.
+    pub fn anonymous(&self) -> Identity {
+        Identity {
+            headers: Box::new([]),
+            remove: self.shared_remove(self.strip.clone()),
+            client_id: Box::default(),
+            scopes: Box::new([]),
+            access_token: None,
+        }
+    }
+
+    pub fn build(
+        &self,
+        claims: &Map<String, Value>,
+        scopes: Vec<String>,
+        keep_token: Option<&str>,
+    ) -> Result<Identity, IdentityError> {
+        let headers = self.map.headers(claims)?;
+        let remove = self
+            .strip
+            .iter()
+            .filter(|h| !headers.iter().any(|(set, _)| set == *h))
+            .cloned()
+            .collect();
+        let client_id = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .filter(|s| s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("");
+        Ok(Identity {
+            headers: headers.into_boxed_slice(),
+            remove: self.shared_remove(remove),
+            client_id: client_id.into(),
+            scopes: scopes.into_iter().map(String::into_boxed_str).collect(),
+            access_token: keep_token.map(BearerToken::new),
+        })
+    }
+
+    fn shared_remove(&self, remove: Vec<Arc<str>>) -> Arc<[Arc<str>]> {
+        let mut known = self.removes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = known.get(remove.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Arc<[Arc<str>]> = remove.into();
+        known.insert(shared.clone());
+        shared
     }
 }
 

@@ -79,7 +79,7 @@ fn outcome(d: &Decision) -> (u16, Vec<String>) {
             a.set()
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("x-user-id"))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.to_string())
                 .collect(),
         ),
         Decision::Deny(d) => (d.status, Vec::new()),

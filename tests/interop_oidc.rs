@@ -44,8 +44,8 @@ fn user(d: &Decision) -> Option<String> {
         Decision::Allow(a) => a
             .set()
             .iter()
-            .find(|(h, _)| h == "x-user-id")
-            .map(|(_, v)| v.clone()),
+            .find(|(h, _)| &**h == "x-user-id")
+            .map(|(_, v)| v.to_string()),
         Decision::Deny(_) => None,
     }
 }

@@ -41,8 +41,8 @@ fn outcome(d: &Decision) -> String {
         Decision::Allow(a) => a
             .set()
             .iter()
-            .find(|(h, _)| h == "x-user-id")
-            .map(|(_, v)| v.clone())
+            .find(|(h, _)| &**h == "x-user-id")
+            .map(|(_, v)| v.to_string())
             .unwrap_or_default(),
         Decision::Deny(d) => format!("{} {}", d.status, d.reason),
     }

@@ -71,8 +71,8 @@ fn outcome(r: Result<Decision, Unavailable>) -> Outcome {
         Ok(Decision::Allow(a)) => Outcome::Allowed(
             a.set()
                 .iter()
-                .find(|(n, _)| n == "x-user-id")
-                .map(|(_, v)| v.clone())
+                .find(|(n, _)| &**n == "x-user-id")
+                .map(|(_, v)| v.to_string())
                 .unwrap_or_default(),
         ),
         Ok(Decision::Deny(d)) if d.status == 429 => Outcome::Limited(d.retry_after.unwrap()),

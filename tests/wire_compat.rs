@@ -118,13 +118,13 @@ fn raw_header_map_keeps_repeated_headers_apart() {
 fn our_ok_response_decodes_as_envoys() {
     let decision = Decision::Allow(Allow {
         identity: std::sync::Arc::new(Identity {
-            headers: vec![("x-user-id".into(), "user-1".into())],
-            remove: vec!["authorization".into(), "x-client-secret".into()],
+            headers: Box::new([("x-user-id".into(), "user-1".into())]),
+            remove: std::sync::Arc::new(["authorization".into(), "x-client-secret".into()]),
             client_id: "client-1".into(),
-            scopes: vec![],
+            scopes: Box::new([]),
             access_token: None,
         }),
-        forward_token: false,
+        forward: None,
     });
     let bytes = to_check_response(&decision).encode_to_vec();
     let theirs = up::CheckResponse::decode(bytes.as_slice()).unwrap();

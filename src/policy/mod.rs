@@ -180,7 +180,7 @@ pub struct Requirement {
 
 impl Requirement {
     /// Whether `granted` meets the requirement.
-    pub fn met_by(&self, granted: &[String]) -> bool {
+    pub fn met_by<S: AsRef<str>>(&self, granted: &[S]) -> bool {
         self.all_of.iter().all(|r| scopes::granted(granted, r))
             && (self.any_of.is_empty() || self.any_of.iter().any(|r| scopes::granted(granted, r)))
     }
@@ -315,6 +315,16 @@ impl Policy {
             default,
             scope_claim,
         })
+    }
+
+    /// Whether any rule (or the default) sends the access token upstream: only then do cached
+    /// identities keep it.
+    pub fn forwards_tokens(&self) -> bool {
+        self.rules
+            .iter()
+            .map(|r| &r.action)
+            .chain([&self.default])
+            .any(|a| matches!(a, Action::Require(r) if r.upstream == UpstreamCredential::Bearer))
     }
 
     /// The first rule matching `request`, or the default.
@@ -644,7 +654,7 @@ default: {deny: true}
             "bare * is not a wildcard"
         );
         assert_eq!(create.describe(), "write:orders tier:gold tier:silver");
-        assert!(Requirement::default().met_by(&[]));
+        assert!(Requirement::default().met_by::<&str>(&[]));
     }
 
     #[test]

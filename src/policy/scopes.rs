@@ -31,8 +31,8 @@ pub fn meets(granted: &str, required: &str) -> bool {
 }
 
 /// Whether any of `granted` meets `required`.
-pub fn granted(granted: &[String], required: &str) -> bool {
-    granted.iter().any(|g| meets(g, required))
+pub fn granted<S: AsRef<str>>(granted: &[S], required: &str) -> bool {
+    granted.iter().any(|g| meets(g.as_ref(), required))
 }
 
 /// The scopes a token grants: the space-separated `scope` string claim (RFC 8693 / Stytch), or
