@@ -109,9 +109,14 @@ async fn bind_grpc(config: &Config) -> Result<Listener, ServeError> {
                 }
                 std::fs::remove_file(&path).map_err(bind_error)?;
             }
-            UnixListener::bind(&path)
-                .map(Listener::Unix)
-                .map_err(bind_error)
+            let listener = UnixListener::bind(&path).map_err(bind_error)?;
+            // Owner and group may connect (the process umask usually leaves the group without
+            // write permission, which connecting needs): Envoy may run as another user of the
+            // same group. Others may not.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+                .map_err(bind_error)?;
+            Ok(Listener::Unix(listener))
         }
     }
 }

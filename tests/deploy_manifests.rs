@@ -518,9 +518,45 @@ fn parse_duration(text: &str, what: &str) -> Duration {
     humantime::parse_duration(text).unwrap_or_else(|e| panic!("{what}: duration {text:?}: {e}"))
 }
 
+/// Where m2m-authz serves Check (`listen.grpc`): TCP `HOST:PORT`, or a Unix
+/// domain socket `unix:/absolute/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum GrpcListen {
+    Tcp(String, u16),
+    Unix(String),
+}
+
+impl GrpcListen {
+    fn parse(addr: &str, what: &str) -> Self {
+        match addr.strip_prefix("unix:") {
+            Some(path) => {
+                assert!(
+                    path.starts_with('/'),
+                    "{what}: listen.grpc {addr:?}: the socket path must be absolute"
+                );
+                GrpcListen::Unix(path.to_owned())
+            }
+            None => {
+                let (host, port) = parse_addr(addr, what);
+                GrpcListen::Tcp(host, port)
+            }
+        }
+    }
+
+    /// (host, port), for what can only be reached over TCP.
+    fn tcp(&self, what: &str) -> (String, u16) {
+        match self {
+            GrpcListen::Tcp(host, port) => (host.clone(), *port),
+            GrpcListen::Unix(path) => {
+                panic!("{what}: listen.grpc is the Unix socket {path:?}, TCP HOST:PORT needed here")
+            }
+        }
+    }
+}
+
 /// The `listen` section of an m2m-authz config.
 struct Listen {
-    grpc: (String, u16),
+    grpc: GrpcListen,
     /// `listen.admin` (HTTP /healthz, /readyz, /metrics), if set; the binary's
     /// default is loopback, which no kubelet probe can reach.
     admin: Option<(String, u16)>,
@@ -529,7 +565,7 @@ struct Listen {
 
 fn m2m_authz_listen(config: &str, what: &str) -> Listen {
     let doc = yaml_one(config, what);
-    let grpc = parse_addr(str_at(&doc, &["listen", "grpc"], what), what);
+    let grpc = GrpcListen::parse(str_at(&doc, &["listen", "grpc"], what), what);
     let admin = opt(&doc, &["listen", "admin"])
         .and_then(Value::as_str)
         .map(|a| parse_addr(a, what));
@@ -545,8 +581,8 @@ fn m2m_authz_listen(config: &str, what: &str) -> Listen {
 }
 
 /// Every probe of m2m-authz's container must reach a listener that the
-/// kubelet can connect to (not loopback): gRPC health or TCP on the Check
-/// port, or HTTP /healthz or /readyz on the admin port.
+/// kubelet can connect to (not loopback, not a Unix socket): gRPC health or
+/// TCP on the Check port, or HTTP /healthz or /readyz on the admin port.
 fn check_m2m_authz_probes(container: &Value, listen: &Listen, what: &str) {
     for probe_name in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let Some(probe) = container.get(probe_name) else {
@@ -578,7 +614,12 @@ fn check_m2m_authz_probes(container: &Value, listen: &Listen, what: &str) {
                     "{what}: readiness must be gRPC health (SERVING once keys load)"
                 );
             }
-            listen.grpc.clone()
+            if let GrpcListen::Unix(path) = &listen.grpc {
+                panic!(
+                    "{what}: targets the Check port, but Check is on the Unix socket {path:?}: the kubelet cannot probe a socket (probe the admin port over HTTP)"
+                );
+            }
+            listen.grpc.tcp(&what)
         };
         assert_eq!(port, target, "{what}: probe port");
         assert_ne!(
@@ -602,24 +643,129 @@ fn envoy_listener(bootstrap: &Value, name: &str, what: &str) -> (String, u16) {
     )
 }
 
-/// (address, port) of every endpoint of a named Envoy cluster.
-fn envoy_cluster_endpoints(bootstrap: &Value, name: &str, what: &str) -> Vec<(String, u16)> {
+/// An Envoy endpoint address: `socket_address` (TCP) or `pipe` (Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum EnvoyAddress {
+    Tcp(String, u16),
+    Pipe(String),
+}
+
+/// The address of every endpoint of a named Envoy cluster.
+fn envoy_cluster_endpoints(bootstrap: &Value, name: &str, what: &str) -> Vec<EnvoyAddress> {
     let cluster = named(
         seq_at(bootstrap, &["static_resources", "clusters"], what),
         name,
         what,
     );
+    let what = format!("{what} Envoy cluster {name}");
     let mut endpoints = Vec::new();
-    for locality in seq_at(cluster, &["load_assignment", "endpoints"], what) {
-        for lb in seq_at(locality, &["lb_endpoints"], what) {
-            let socket = at(lb, &["endpoint", "address", "socket_address"], what);
-            endpoints.push((
-                str_at(socket, &["address"], what).to_owned(),
-                u64_at(socket, &["port_value"], what) as u16,
-            ));
+    for locality in seq_at(cluster, &["load_assignment", "endpoints"], &what) {
+        for lb in seq_at(locality, &["lb_endpoints"], &what) {
+            let address = at(lb, &["endpoint", "address"], &what);
+            endpoints.push(match (address.get("socket_address"), address.get("pipe")) {
+                (Some(socket), None) => EnvoyAddress::Tcp(
+                    str_at(socket, &["address"], &what).to_owned(),
+                    u64_at(socket, &["port_value"], &what) as u16,
+                ),
+                (None, Some(pipe)) => EnvoyAddress::Pipe(str_at(pipe, &["path"], &what).to_owned()),
+                _ => panic!(
+                    "{what}: endpoint address must be one of socket_address or pipe: {address:?}"
+                ),
+            });
         }
     }
     endpoints
+}
+
+/// The containers of the example Pod that share m2m-authz's Check socket.
+const SOCKET_CONTAINERS: [&str; 2] = ["m2m-authz", "envoy"];
+
+/// m2m-authz's Check socket at `socket` (in `pod`) is reachable by Envoy
+/// only: its directory is the mountPath of an emptyDir that m2m-authz
+/// (writable: it creates the socket) and Envoy mount there and no other
+/// container mounts, and Envoy may connect to the socket (mode 0660: same
+/// user or same group as m2m-authz).
+fn check_socket_volume(pod: &Value, socket: &str, what: &str) {
+    let dir = Path::new(socket)
+        .parent()
+        .and_then(Path::to_str)
+        .filter(|d| !socket.ends_with('/') && *d != "/")
+        .unwrap_or_else(|| {
+            panic!("{what}: socket {socket:?} must be a file in a directory of its own")
+        });
+    let mounts = |c: &'_ Value| -> Vec<Value> {
+        c.get("volumeMounts")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mount_path = |m: &Value, what: &str| {
+        str_at(m, &["mountPath"], what)
+            .trim_end_matches('/')
+            .to_owned()
+    };
+
+    let server = container(pod, "m2m-authz", what);
+    let mount = mounts(server)
+        .into_iter()
+        .find(|m| mount_path(m, what) == dir)
+        .unwrap_or_else(|| {
+            panic!("{what}: m2m-authz mounts no volume at {dir}, the directory of its socket {socket:?}")
+        });
+    assert_ne!(
+        mount.get("readOnly").and_then(Value::as_bool),
+        Some(true),
+        "{what}: m2m-authz creates its socket in {dir}: mount it writable"
+    );
+    let volume_name = str_at(&mount, &["name"], what).to_owned();
+    let volume = named(seq_at(pod, &["volumes"], what), &volume_name, what);
+    assert!(
+        volume.get("emptyDir").is_some(),
+        "{what}: volume {volume_name} (the socket's directory) must be an emptyDir, private to the Pod: {volume:?}"
+    );
+
+    let mut mounted_by = BTreeSet::new();
+    for c in all_containers(pod) {
+        let cname = str_at(c, &["name"], what);
+        for m in mounts(c) {
+            if str_at(&m, &["name"], what) != volume_name {
+                continue;
+            }
+            mounted_by.insert(cname);
+            if !SOCKET_CONTAINERS.contains(&cname) {
+                continue; // Refused below, with the list of who mounts it.
+            }
+            assert_eq!(
+                mount_path(&m, what),
+                dir,
+                "{what}: container {cname} must mount volume {volume_name} at {dir}, where the socket is"
+            );
+            assert!(
+                m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+                "{what}: container {cname} must mount volume {volume_name} whole, not a subPath"
+            );
+        }
+    }
+    assert_eq!(
+        mounted_by,
+        BTreeSet::from(SOCKET_CONTAINERS),
+        "{what}: volume {volume_name} holds the Check socket {socket:?}: exactly m2m-authz and envoy must mount it (any container that mounts it can ask for checks)"
+    );
+
+    // The socket is created with mode 0660.
+    let id = |c: &Value, field: &str| {
+        opt(c, &["securityContext", field])
+            .or_else(|| opt(pod, &["securityContext", field]))
+            .and_then(Value::as_u64)
+    };
+    let envoy = container(pod, "envoy", what);
+    let (server_uid, envoy_uid) = (id(server, "runAsUser"), id(envoy, "runAsUser"));
+    let (server_gid, envoy_gid) = (id(server, "runAsGroup"), id(envoy, "runAsGroup"));
+    assert!(
+        (server_uid.is_some() && server_uid == envoy_uid)
+            || (server_gid.is_some() && server_gid == envoy_gid),
+        "{what}: m2m-authz creates its socket with mode 0660: envoy must run as the same user or group (runAsUser {server_uid:?} vs {envoy_uid:?}, runAsGroup {server_gid:?} vs {envoy_gid:?})"
+    );
 }
 
 /// The containerPort of a container's named port.
@@ -950,13 +1096,25 @@ fn check_pod(r: &Rendered, pod: &Value, what: &str) {
     );
 }
 
-/// The example Pod: m2m-authz is a native sidecar on loopback, Envoy sends
-/// checks to it and traffic to the loopback app, the Service reaches Envoy's
-/// listener, the probes hit Envoy's probe listener.
+/// The example Pod: m2m-authz is a native sidecar on loopback or on a Unix
+/// socket that only it and Envoy can reach, Envoy sends checks to it and
+/// traffic to the loopback app, the Service reaches Envoy's listener, the
+/// probes hit Envoy's probe listener.
 #[test]
 fn sidecar_pod_is_wired_together() {
-    let r = rendered_dir(BASE);
-    let what = BASE;
+    // The base Pod, and the base with each component (which may replace the config).
+    let pods: Vec<&Rendered> = rendered()
+        .iter()
+        .filter(|r| r.dir == BASE || r.dir.starts_with(COMPONENTS))
+        .collect();
+    assert!(pods.len() >= 3, "the base and its components are rendered");
+    for r in pods {
+        sidecar_pod_wiring(r);
+    }
+}
+
+fn sidecar_pod_wiring(r: &Rendered) {
+    let what = r.dir.as_str();
     let pod = pod_spec(r.deployment(), what);
 
     // Native sidecar: an init container that keeps running.
@@ -968,33 +1126,45 @@ fn sidecar_pod_is_wired_together() {
         "m2m-authz must be a native sidecar"
     );
     let listen = m2m_authz_listen(&m2m_authz_config(r), what);
-    let (host, port) = listen.grpc.clone();
-    assert_eq!(
-        host, "127.0.0.1",
-        "the in-pod m2m-authz must take checks from the Pod's Envoy only (loopback)"
-    );
-    if let Some(ports) = sidecar.get("ports").and_then(Value::as_sequence) {
-        for p in ports {
-            assert_ne!(
-                u64_at(p, &["containerPort"], what) as u16,
-                port,
-                "the in-pod m2m-authz's Check port must not be declared"
+    // Only the Pod's Envoy may ask for checks: loopback TCP, or a Unix socket
+    // in a volume that only m2m-authz and Envoy mount.
+    let envoy_target = match &listen.grpc {
+        GrpcListen::Tcp(host, port) => {
+            assert_eq!(
+                host, "127.0.0.1",
+                "the in-pod m2m-authz must take checks from the Pod's Envoy only (loopback)"
             );
+            if let Some(ports) = sidecar.get("ports").and_then(Value::as_sequence) {
+                for p in ports {
+                    assert_ne!(
+                        u64_at(p, &["containerPort"], what) as u16,
+                        *port,
+                        "the in-pod m2m-authz's Check port must not be declared"
+                    );
+                }
+            }
+            EnvoyAddress::Tcp(host.clone(), *port)
         }
-    }
+        GrpcListen::Unix(path) => {
+            check_socket_volume(&pod, path, what);
+            EnvoyAddress::Pipe(path.clone())
+        }
+    };
     check_m2m_authz_probes(sidecar, &listen, what);
 
     let bootstrap = yaml_one(&envoy_bootstrap(r), "Envoy bootstrap");
     assert_eq!(
         envoy_cluster_endpoints(&bootstrap, "m2m_authz", what),
-        [("127.0.0.1".to_owned(), port)],
-        "Envoy's m2m_authz cluster must point at m2m-authz's listen.grpc"
+        [envoy_target],
+        "Envoy's m2m_authz cluster must have one endpoint: m2m-authz's listen.grpc"
     );
+    let app = envoy_cluster_endpoints(&bootstrap, "app", what);
     assert!(
-        envoy_cluster_endpoints(&bootstrap, "app", what)
-            .iter()
-            .all(|(h, _)| h == "127.0.0.1"),
-        "the app must be reached on loopback"
+        !app.is_empty()
+            && app
+                .iter()
+                .all(|a| matches!(a, EnvoyAddress::Tcp(h, _) if h == "127.0.0.1")),
+        "the app must be reached on loopback: {app:?}"
     );
     let admin = at(&bootstrap, &["admin", "address", "socket_address"], what);
     assert_eq!(
@@ -1094,7 +1264,7 @@ fn shared_service_is_wired_together() {
     let pod = pod_spec(r.deployment(), what);
     let m2m = container(&pod, "m2m-authz", what);
     let listen = m2m_authz_listen(&m2m_authz_config(r), what);
-    let (host, port) = listen.grpc.clone();
+    let (host, port) = listen.grpc.tcp(what);
     assert_eq!(
         host, "0.0.0.0",
         "a shared service must listen on all interfaces"

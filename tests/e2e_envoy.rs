@@ -258,4 +258,8 @@ async fn checks_over_a_unix_domain_socket() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Owner and group may connect (an Envoy of the same group), nobody else.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
 }
