@@ -351,6 +351,8 @@ struct Measured {
     p999: f64,
     /// Server CPU (user + system) per check, microseconds.
     cpu_us: f64,
+    /// The system (kernel) part of `cpu_us`: socket reads, writes and wake-ups.
+    sys_us: f64,
     unexpected: u64,
 }
 
@@ -383,15 +385,21 @@ fn cores() -> usize {
 /// `/proc/PID/stat` counts CPU time in clock ticks of `USER_HZ`, 100 per second on Linux.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
-fn cpu_ticks(pid: u32) -> u64 {
+/// User and system CPU time of `pid` so far, in clock ticks.
+fn cpu_split(pid: u32) -> (u64, u64) {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_split(pid);
+    user + system
 }
 
 /// Drives `requests` round-robin at `concurrency` for `duration` and records latency.
@@ -431,13 +439,13 @@ async fn drive(
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cpu0 = cpu_ticks(server_pid);
+    let cpu0 = cpu_split(server_pid);
     let started = Instant::now();
     recording.store(true, Ordering::Relaxed);
     tokio::time::sleep(duration).await;
     recording.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    let cpu1 = cpu_ticks(server_pid);
+    let cpu1 = cpu_split(server_pid);
     stop.store(true, Ordering::Relaxed);
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut unexpected = 0;
@@ -452,7 +460,10 @@ async fn drive(
         p50: all.value_at_quantile(0.50) as f64,
         p99: all.value_at_quantile(0.99) as f64,
         p999: all.value_at_quantile(0.999) as f64,
-        cpu_us: (cpu1.saturating_sub(cpu0)) as f64 / CLOCK_TICKS_PER_SECOND * 1e6 / n,
+        cpu_us: ((cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1)) as f64 / CLOCK_TICKS_PER_SECOND
+            * 1e6
+            / n,
+        sys_us: cpu1.1.saturating_sub(cpu0.1) as f64 / CLOCK_TICKS_PER_SECOND * 1e6 / n,
         unexpected,
     }
 }
@@ -789,13 +800,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
             .await;
             println!(
-                "  {:<40} {:>9.0} rps  p50 {:>6.0} us  p99 {:>6.0} us  p99.9 {:>6.0} us  server cpu {:>5.1} us/check{}",
+                "  {:<40} {:>9.0} rps  p50 {:>6.0} us  p99 {:>6.0} us  p99.9 {:>6.0} us  server cpu {:>5.1} us/check (kernel {:>4.1}){}",
                 s.name,
                 m.rps,
                 m.p50,
                 m.p99,
                 m.p999,
                 m.cpu_us,
+                m.sys_us,
                 if m.unexpected > 0 {
                     format!("  UNEXPECTED ANSWERS: {}", m.unexpected)
                 } else {
@@ -851,9 +863,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         loadavg()
     );
     println!(
-        "| scenario | checks/s | × floor | p50 µs | p99 µs | × floor p99 | p99.9 µs | server CPU µs/check | × floor CPU |"
+        "| scenario | checks/s | × floor | p50 µs | p99 µs | × floor p99 | p99.9 µs | server CPU µs/check | of which kernel | × floor CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, s) in scenarios.iter().enumerate() {
         let f = &results[find(s.floor)];
         let r = &results[i];
@@ -862,7 +874,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let med = |g: fn(&Measured) -> f64| median(r.iter().map(g).collect());
         println!(
-            "| {}{} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2} |",
+            "| {}{} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} |",
             s.name,
             if s.floor != s.name && s.name.contains("UDS") {
                 " (vs TCP floor)"
@@ -876,6 +888,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ratio(|m| m.p99),
             med(|m| m.p999),
             med(|m| m.cpu_us),
+            med(|m| m.sys_us),
             ratio(|m| m.cpu_us),
         );
     }
