@@ -346,14 +346,14 @@ impl Authorizer {
             Credential::Client {
                 client_id, secret, ..
             } => {
-                let mut loaded = self.client(slot, client_id, secret).await;
-                // Cached while no route forwarded tokens (a policy reload added one since): the
-                // credential is exchanged again, once, and its token is kept from then on.
+                let mut loaded = self.client(slot, client_id, secret, forward).await;
+                // Cached while no rule forwarded tokens (a policy reload added one since): one
+                // more exchange, whose token is kept. The entry stays until that exchange
+                // replaces it, so other routes keep it (and its stale-if-error fallback) if the
+                // provider fails meanwhile.
                 if forward && matches!(&loaded, Loaded::Identity(i) if i.access_token.is_none()) {
-                    self.inner
-                        .cache
-                        .remove(&self.client_key(slot, client_id, secret));
-                    loaded = self.client(slot, client_id, secret).await;
+                    let key = self.client_key(slot, client_id, secret);
+                    loaded = self.wait(slot, key, client_id, secret, true).await;
                 }
                 loaded
             }
@@ -389,7 +389,15 @@ impl Authorizer {
         ])
     }
 
-    async fn client(&self, slot: &Arc<Slot>, client_id: &str, secret: &Secret) -> Loaded {
+    /// `forward`: the route sends the access token upstream, so an exchange started here keeps
+    /// it whatever the live policy says by then.
+    async fn client(
+        &self,
+        slot: &Arc<Slot>,
+        client_id: &str,
+        secret: &Secret,
+        forward: bool,
+    ) -> Loaded {
         let inner = &self.inner;
         let key = self.client_key(slot, client_id, secret);
         match inner.cache.lookup(&key, |_| true) {
@@ -402,7 +410,7 @@ impl Authorizer {
                 // never waits for an exchange, and an idle one is never refreshed.
                 Stats::add(&inner.stats.hits);
                 Stats::add(&inner.stats.refreshes);
-                drop(self.flight(slot, key, client_id, secret));
+                drop(self.flight(slot, key, client_id, secret, forward));
                 Loaded::Identity(identity)
             }
             Lookup::Refused => {
@@ -413,7 +421,7 @@ impl Authorizer {
             }
             Lookup::Stale(identity) => {
                 Stats::add(&inner.stats.misses);
-                match self.wait(slot, key, client_id, secret).await {
+                match self.wait(slot, key, client_id, secret, forward).await {
                     // The provider is failing or we are over our own limits: the token is still
                     // within its (grace) validity, so keep serving it.
                     Loaded::Failed(_) | Loaded::Refused(Refusal::Limited { .. }) => {
@@ -425,7 +433,7 @@ impl Authorizer {
             }
             Lookup::Miss => {
                 Stats::add(&inner.stats.misses);
-                self.wait(slot, key, client_id, secret).await
+                self.wait(slot, key, client_id, secret, forward).await
             }
         }
     }
@@ -436,6 +444,7 @@ impl Authorizer {
         key: CacheKey,
         client_id: &str,
         secret: &Secret,
+        forward: bool,
     ) -> crate::flight::Flight<Loaded> {
         let (flight, started) = self.inner.flights.join_or_start(
             key,
@@ -447,6 +456,7 @@ impl Authorizer {
                     key,
                     client_id.to_owned(),
                     secret.clone(),
+                    forward,
                 )
                 .instrument(tracing::Span::current())
             },
@@ -464,8 +474,9 @@ impl Authorizer {
         key: CacheKey,
         client_id: &str,
         secret: &Secret,
+        forward: bool,
     ) -> Loaded {
-        let flight = self.flight(slot, key, client_id, secret);
+        let flight = self.flight(slot, key, client_id, secret, forward);
         tokio::time::timeout(slot.flight_wait, flight)
             .await
             .unwrap_or(Loaded::Failed(Unavailable::Timeout))
@@ -494,7 +505,7 @@ impl Authorizer {
             Err(e) => return Loaded::Failed(e.into()),
         };
         // Never kept: a route that forwards a token forwards the caller's own.
-        let identity = match inner.identity(&verified.claims, None) {
+        let identity = match inner.identity(&verified.claims, None, false) {
             Ok(i) => Arc::new(i),
             Err(e) => return Loaded::Refused(Refusal::Identity(e)),
         };
@@ -523,6 +534,7 @@ impl Inner {
         key: CacheKey,
         client_id: String,
         secret: Secret,
+        forward: bool,
     ) -> Loaded {
         // The shared tier first (before taking an exchange slot): a token another pod shared
         // ends the flight once verified; else this pod exchanges, holding the fleet lock if it
@@ -536,7 +548,7 @@ impl Inner {
                     scope: &slot.scope,
                 });
                 match tier
-                    .before_exchange(shared_key, |entry| self.adopt(&slot, key, entry))
+                    .before_exchange(shared_key, |entry| self.adopt(&slot, key, entry, forward))
                     .await
                 {
                     Ok(loaded) => return loaded,
@@ -588,7 +600,7 @@ impl Inner {
                 return Loaded::Failed(e.into());
             }
         };
-        let identity = match self.identity(&verified.claims, Some(&issued.access_token)) {
+        let identity = match self.identity(&verified.claims, Some(&issued.access_token), forward) {
             Ok(i) => Arc::new(i),
             Err(e) => {
                 self.cache.remove(&key);
@@ -610,10 +622,16 @@ impl Inner {
 
     /// A token from the shared tier: verified with the provider's keys like a fresh exchange
     /// (Redis is never trusted), then cached locally. `None`: not usable, exchange instead.
-    async fn adopt(&self, slot: &Slot, key: CacheKey, entry: SharedEntry) -> Option<Loaded> {
+    async fn adopt(
+        &self,
+        slot: &Slot,
+        key: CacheKey,
+        entry: SharedEntry,
+        forward: bool,
+    ) -> Option<Loaded> {
         let verified = slot.provider.verify(&entry.access_token).await.ok()?;
         let identity = Arc::new(
-            self.identity(&verified.claims, Some(&entry.access_token))
+            self.identity(&verified.claims, Some(&entry.access_token), forward)
                 .ok()?,
         );
         let until = verified.exp.min(entry.expires_at);
@@ -623,14 +641,16 @@ impl Inner {
     }
 
     /// The identity to cache for verified claims. `token`: the exchanged access token, kept only
-    /// while the live policy has a route that forwards it.
+    /// if the check that started the exchange forwards it (`forward`) or the live policy has a
+    /// rule that does.
     fn identity(
         &self,
         claims: &Map<String, Value>,
         token: Option<&str>,
+        forward: bool,
     ) -> Result<Identity, IdentityError> {
         let policy = self.policy.load();
-        let keep = token.filter(|_| policy.forwards_tokens());
+        let keep = token.filter(|_| forward || policy.forwards_tokens());
         let scopes = crate::policy::scopes::from_claims(claims, policy.scope_claim);
         self.identity.build(claims, scopes, keep)
     }

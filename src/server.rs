@@ -112,8 +112,18 @@ async fn bind_grpc(config: &Config) -> Result<Listener, ServeError> {
             let listener = UnixListener::bind(&path).map_err(bind_error)?;
             // Owner and group may connect (the process umask usually leaves the group without
             // write permission, which connecting needs): Envoy may run as another user of the
-            // same group. Others may not.
+            // same group. Others may not. The socket's directory must be writable only by
+            // trusted users (whoever can write there can replace the socket anyway); the check
+            // below still refuses to change the mode through anything but our socket.
             use std::os::unix::fs::PermissionsExt;
+            let ours = std::fs::symlink_metadata(&path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            if !ours {
+                return Err(bind_error(std::io::Error::other(
+                    "the socket was replaced right after it was bound",
+                )));
+            }
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
                 .map_err(bind_error)?;
             Ok(Listener::Unix(listener))
