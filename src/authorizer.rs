@@ -47,10 +47,6 @@ pub enum Unavailable {
     Timeout,
     #[error("the exchange task was lost")]
     Lost,
-    /// A route forwards the access token, but the policy that was live when this credential was
-    /// exchanged did not, so the token was not kept; a retry exchanges again.
-    #[error("the access token to forward was not kept")]
-    TokenNotKept,
 }
 
 impl Unavailable {
@@ -63,7 +59,6 @@ impl Unavailable {
             Unavailable::IssuedTokenInvalid(_) => "issued_token_invalid",
             Unavailable::Timeout => "exchange_timeout",
             Unavailable::Lost => "exchange_lost",
-            Unavailable::TokenNotKept => "token_not_kept",
         }
     }
 }
@@ -366,7 +361,7 @@ impl Authorizer {
                     (true, Credential::Bearer(token)) => Some(token.clone()),
                     (true, Credential::Client { .. }) => match &identity.access_token {
                         Some(token) => Some(token.clone()),
-                        None => return Err(Unavailable::TokenNotKept),
+                        None => return Ok(self.deny(Refusal::TokenNotKept)),
                     },
                 };
                 Ok(Decision::Allow(Allow { identity, forward }))

@@ -87,6 +87,10 @@ pub enum Refusal {
     InsufficientScope {
         required: String,
     },
+    /// The route forwards the access token, but the exchange this check joined did not keep it
+    /// (a policy reload raced it). A denial, not an infrastructure error, so that even
+    /// `failure_mode_allow: true` never lets the request through unchecked; a retry exchanges.
+    TokenNotKept,
 }
 
 impl Refusal {
@@ -102,6 +106,18 @@ impl Refusal {
                     "new credentials are arriving faster than the exchange limit; retry later",
                 ),
                 reason: "exchange_limited",
+            };
+        }
+        if let Refusal::TokenNotKept = self {
+            return Deny {
+                status: 503,
+                challenge: None,
+                retry_after: Some(1),
+                body: body(
+                    "temporarily_unavailable",
+                    "the access token to forward is not available yet; retry",
+                ),
+                reason: "token_not_kept",
             };
         }
         if let Refusal::RouteDenied | Refusal::UnknownProvider = self {
@@ -181,7 +197,8 @@ impl Refusal {
                 Refusal::Limited { .. }
                 | Refusal::RouteDenied
                 | Refusal::UnknownProvider
-                | Refusal::InsufficientScope { .. } => unreachable!("answered above"),
+                | Refusal::InsufficientScope { .. }
+                | Refusal::TokenNotKept => unreachable!("answered above"),
             };
         let description = match self {
             Refusal::Credential(e) => e.to_string(),
@@ -194,7 +211,8 @@ impl Refusal {
             Refusal::Limited { .. }
             | Refusal::RouteDenied
             | Refusal::UnknownProvider
-            | Refusal::InsufficientScope { .. } => {
+            | Refusal::InsufficientScope { .. }
+            | Refusal::TokenNotKept => {
                 unreachable!("answered above")
             }
         };
@@ -301,5 +319,10 @@ mod tests {
             "{challenge}"
         );
         assert_eq!(Refusal::RouteDenied.to_deny("api").status, 403);
+        let not_kept = Refusal::TokenNotKept.to_deny("api");
+        assert_eq!(
+            (not_kept.status, not_kept.retry_after, not_kept.reason),
+            (503, Some(1), "token_not_kept")
+        );
     }
 }
