@@ -2,38 +2,21 @@
 //! warmed cache (credential parse, HMAC key, DashMap lookup, policy), and the `CheckResponse`
 //! built — everything a cached check costs except gRPC and HTTP/2.
 
+#[path = "common/check.rs"]
+mod check;
 #[path = "common/provider.rs"]
 mod provider;
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use base64::Engine;
+use check::{basic, check_request};
 use criterion::{Criterion, criterion_group, criterion_main};
 use m2m_authz::authorizer::Authorizer;
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::ext_authz::{to_auth_request, to_check_response};
-use m2m_authz::proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use m2m_authz::proto::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use provider::{BenchProvider, Minter};
-
-fn check_request(authorization: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    host: "127.0.0.1:10000".into(),
-                    path: "/direct".into(),
-                    headers: [("authorization".to_owned(), authorization.to_owned())].into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -53,14 +36,9 @@ fn bench(c: &mut Criterion) {
         let authorizer = Arc::new(Authorizer::new(&config).expect("authorizer"));
         let (_tasks, mut loaded) = authorizer.start_key_refresh();
         loaded.wait_for(|l| *l).await.expect("keys");
-        let basic = check_request(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode("bench-client:bench-secret")
-        ));
-        let bearer = check_request(&format!(
-            "Bearer {}",
-            minter.mint("bench-client", "user-bench")
-        ));
+        let basic = check_request(&[("authorization", &basic("bench-client", "bench-secret"))]);
+        let bearer = format!("Bearer {}", minter.mint("bench-client", "user-bench"));
+        let bearer = check_request(&[("authorization", &bearer)]);
         for r in [&basic, &bearer] {
             let d = authorizer
                 .check(&to_auth_request(r.clone()))

@@ -10,6 +10,8 @@
 //! Other subcommands: `floor` (the do-nothing server), `provider` (token endpoint + JWKS for
 //! scripts/bench's Envoy runs), `memory` (resident memory of the real `TokenCache`).
 
+#[path = "common/check.rs"]
+mod check;
 #[path = "common/provider.rs"]
 mod provider;
 
@@ -19,18 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use check::{basic, check_request};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use m2m_authz::proto::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use m2m_authz::proto::google::rpc;
 use provider::{BenchProvider, Minter};
 use tonic::transport::{Channel, Endpoint};
@@ -168,8 +167,7 @@ async fn serve_provider(listen: String, out: PathBuf) -> anyhow::Result<()> {
     let token = minter.mint("bench-client", "user-bench");
     p.add_client("bench-client", "bench-secret", token.clone());
     std::fs::create_dir_all(&out)?;
-    let basic = base64::engine::general_purpose::STANDARD.encode("bench-client:bench-secret");
-    std::fs::write(out.join("basic"), format!("Basic {basic}"))?;
+    std::fs::write(out.join("basic"), basic("bench-client", "bench-secret"))?;
     // A separately minted token for the Bearer runs (same claims, not the exchanged one).
     std::fs::write(
         out.join("bearer"),
@@ -304,34 +302,6 @@ async fn connect(target: &Target) -> anyhow::Result<Channel> {
                 .await?
         }
     })
-}
-
-fn check_request(headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    host: "127.0.0.1:10000".into(),
-                    path: "/direct".into(),
-                    scheme: "http".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
 }
 
 /// gRPC status code in the CheckResponse (0 allowed, 16 unauthenticated, ...), or -1 for a

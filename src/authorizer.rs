@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
-use crate::cache::{CacheKey, Identity, KeyDeriver, Lookup, TokenCache};
+use crate::cache::{CacheKey, KeyDeriver, Lookup, TokenCache};
 use crate::config::{Config, DEFAULT_PROVIDER};
 
 /// The `context_extensions` key with which an Envoy or Istio route may pick a provider.
@@ -18,7 +18,7 @@ use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
 use crate::exchange::ExchangeError;
 use crate::flight::SingleFlight;
-use crate::identity::{IdentityBuilder, IdentityError, IdentityMap};
+use crate::identity::{Identity, IdentityBuilder, IdentityError, IdentityMap};
 use crate::jwks::JwksError;
 use crate::limits::ExchangeLimiter;
 use crate::policy::reload::LivePolicy;

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
+use crate::identity::Identity;
 use crate::stats::Stats;
 
 /// HMAC-SHA-256 of a credential under a per-process random key.
@@ -77,8 +78,6 @@ impl KeyDeriver {
         CacheKey(mac.finalize().into_bytes().into())
     }
 }
-
-pub use crate::identity::Identity;
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {

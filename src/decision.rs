@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::Identity;
 use crate::credentials::{BearerToken, CredentialError};
 use crate::exchange::ExchangeError;
-use crate::identity::IdentityError;
+use crate::identity::{Identity, IdentityError, IdentityHeader};
 use crate::verify::VerifyError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub struct Allow {
 
 impl Allow {
     /// Set upstream, overwriting whatever the caller sent under the same name.
-    pub fn set(&self) -> &[crate::identity::IdentityHeader] {
+    pub fn set(&self) -> &[IdentityHeader] {
         &self.identity.headers
     }
 

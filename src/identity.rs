@@ -109,11 +109,6 @@ impl IdentityMap {
         Ok(IdentityMap { mappings })
     }
 
-    /// Every header this map may set: all are stripped from incoming requests.
-    pub fn header_names(&self) -> impl Iterator<Item = &str> {
-        self.mappings.iter().map(|(h, _, _)| &**h)
-    }
-
     /// The headers to set upstream. A missing optional claim sets nothing (its header is still
     /// stripped); a missing required one, or any value that is not a plain string or number, or
     /// that could smuggle a header line, refuses the request.

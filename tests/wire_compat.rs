@@ -3,9 +3,9 @@
 
 use envoy_types::pb::envoy::config::core::v3 as up_core;
 use envoy_types::pb::envoy::service::auth::v3 as up;
-use m2m_authz::cache::Identity;
 use m2m_authz::decision::{Allow, Decision, Deny};
 use m2m_authz::ext_authz::{to_auth_request, to_check_response};
+use m2m_authz::identity::Identity;
 use m2m_authz::proto::envoy::service::auth::v3 as ours;
 use prost::Message;
 
