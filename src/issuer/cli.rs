@@ -209,7 +209,10 @@ async fn shutdown_signal() {
 }
 
 fn open_store(config: &IssuerConfig) -> anyhow::Result<Store> {
-    Ok(Store::open(&config.database)?)
+    Ok(Store::open(
+        &config.database,
+        config.required_project_secret()?,
+    )?)
 }
 
 fn execute_key_command(command: IssuerCommand, out: &mut dyn Write) -> anyhow::Result<()> {

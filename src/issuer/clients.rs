@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn create_authenticate_and_rotate() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &crate::issuer::store::tests::test_secret()).unwrap();
         let t = ClaimsTemplate::default();
         let (c, s1) = create(&mut store, &t, new_client("u1", &["read"])).unwrap();
         assert!(c.client_id.starts_with("m2m-client-test-"));
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn bad_input_is_refused_with_the_field_named() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &crate::issuer::store::tests::test_secret()).unwrap();
         let t = ClaimsTemplate::default();
         let cases: Vec<(NewClient, &str)> = vec![
             (new_client("u", &["bad scope"]), "scopes"),

@@ -267,6 +267,16 @@ impl IssuerConfig {
         Ok(())
     }
 
+    /// The project secret, which [`IssuerConfig::validate`] requires.
+    pub fn required_project_secret(&self) -> Result<&ProjectSecret, ConfigError> {
+        self.project_secret.as_ref().ok_or_else(|| {
+            invalid(
+                "project_secret",
+                format!("is required (in the file or in {PROJECT_SECRET_ENV})"),
+            )
+        })
+    }
+
     pub fn parsed_template(&self) -> Result<ClaimsTemplate, ConfigError> {
         ClaimsTemplate::parse(
             self.claims_template

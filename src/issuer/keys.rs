@@ -1,9 +1,9 @@
 //! RS256 signing keys: generation, loading from the database, JWKS entries.
 //!
-//! Keys are stored as unencrypted PKCS#8 DER because that is what aws-lc-rs
-//! produces and reads; jsonwebtoken is handed the same bytes as a PEM document.
-//! The database therefore holds private keys in clear: this issuer is a local
-//! test stand-in, and its database file should be treated as secret.
+//! Keys are handled as PKCS#8 DER because that is what aws-lc-rs produces and
+//! reads; jsonwebtoken is handed the same bytes as a PEM document. The
+//! database never holds them in clear: [`super::seal`] seals them under a key
+//! derived from the project secret, and the bytes in memory are wiped on drop.
 
 use std::fmt;
 
@@ -15,6 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use super::secrets;
 
@@ -31,13 +32,20 @@ pub enum KeyError {
     },
 }
 
-/// Private key bytes; `Debug` is redacted so they never reach a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Pkcs8Der(Vec<u8>);
+/// Private key bytes; `Debug` is redacted so they never reach a log, and the
+/// bytes are zeroed when dropped.
+#[derive(PartialEq, Eq)]
+pub struct Pkcs8Der(Zeroizing<Vec<u8>>);
+
+impl Clone for Pkcs8Der {
+    fn clone(&self) -> Self {
+        Self::new(self.0.to_vec())
+    }
+}
 
 impl Pkcs8Der {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(Zeroizing::new(bytes))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -138,9 +146,10 @@ impl SigningKey {
     }
 }
 
-fn pkcs8_pem(der: &Pkcs8Der) -> String {
-    let b64 = STANDARD.encode(der.as_bytes());
-    let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+/// The PEM text holds the private key too, so it is wiped like the DER.
+fn pkcs8_pem(der: &Pkcs8Der) -> Zeroizing<String> {
+    let b64 = Zeroizing::new(STANDARD.encode(der.as_bytes()));
+    let mut pem = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
     pem.push_str("-----BEGIN PRIVATE KEY-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         // base64 output is ASCII, so every chunk is valid UTF-8.

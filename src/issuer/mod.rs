@@ -16,7 +16,9 @@ mod clients;
 mod config;
 mod keyring;
 mod keys;
+pub mod private_files;
 mod scopes;
+mod seal;
 mod secrets;
 mod store;
 mod template;
@@ -90,14 +92,8 @@ impl Issuer {
     pub fn open(config: IssuerConfig) -> Result<Self, IssuerError> {
         config.validate()?;
         let template = config.parsed_template()?;
-        let project_secret = config
-            .project_secret
-            .clone()
-            .ok_or_else(|| ConfigError::Invalid {
-                field: "project_secret",
-                message: "is required".into(),
-            })?;
-        let mut store = Store::open(&config.database)?;
+        let project_secret = config.required_project_secret()?.clone();
+        let mut store = Store::open(&config.database, &project_secret)?;
         keyring::ensure_signing_key(&mut store)?;
         let state = AppState {
             store: Mutex::new(store),
@@ -172,12 +168,12 @@ pub async fn serve(
 /// (as the `issuer rotate-key` command does); a running server picks it up
 /// on its next request. The previous key stays in the JWKS.
 pub fn rotate_signing_key(config: &IssuerConfig) -> Result<KeyRotation, IssuerError> {
-    let mut store = Store::open(&config.database)?;
+    let mut store = Store::open(&config.database, config.required_project_secret()?)?;
     Ok(keyring::rotate(&mut store)?)
 }
 
 /// Removes a key that no longer signs from the JWKS (`issuer retire-key`).
 pub fn retire_signing_key(config: &IssuerConfig, kid: &str) -> Result<(), IssuerError> {
-    let mut store = Store::open(&config.database)?;
+    let mut store = Store::open(&config.database, config.required_project_secret()?)?;
     Ok(keyring::retire(&mut store, kid)?)
 }

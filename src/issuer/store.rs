@@ -7,22 +7,40 @@
 //! deadlock upgrading read locks), and a busy timeout makes a writer wait for
 //! the other instead of failing. Nothing is cached across calls here, so each
 //! request sees what the CLI committed a moment ago.
+//!
+//! The file holds signing keys, so it is kept owner-only (see
+//! [`super::private_files`]): it is created 0600 before SQLite sees it (SQLite
+//! gives its `-wal`/`-shm` files the main file's mode), and an existing
+//! database or companion file that group or others could read is refused.
+//! Private keys are stored sealed under the project secret ([`super::seal`]),
+//! and `secure_delete` is on so a replaced plaintext key does not linger in
+//! free space.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
 use super::keys::{GeneratedKey, Pkcs8Der};
-use super::secrets::SecretHash;
+use super::private_files::{self, PrivateFileError};
+use super::seal::{self, SealingKey};
+use super::secrets::{ProjectSecret, SecretHash};
 
 /// Schema migrations, applied in order; the database's `PRAGMA user_version`
 /// records how many have run. Append new files, never edit old ones.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_sealed_keys.sql"),
+];
+
+/// What the database holds, for the permission errors.
+const DATABASE_WHAT: &str = "the issuer's signing keys";
+/// Files SQLite keeps beside the database; they hold the same data.
+const COMPANION_SUFFIXES: &[&str] = &["-wal", "-shm", "-journal"];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,6 +64,22 @@ pub enum StoreError {
     DuplicateClientId(String),
     #[error("a client named {0:?} already exists")]
     DuplicateClientName(String),
+    #[error(transparent)]
+    Files(#[from] PrivateFileError),
+    #[error(
+        "the signing keys in issuer database {} were sealed with a different project secret, so \
+         they cannot be opened. Set project_secret (or M2M_ISSUER_PROJECT_SECRET) back to the \
+         secret the database was created with; to start over with new keys instead, move the \
+         database aside (tokens signed by the old keys stop verifying)",
+        path.display()
+    )]
+    WrongProjectSecret { path: PathBuf },
+    #[error(
+        "signing key {kid} in the issuer database does not open with this database's project \
+         secret: the row was altered or copied from another database. Retire it, or restore the \
+         database from a backup"
+    )]
+    KeyDoesNotOpen { kid: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +205,7 @@ pub enum RetireOutcome {
 
 pub struct Store {
     conn: Connection,
+    seal: SealingKey,
 }
 
 impl std::fmt::Debug for Store {
@@ -275,14 +310,21 @@ fn to_json_text<T: Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to
-    /// date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database, brings its schema up to date
+    /// and checks that `secret` opens its signing keys; keys left in clear by
+    /// schema version 1 are sealed on the way.
+    pub fn open(path: &Path, secret: &ProjectSecret) -> Result<Self, StoreError> {
+        prepare_files(path)?;
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        // No CREATE: prepare_files made the file (0600). NOFOLLOW: a symlink
+        // swapped in since then is refused rather than followed.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // journal_mode answers with the mode in force ("memory" for in-memory
         // databases, which cannot use WAL); either way is fine.
@@ -291,41 +333,171 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        let mut store = Self { conn };
-        store.migrate()?;
+        // Deleted or overwritten content (a key row's old plaintext) is zeroed,
+        // not left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(open_err)?;
+        // WAL mode made the -wal/-shm files now, with the database's mode;
+        // check them again in case someone planted them in the meantime.
+        check_companions(path)?;
+        migrate(&conn)?;
+        let seal = unseal_key(&conn, path, secret)?;
+        let store = Self { conn, seal };
+        store.seal_plaintext_keys()?;
         Ok(store)
+    }
+
+    /// Seals the keys that schema version 1 stored in clear, overwriting the
+    /// plaintext, then checkpoints so no copy of it stays in the WAL.
+    fn seal_plaintext_keys(&self) -> Result<(), StoreError> {
+        let pending: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM signing_keys WHERE sealed_pkcs8 IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if pending == 0 {
+            return Ok(());
+        }
+        // IMMEDIATE, then re-read under the write lock: another process may
+        // have sealed them meanwhile.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT kid, private_key_pkcs8 FROM signing_keys WHERE sealed_pkcs8 IS NULL",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (kid, plain) in rows {
+            let plain = Pkcs8Der::new(plain);
+            tx.execute(
+                "UPDATE signing_keys SET sealed_pkcs8 = ?2, private_key_pkcs8 = X'' WHERE kid = ?1",
+                params![kid, self.seal.seal_key(&kid, &plain)],
+            )?;
+        }
+        tx.commit()?;
+        // Best effort: a reader in another process may hold the WAL; SQLite
+        // checkpoints again when the last connection closes.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        tracing::info!(
+            keys = pending,
+            "sealed the issuer's plaintext signing keys under the project secret"
+        );
+        Ok(())
     }
 
     fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
         Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+}
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-        let found = Self::schema_version(&self.conn)?;
-        if found == supported {
-            return Ok(());
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Re-read under the write lock: another process may have migrated.
-        let found = Self::schema_version(&tx)?;
-        if found > supported {
-            return Err(StoreError::SchemaTooNew { found, supported });
-        }
-        for (done, sql) in MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(found).unwrap_or(0))
-        {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i64::try_from(done + 1).unwrap_or(0))?;
-        }
-        tx.commit()?;
-        Ok(())
+/// The database's folder (created 0700 when missing; never writable by every
+/// user), the database file itself (created 0600, or an existing one that is
+/// owner-only) and any companion file SQLite left beside it.
+fn prepare_files(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        private_files::create_dir_all(dir)?;
     }
+    private_files::check_not_world_writable(dir, "the issuer database")?;
+    if private_files::check_file(path, DATABASE_WHAT)?.is_none() {
+        private_files::create_new(path, DATABASE_WHAT)?;
+    }
+    check_companions(path)
+}
 
+fn check_companions(path: &Path) -> Result<(), StoreError> {
+    for suffix in COMPANION_SUFFIXES {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        private_files::check_file(Path::new(&companion), DATABASE_WHAT)?;
+    }
+    Ok(())
+}
+
+/// Reads this database's salt (making one on first use), derives the
+/// sealing key from `secret` and checks that it is the key the database was
+/// sealed with.
+fn unseal_key(
+    conn: &Connection,
+    path: &Path,
+    secret: &ProjectSecret,
+) -> Result<SealingKey, StoreError> {
+    let read = |conn: &Connection| {
+        conn.query_row(
+            "SELECT salt, check_value FROM key_seal WHERE id = 1",
+            [],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()
+    };
+    let (salt, check) = match read(conn)? {
+        Some(found) => found,
+        None => {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            // Another process may have made it while we waited for the lock.
+            let found = match read(&tx)? {
+                Some(found) => found,
+                None => {
+                    let salt = seal::random_salt().to_vec();
+                    let check = SealingKey::derive(secret, &salt).check_value();
+                    tx.execute(
+                        "INSERT INTO key_seal (id, salt, check_value) VALUES (1, ?1, ?2)",
+                        params![salt, check],
+                    )?;
+                    (salt, check)
+                }
+            };
+            tx.commit()?;
+            found
+        }
+    };
+    if salt.len() != seal::SALT_LEN {
+        return Err(StoreError::Corrupt {
+            what: "key seal",
+            detail: format!("salt of {} bytes", salt.len()),
+        });
+    }
+    let key = SealingKey::derive(secret, &salt);
+    if !key.opens_check(&check) {
+        return Err(StoreError::WrongProjectSecret {
+            path: path.to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+/// Applies the pending SQL migrations in one IMMEDIATE transaction.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let found = Store::schema_version(conn)?;
+    if found == supported {
+        return Ok(());
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    // Re-read under the write lock: another process may have migrated.
+    let found = Store::schema_version(&tx)?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (done, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i64::try_from(done + 1).unwrap_or(0))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store {
     pub fn insert_client(&mut self, client: &ClientRecord) -> Result<(), StoreError> {
         let scopes = to_json_text(&client.scopes)?;
         let metadata = to_json_text(&client.trusted_metadata)?;
@@ -537,13 +709,13 @@ impl Store {
 
     fn keys_where(&self, condition: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT kid, private_key_pkcs8, state, created_at, retired_at FROM signing_keys \
+            "SELECT kid, sealed_pkcs8, state, created_at, retired_at FROM signing_keys \
              WHERE {condition} ORDER BY created_at, rowid"
         ))?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, Option<i64>>(4)?,
@@ -551,14 +723,19 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (kid, der, state, created_at, retired_at) = row?;
+            let (kid, sealed, state, created_at, retired_at) = row?;
             let state = KeyState::parse(&state).ok_or_else(|| StoreError::Corrupt {
                 what: "signing key",
                 detail: format!("{kid}: state {state:?}"),
             })?;
+            // Store::open sealed every plaintext row; a NULL here was written
+            // by something else.
+            let pkcs8 = sealed
+                .and_then(|sealed| self.seal.open_key(&kid, &sealed))
+                .ok_or_else(|| StoreError::KeyDoesNotOpen { kid: kid.clone() })?;
             out.push(KeyRecord {
                 kid,
-                pkcs8: Pkcs8Der::new(der),
+                pkcs8,
                 state,
                 created_at,
                 retired_at,
@@ -585,7 +762,7 @@ impl Store {
         if exists {
             return Ok(false);
         }
-        insert_active_key(&tx, key)?;
+        insert_active_key(&tx, &self.seal, key)?;
         tx.commit()?;
         Ok(true)
     }
@@ -607,7 +784,7 @@ impl Store {
             "UPDATE signing_keys SET state = 'published' WHERE state = 'active'",
             [],
         )?;
-        insert_active_key(&tx, key)?;
+        insert_active_key(&tx, &self.seal, key)?;
         tx.commit()?;
         Ok(previous)
     }
@@ -661,11 +838,16 @@ fn name_taken(conn: &Connection, name: &str, except_client_id: &str) -> Result<b
         .is_some())
 }
 
-fn insert_active_key(conn: &Connection, key: &GeneratedKey) -> Result<(), StoreError> {
+/// The plaintext column stays empty; only the sealed form is stored.
+fn insert_active_key(
+    conn: &Connection,
+    seal: &SealingKey,
+    key: &GeneratedKey,
+) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO signing_keys (kid, private_key_pkcs8, state, created_at) \
-         VALUES (?1, ?2, 'active', ?3)",
-        params![key.kid, key.pkcs8.as_bytes(), now_unix()],
+        "INSERT INTO signing_keys (kid, private_key_pkcs8, sealed_pkcs8, state, created_at) \
+         VALUES (?1, X'', ?2, 'active', ?3)",
+        params![key.kid, seal.seal_key(&key.kid, &key.pkcs8), now_unix()],
     )?;
     Ok(())
 }
@@ -691,6 +873,10 @@ pub(crate) mod tests {
             let path = dir.join("issuer.db");
             Self { dir, path }
         }
+    }
+
+    pub(crate) fn test_secret() -> ProjectSecret {
+        ProjectSecret::new("unit-test-project-secret-0123456789")
     }
 
     impl Drop for TempDb {
@@ -721,27 +907,27 @@ pub(crate) mod tests {
     fn migrations_run_once_and_survive_reopen() {
         let db = TempDb::new();
         {
-            let store = Store::open(&db.path).unwrap();
-            assert_eq!(Store::schema_version(&store.conn).unwrap(), 1);
+            let store = Store::open(&db.path, &test_secret()).unwrap();
+            assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
             let mode: String = store
                 .conn
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(mode, "wal");
         }
-        let store = Store::open(&db.path).unwrap();
-        assert_eq!(Store::schema_version(&store.conn).unwrap(), 1);
+        let store = Store::open(&db.path, &test_secret()).unwrap();
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
     }
 
     #[test]
     fn newer_schema_is_refused() {
         let db = TempDb::new();
-        drop(Store::open(&db.path).unwrap());
+        drop(Store::open(&db.path, &test_secret()).unwrap());
         let conn = Connection::open(&db.path).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(
-            Store::open(&db.path),
+            Store::open(&db.path, &test_secret()),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
     }
@@ -749,7 +935,7 @@ pub(crate) mod tests {
     #[test]
     fn client_round_trip_and_duplicates() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &test_secret()).unwrap();
         let mut c = client("c1", "bot", &["a", "b"], ClientStatus::Active);
         c.trusted_metadata
             .insert("user_id".into(), Value::String("u1".into()));
@@ -779,7 +965,7 @@ pub(crate) mod tests {
     #[test]
     fn update_is_atomic_and_checks_names() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &test_secret()).unwrap();
         store
             .insert_client(&client("c1", "one", &[], ClientStatus::Active))
             .unwrap();
@@ -813,7 +999,7 @@ pub(crate) mod tests {
     #[test]
     fn search_filters_and_pages() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &test_secret()).unwrap();
         for i in 0..5 {
             let status = if i % 2 == 0 {
                 ClientStatus::Active
@@ -882,7 +1068,7 @@ pub(crate) mod tests {
     #[test]
     fn key_lifecycle() {
         let db = TempDb::new();
-        let mut store = Store::open(&db.path).unwrap();
+        let mut store = Store::open(&db.path, &test_secret()).unwrap();
         assert!(store.active_key().unwrap().is_none());
         let k1 = crate::issuer::keys::generate().unwrap();
         assert!(store.insert_initial_key(&k1).unwrap());
@@ -907,5 +1093,200 @@ pub(crate) mod tests {
         );
         assert_eq!(store.published_keys().unwrap().len(), 1);
         assert_eq!(store.all_keys().unwrap().len(), 2);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn companion(path: &Path, suffix: &str) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    }
+
+    /// The database file and its WAL, as a thief copying them would get them.
+    fn raw_bytes(path: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap();
+        if let Ok(wal) = std::fs::read(companion(path, "-wal")) {
+            bytes.extend(wal);
+        }
+        bytes
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// What must not be found in the file: the whole DER, its private part,
+    /// and the public modulus (nothing in the database stores it in clear).
+    fn key_fingerprints(key: &GeneratedKey) -> Vec<Vec<u8>> {
+        use base64::Engine as _;
+        let der = key.pkcs8.as_bytes();
+        let signing = crate::issuer::keys::SigningKey::from_pkcs8(&key.kid, &key.pkcs8).unwrap();
+        let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&signing.jwk().n)
+            .unwrap();
+        vec![
+            der.to_vec(),
+            der[der.len() - 64..].to_vec(),
+            modulus[..32].to_vec(),
+        ]
+    }
+
+    #[test]
+    fn database_and_companions_are_created_owner_only() {
+        let db = TempDb::new();
+        let path = db.dir.join("new/sub/issuer.db");
+        let mut store = Store::open(&path, &test_secret()).unwrap();
+        store
+            .insert_initial_key(&crate::issuer::keys::generate().unwrap())
+            .unwrap();
+        assert_eq!(mode(&db.dir.join("new")), 0o700);
+        assert_eq!(mode(&db.dir.join("new/sub")), 0o700);
+        for file in [
+            path.clone(),
+            companion(&path, "-wal"),
+            companion(&path, "-shm"),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn readable_database_or_companion_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let db = TempDb::new();
+        drop(Store::open(&db.path, &test_secret()).unwrap());
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        for bad in [0o644, 0o640, 0o604, 0o660] {
+            set(&db.path, bad);
+            let err = Store::open(&db.path, &test_secret()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Files(PrivateFileError::TooOpen { .. })),
+                "{bad:o}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("chmod 600 {}", db.path.display())),
+                "{err}"
+            );
+        }
+        set(&db.path, 0o600);
+        // A -wal someone planted (or an old run left) readable.
+        let wal = companion(&db.path, "-wal");
+        std::fs::write(&wal, b"").unwrap();
+        set(&wal, 0o644);
+        let err = Store::open(&db.path, &test_secret()).unwrap_err();
+        assert!(err.to_string().contains("-wal"), "{err}");
+        std::fs::remove_file(&wal).unwrap();
+        // A symlink in place of the database.
+        let link = db.dir.join("link.db");
+        std::os::unix::fs::symlink(&db.path, &link).unwrap();
+        assert!(matches!(
+            Store::open(&link, &test_secret()),
+            Err(StoreError::Files(PrivateFileError::Symlink { .. }))
+        ));
+        // A folder every user can write.
+        set(&db.dir, 0o1777);
+        let err = Store::open(&db.path, &test_secret()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Files(PrivateFileError::SharedFolder { .. })
+            ),
+            "{err}"
+        );
+        set(&db.dir, 0o700);
+        Store::open(&db.path, &test_secret()).unwrap();
+    }
+
+    #[test]
+    fn keys_are_sealed_and_open_only_with_the_project_secret() {
+        let db = TempDb::new();
+        let k1 = crate::issuer::keys::generate().unwrap();
+        let k2 = crate::issuer::keys::generate().unwrap();
+        {
+            let mut store = Store::open(&db.path, &test_secret()).unwrap();
+            store.insert_initial_key(&k1).unwrap();
+            store.rotate_key(&k2).unwrap();
+            let bytes = raw_bytes(&db.path);
+            for key in [&k1, &k2] {
+                for print in key_fingerprints(key) {
+                    assert!(!contains(&bytes, &print), "key material in the file");
+                }
+            }
+            assert_eq!(store.active_key().unwrap().unwrap().pkcs8, k2.pkcs8);
+        }
+        let err =
+            Store::open(&db.path, &ProjectSecret::new("another-secret-0123456789")).unwrap_err();
+        assert!(
+            matches!(err, StoreError::WrongProjectSecret { .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("another-secret"), "{err}");
+        assert!(!err.to_string().contains(test_secret().expose()), "{err}");
+
+        // Swapping sealed rows between kids does not yield a usable key.
+        let conn = Connection::open(&db.path).unwrap();
+        conn.execute_batch(&format!(
+            "UPDATE signing_keys SET sealed_pkcs8 = \
+             (SELECT sealed_pkcs8 FROM signing_keys WHERE kid = '{}') WHERE kid = '{}'",
+            k1.kid, k2.kid
+        ))
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&db.path, &test_secret()).unwrap();
+        assert!(matches!(
+            store.active_key(),
+            Err(StoreError::KeyDoesNotOpen { kid }) if kid == k2.kid
+        ));
+    }
+
+    #[test]
+    fn plaintext_keys_of_schema_1_are_sealed_on_open() {
+        let db = TempDb::new();
+        assert!(crate::issuer::private_files::create_new(&db.path, "test").unwrap());
+        let k1 = crate::issuer::keys::generate().unwrap();
+        let k2 = crate::issuer::keys::generate().unwrap();
+        {
+            let conn = Connection::open(&db.path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (key, state) in [(&k1, "published"), (&k2, "active")] {
+                conn.execute(
+                    "INSERT INTO signing_keys (kid, private_key_pkcs8, state, created_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![key.kid, key.pkcs8.as_bytes(), state, now_unix()],
+                )
+                .unwrap();
+            }
+        }
+        assert!(contains(&raw_bytes(&db.path), k1.pkcs8.as_bytes()));
+
+        let store = Store::open(&db.path, &test_secret()).unwrap();
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+        // Same keys, same kids, same states: nothing an operator loses.
+        assert_eq!(store.active_key().unwrap().unwrap().pkcs8, k2.pkcs8);
+        let published = store.published_keys().unwrap();
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[0].kid, k1.kid);
+        assert_eq!(published[0].pkcs8, k1.pkcs8);
+        let bytes = raw_bytes(&db.path);
+        for key in [&k1, &k2] {
+            for print in key_fingerprints(key) {
+                assert!(!contains(&bytes, &print), "plaintext left after migration");
+            }
+        }
+        drop(store);
+        // Sealed under the secret it was migrated with.
+        assert!(matches!(
+            Store::open(&db.path, &ProjectSecret::new("another-secret-0123456789")),
+            Err(StoreError::WrongProjectSecret { .. })
+        ));
     }
 }

@@ -2,8 +2,8 @@
 //! process, and `m2m-authz clients …` against the same config.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,17 +20,44 @@ pub struct IssuerProcess {
     pub dir: TempDir,
 }
 
+/// Writes `dir/issuer.yaml` for an issuer on `addr` with this database (relative paths are
+/// taken beside the file) and project secret.
+pub fn write_config(dir: &Path, addr: SocketAddr, database: &str, secret: &str) -> PathBuf {
+    let path = dir.join("issuer.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {addr}\ndatabase: {database}\nproject_id: {PROJECT_ID}\nproject_secret: {secret}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `m2m-authz <args…> --config <config>` without the project-secret variable and returns
+/// its output, whatever the exit status.
+pub fn cli_output(config: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("M2M_ISSUER_PROJECT_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 impl IssuerProcess {
     pub async fn start() -> IssuerProcess {
         let dir = TempDir::new("issuer");
         let addr = free_addr();
-        std::fs::write(
-            dir.join("issuer.yaml"),
-            format!(
-                "listen: {addr}\ndatabase: issuer.db\nproject_id: {PROJECT_ID}\nproject_secret: {PROJECT_SECRET}\n"
-            ),
-        )
-        .unwrap();
+        write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+        Self::start_in(dir, addr).await
+    }
+
+    /// Starts the issuer on the `issuer.yaml` already in `dir` (see [`write_config`]), which
+    /// listens on `addr`.
+    pub async fn start_in(dir: TempDir, addr: SocketAddr) -> IssuerProcess {
         let child = ChildGuard::spawn(
             "m2m-authz issuer",
             Command::new(binary())
@@ -53,6 +80,10 @@ impl IssuerProcess {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("issuer.yaml")
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/v1/sessions/jwks/{PROJECT_ID}", self.base_url())
     }
 
     pub fn base_url(&self) -> String {

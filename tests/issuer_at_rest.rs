@@ -1,0 +1,255 @@
+//! Key material at rest (issue 13), with the real binary on real files: the issuer's database
+//! and its `-wal`/`-shm` are created owner-only, a database group or others can read is refused
+//! with the command that fixes it, a copied database does not give up its signing key without
+//! the project secret, and a database written by the previous version (plaintext keys) is
+//! sealed on open without losing its keys.
+
+mod common;
+
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::issuer::{IssuerProcess, PROJECT_SECRET, cli_output, write_config};
+use common::process::{TempDir, free_addr};
+use serde_json::Value;
+
+const OTHER_SECRET: &str = "a-different-project-secret-0123456789";
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// What someone copying the database would get: the file and its WAL.
+fn raw_bytes(db: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(db).unwrap();
+    if let Ok(wal) = std::fs::read(companion(db, "-wal")) {
+        bytes.extend(wal);
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A failed command: non-zero exit and a one-line error on stderr, which is returned.
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "unexpectedly succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr:?}");
+    stderr
+}
+
+async fn jwks(issuer: &IssuerProcess) -> Value {
+    common::http_client()
+        .get(issuer.jwks_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn token(issuer: &IssuerProcess, id: &str, secret: &str) -> String {
+    let resp = common::http_client()
+        .post(issuer.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+/// The modulus of every key in the JWKS, as raw bytes.
+fn moduli(jwks: &Value) -> Vec<Vec<u8>> {
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| URL_SAFE_NO_PAD.decode(k["n"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_run_creates_owner_only_files_and_folders() {
+    let dir = TempDir::new("issuer-at-rest");
+    let addr = free_addr();
+    // A folder the issuer has to create, below the config's folder.
+    write_config(dir.path(), addr, "state/keys/issuer.db", PROJECT_SECRET);
+    let issuer = IssuerProcess::start_in(dir, addr).await;
+    let (id, secret) = issuer.create_client("user-at-rest", "read:orders");
+    token(&issuer, &id, &secret).await;
+
+    let db = issuer.dir.join("state/keys/issuer.db");
+    assert_eq!(mode(&issuer.dir.join("state")), 0o700);
+    assert_eq!(mode(&issuer.dir.join("state/keys")), 0o700);
+    // The server holds the database open, so SQLite's WAL files exist now.
+    for file in [db.clone(), companion(&db, "-wal"), companion(&db, "-shm")] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn a_readable_database_is_refused_with_the_command_that_fixes_it() {
+    let dir = TempDir::new("issuer-at-rest");
+    let config = write_config(dir.path(), free_addr(), "issuer.db", PROJECT_SECRET);
+    let out = cli_output(&config, &["clients", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let db = dir.join("issuer.db");
+    assert_eq!(mode(&db), 0o600);
+
+    for bad in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(bad)).unwrap();
+        for args in [&["issuer"][..], &["clients", "list"], &["issuer", "keys"]] {
+            let err = one_line_error(&cli_output(&config, args));
+            assert!(
+                err.contains(&format!("chmod 600 {}", db.display())),
+                "{args:?} {bad:o}: {err}"
+            );
+        }
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(cli_output(&config, &["clients", "list"]).status.success());
+
+    // A readable -wal beside it (planted, or left by an old version) is refused the same way.
+    let wal = companion(&db, "-wal");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&wal)
+        .unwrap();
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = one_line_error(&cli_output(&config, &["issuer"]));
+    assert!(
+        err.contains(&format!("chmod 600 {}", wal.display())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_copied_database_gives_up_no_key_without_the_project_secret() {
+    let issuer = IssuerProcess::start().await;
+    let (id, secret) = issuer.create_client("user-at-rest", "read:orders");
+    let first = token(&issuer, &id, &secret).await;
+    issuer.cli(&["issuer", "rotate-key"]);
+    let keys = jwks(&issuer).await;
+    let published = moduli(&keys);
+    assert_eq!(published.len(), 2);
+
+    // The thief's copy, taken while the server runs (WAL and all).
+    let db = issuer.dir.join("issuer.db");
+    let bytes = raw_bytes(&db);
+    for n in &published {
+        assert!(
+            !contains(&bytes, n),
+            "a key's modulus is readable in the database"
+        );
+        assert!(!contains(&bytes, &n[..32]), "part of a key is readable");
+    }
+    let copy = TempDir::new("issuer-stolen");
+    for suffix in ["", "-wal"] {
+        let to = companion(&copy.join("issuer.db"), suffix);
+        std::fs::copy(companion(&db, suffix), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = write_config(copy.path(), free_addr(), "issuer.db", OTHER_SECRET);
+    for args in [
+        &["issuer", "keys"][..],
+        &["issuer"],
+        &["issuer", "rotate-key"],
+    ] {
+        let err = one_line_error(&cli_output(&config, args));
+        assert!(err.contains("project_secret"), "{args:?}: {err}");
+        assert!(err.contains("different project secret"), "{args:?}: {err}");
+        assert!(
+            !err.contains(OTHER_SECRET) && !err.contains(PROJECT_SECRET),
+            "{err}"
+        );
+    }
+
+    // The owner, with the right secret, still has both keys.
+    let listed = issuer.cli(&["issuer", "keys"]);
+    assert!(listed.contains(&kid_of(&first)), "{listed}");
+    assert_eq!(jwks(&issuer).await["keys"], keys["keys"]);
+}
+
+#[tokio::test]
+async fn plaintext_keys_of_an_older_version_are_sealed_on_open_and_keep_working() {
+    let dir = TempDir::new("issuer-at-rest");
+    let db = dir.join("issuer.db");
+    // A database as schema version 1 wrote it: owner-only, private keys in clear.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&db)
+        .unwrap();
+    let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let der = pair.as_der().unwrap().as_ref().to_vec();
+    let modulus = pair
+        .public_key()
+        .modulus()
+        .big_endian_without_leading_zero()
+        .to_vec();
+    let kid = "jwk-test-00000000-0000-4000-8000-000000000001";
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(include_str!("../src/issuer/migrations/0001_initial.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO signing_keys (kid, private_key_pkcs8, state, created_at) \
+             VALUES (?1, ?2, 'active', 1700000000)",
+            rusqlite::params![kid, der],
+        )
+        .unwrap();
+    }
+    assert!(contains(&raw_bytes(&db), &der));
+
+    let addr = free_addr();
+    write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+    let issuer = IssuerProcess::start_in(dir, addr).await;
+    // The same key signs and is published.
+    let keys = jwks(&issuer).await;
+    assert_eq!(keys["keys"][0]["kid"], kid);
+    assert_eq!(moduli(&keys), vec![modulus.clone()]);
+    let (id, secret) = issuer.create_client("user-migrated", "read:orders");
+    assert_eq!(kid_of(&token(&issuer, &id, &secret).await), kid);
+
+    let bytes = raw_bytes(&issuer.dir.join("issuer.db"));
+    assert!(
+        !contains(&bytes, &der),
+        "the plaintext key survived the migration"
+    );
+    assert!(!contains(&bytes, &der[der.len() - 64..]));
+    assert!(!contains(&bytes, &modulus[..32]));
+}
