@@ -202,6 +202,24 @@ async fn readme_demo_command_reaches_ready_and_allows_a_request() {
         "the secret reached the upstream"
     );
 
+    // Key material at rest (issue 13): the state dir is owner-only, and so is every file in it
+    // (configs with the project secret, the issuer database and the WAL files SQLite made).
+    assert_eq!(mode(&state), 0o700, "state dir");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&state).expect("read state dir") {
+        let path = entry.expect("dir entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for file in [
+        "project-secret",
+        "issuer.db",
+        "issuer.db-wal",
+        "issuer.db-shm",
+    ] {
+        assert!(seen.iter().any(|f| f == file), "{file} in {seen:?}");
+    }
+
     let wrong = http
         .get(&url)
         .basic_auth(&id, Some("secret-test-wrong"))
@@ -252,6 +270,15 @@ async fn readme_demo_command_reaches_ready_and_allows_a_request() {
         !Path::new(&format!("/proc/{envoy_pid}")).exists(),
         "Envoy (pid {envoy_pid}) outlived the demo"
     );
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::symlink_metadata(path)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 /// Runs `m2m-authz demo` with `ports` and an Envoy path; returns (status, stdout, stderr).
@@ -310,4 +337,27 @@ fn a_missing_envoy_says_to_run_scripts_tools() {
         )
     );
     assert_eq!(stdout, "");
+}
+
+#[test]
+fn a_state_dir_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = TempDir::new("demo-state");
+    let state = tmp.join(".demo");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (status, stdout, stderr) =
+        run_demo_binary(tmp.path(), &common::tools::envoy_bin(), &Ports::free());
+    assert!(!status.success(), "exit status {status}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod -R go= {}", state.display())),
+        "{stderr}"
+    );
+    assert_eq!(stdout, "");
+    assert_eq!(
+        std::fs::read_dir(&state).expect("read").count(),
+        0,
+        "nothing is written into a refused state dir"
+    );
 }

@@ -12,6 +12,10 @@
 //! the logs. The database and the project secret (`project-secret`) are kept between runs, so
 //! clients made earlier keep working and `m2m-authz clients … --config .demo/issuer.yaml`
 //! manages them; the configs and logs are rewritten on every run.
+//!
+//! Everything in the state directory is owner-only: the directory is created 0700 and each file
+//! 0600 (the configs hold the project secret, the database the signing keys). An existing state
+//! directory that group or others can enter is refused with the `chmod` that fixes it.
 
 mod echo;
 
@@ -40,7 +44,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::Config;
 use crate::defaults::LOG_ENV;
-use crate::issuer::{ConfigArg, CreateArgs, MIN_PROJECT_SECRET_LEN};
+use crate::issuer::{ConfigArg, CreateArgs, MIN_PROJECT_SECRET_LEN, private_files};
 use crate::server::{self, ServeError};
 
 /// The shipped Envoy bootstrap; its ports are rewritten as `tests/common/envoy.rs` does.
@@ -49,6 +53,8 @@ const ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
 const DEMO_USER: &str = "user-demo-1";
 const DEMO_SCOPES: &str = "read:orders write:orders";
 const PROJECT_ID: &str = "project-test-demo";
+/// What the state directory's files hold, for permission errors.
+const STATE_WHAT: &str = "the demo's state (project secret, issuer database)";
 /// A path the demo's first request (and the banner's curl lines) use.
 const DEMO_PATH: &str = "/v1/orders";
 
@@ -215,8 +221,11 @@ struct Files {
 
 impl StateDir {
     fn prepare(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        if dir.exists() {
+            private_files::check_private_dir(dir, STATE_WHAT, "chmod -R go=")?;
+        } else {
+            private_files::create_dir_all(dir)?;
+        }
         let absolute = std::fs::canonicalize(dir)
             .with_context(|| format!("cannot resolve state dir {}", dir.display()))?;
         if absolute.to_str().is_none() {
@@ -291,8 +300,7 @@ impl StateDir {
         write_private(&self.path("m2m-authz.yaml"), &sidecar_yaml)?;
 
         let envoy_config = self.path("envoy.yaml");
-        std::fs::write(&envoy_config, render_envoy(ENVOY_TEMPLATE, ports)?)
-            .with_context(|| format!("cannot write {}", envoy_config.display()))?;
+        write_private(&envoy_config, &render_envoy(ENVOY_TEMPLATE, ports)?)?;
         Ok(Files {
             sidecar_yaml,
             issuer_config,
@@ -306,22 +314,10 @@ fn quoted(text: &str) -> String {
     Value::String(text.to_owned()).to_string()
 }
 
-/// Writes a file only its owner can read: it holds the project secret.
+/// Writes a file only its owner can read (0600 from the moment it is created): the configs
+/// hold the project secret.
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        if path.exists() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", path.display()))?;
-        }
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = private_files::create_truncate(path, STATE_WHAT)?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -380,8 +376,7 @@ fn render_envoy(template: &str, ports: &Ports) -> anyhow::Result<String> {
 /// The sidecar's tracing logs go to a file, so the banner on stdout stays readable. Level from
 /// `M2M_AUTHZ_LOG` (default `info`).
 fn init_logging(path: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create log file {}", path.display()))?;
+    let file = private_files::create_truncate(path, STATE_WHAT)?;
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(
@@ -814,9 +809,7 @@ struct Envoy {
 impl Envoy {
     fn spawn(bin: &Path, config: &Path, state: &StateDir) -> anyhow::Result<Self> {
         let log = state.path("envoy.log");
-        let create = |path: &Path| {
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
-        };
+        let create = |path: &Path| private_files::create_truncate(path, STATE_WHAT);
         let stderr = create(&log)?;
         let stdout = create(&state.path("envoy-access.log"))?;
         let mut command = tokio::process::Command::new(bin);
