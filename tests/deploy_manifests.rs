@@ -1447,3 +1447,55 @@ fn istio_provider_policy_and_service_agree() {
         );
     }
 }
+
+/// Issue 13, key material at rest: every Secret volume, and the volume m2m-authz reads its
+/// config from (a config may carry secrets), is readable by the Pod's user and fsGroup only —
+/// `defaultMode` within 0440, never writable or executable, never for others — and a
+/// group-readable mode comes with an `fsGroup` so only the Pod's own group is meant.
+#[test]
+fn secret_and_config_volumes_are_owner_and_group_only() {
+    let mut checked = 0;
+    for r in rendered() {
+        for workload in r.objects("Deployment") {
+            let name = str_at(workload, &["metadata", "name"], &r.dir);
+            let what = format!("{} Deployment {name}", r.dir);
+            let pod = pod_spec(workload, &what);
+            let fs_group = opt(&pod, &["securityContext", "fsGroup"]).and_then(Value::as_u64);
+            let sidecar = container(&pod, "m2m-authz", &what);
+            let config_dir = flag_value(sidecar, "--config", &what)
+                .rsplit_once('/')
+                .map(|(dir, _)| dir.to_owned())
+                .expect("absolute config path");
+            let config_volume = seq_at(sidecar, &["volumeMounts"], &what)
+                .iter()
+                .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(config_dir.as_str()))
+                .map(|m| str_at(m, &["name"], &what).to_owned())
+                .unwrap_or_else(|| panic!("{what}: nothing mounted at {config_dir}"));
+            for volume in seq_at(&pod, &["volumes"], &what) {
+                let volume_name = str_at(volume, &["name"], &what);
+                let source = match (volume.get("secret"), volume.get("configMap")) {
+                    (Some(secret), _) => secret,
+                    (None, Some(cm)) if volume_name == config_volume => cm,
+                    _ => continue,
+                };
+                checked += 1;
+                let mode = source
+                    .get("defaultMode")
+                    .and_then(Value::as_u64)
+                    .unwrap_or_else(|| panic!("{what}: volume {volume_name} needs a defaultMode"));
+                assert_eq!(
+                    mode & !0o440,
+                    0,
+                    "{what}: volume {volume_name} defaultMode {mode:o} must be within 0440"
+                );
+                if mode & 0o040 != 0 {
+                    assert!(
+                        fs_group.is_some(),
+                        "{what}: volume {volume_name} is group-readable without an fsGroup"
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked >= 3, "only {checked} secret/config volumes found");
+}
