@@ -46,7 +46,8 @@ pub enum PrivateFileError {
     },
     #[error(
         "{} holds {what} but belongs to uid {owner}, not to uid {me} that this process runs as; \
-         refusing to use it. Run as its owner, or if you trust it: `{fix}`",
+         refusing to use it. Run this as uid {owner}; only if the file really is this user's: \
+         `{fix}`",
         path.display()
     )]
     ForeignOwner {
@@ -334,6 +335,33 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(create_truncate(&file, "a test secret").unwrap());
         assert_eq!(mode(&file), 0o600);
+    }
+
+    /// Needs root to give a file away; as any other user there is nothing to hand over.
+    #[test]
+    fn files_of_another_user_are_refused() {
+        if current_uid() != 0 {
+            return;
+        }
+        let tmp = TempDb::new();
+        let file = tmp.dir.join("theirs");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        let err = check_file(&file, "a test secret").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PrivateFileError::ForeignOwner {
+                    owner: 65534,
+                    me: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert!(create_truncate(&file, "a test secret").is_err());
     }
 
     #[test]
