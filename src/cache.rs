@@ -341,10 +341,13 @@ impl TokenCache {
                 .iter()
                 .map(|e| (e.value().last_used.load(Relaxed), *e.key()))
                 .collect();
-            let evict = (self.settings.max_entries / 10).clamp(1, by_use.len());
-            by_use.select_nth_unstable_by_key(evict - 1, |(used, _)| *used);
-            for (_, key) in by_use.into_iter().take(evict) {
-                self.map.remove(&key);
+            // Other threads may have emptied the map meanwhile (`clamp` needs 1 <= len).
+            if !by_use.is_empty() {
+                let evict = (self.settings.max_entries / 10).clamp(1, by_use.len());
+                by_use.select_nth_unstable_by_key(evict - 1, |(used, _)| *used);
+                for (_, key) in by_use.into_iter().take(evict) {
+                    self.map.remove(&key);
+                }
             }
         }
         let dropped = before.saturating_sub(self.map.len()) as u64;
