@@ -160,9 +160,7 @@ impl Slot {
                 .saturating_add(Duration::from_secs(1)),
         })
     }
-}
 
-impl Slot {
     /// How long an identity whose token is valid until `until` (Unix seconds, from claims or
     /// the provider) may be cached: never negative, never past `max_token_lifetime`.
     fn lifetime(&self, until: u64) -> Duration {
