@@ -2,9 +2,12 @@
 //! (coalesced, limited) exchange and a verification → identity headers → a `Decision`. Only
 //! infrastructure failures are errors.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
@@ -20,7 +23,7 @@ use crate::exchange::ExchangeError;
 use crate::flight::SingleFlight;
 use crate::identity::{Identity, IdentityBuilder, IdentityError, IdentityMap};
 use crate::jwks::JwksError;
-use crate::limits::ExchangeLimiter;
+use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
 use crate::policy::{Action, UpstreamCredential};
 use crate::provider::{Provider, ProviderBuildError, TokenCheckError, unix_now};
@@ -47,6 +50,9 @@ pub enum Unavailable {
     Timeout,
     #[error("the exchange task was lost")]
     Lost,
+    /// A bug: the check panicked. It was contained and counted (`check_panics`).
+    #[error("the check failed unexpectedly")]
+    Panicked,
 }
 
 impl Unavailable {
@@ -59,6 +65,7 @@ impl Unavailable {
             Unavailable::IssuedTokenInvalid(_) => "issued_token_invalid",
             Unavailable::Timeout => "exchange_timeout",
             Unavailable::Lost => "exchange_lost",
+            Unavailable::Panicked => "check_panicked",
         }
     }
 }
@@ -110,6 +117,8 @@ struct Slot {
     id: String,
     scope: String,
     max_token_age: Option<Duration>,
+    /// `provider.max_token_lifetime`: the longest an identity from this provider is cached.
+    max_token_lifetime: Duration,
     jwks_refresh: Duration,
     /// Longest a check waits for an exchange flight (queue, exchange, key refetch).
     flight_wait: Duration,
@@ -143,9 +152,38 @@ impl Slot {
             id: format!("{name} {token_url}"),
             scope: p.scope.clone().unwrap_or_default(),
             max_token_age: p.max_token_age,
+            max_token_lifetime: p.max_token_lifetime,
             jwks_refresh: p.jwks_refresh_interval,
-            flight_wait: c.exchange_queue_timeout + p.request_timeout * 2 + Duration::from_secs(1),
+            flight_wait: c
+                .exchange_queue_timeout
+                .saturating_add(p.request_timeout.saturating_mul(2))
+                .saturating_add(Duration::from_secs(1)),
         })
+    }
+
+    /// How long an identity whose token is valid until `until` (Unix seconds, from claims or
+    /// the provider) may be cached: never negative, never past `max_token_lifetime`.
+    fn lifetime(&self, until: u64) -> Duration {
+        Duration::from_secs(until.saturating_sub(unix_now())).min(self.max_token_lifetime)
+    }
+}
+
+/// Runs `check`, turning a panic inside it into `Unavailable::Panicked` (counted in
+/// `check_panics`). Unwind safety is asserted: what a check shares (the cache, the flights, the
+/// limiter) uses locks that do not poison or are recovered from, and its entries stay valid.
+async fn contain<F>(stats: &Stats, check: F) -> Result<Decision, Unavailable>
+where
+    F: Future<Output = Result<Decision, Unavailable>>,
+{
+    match AssertUnwindSafe(check).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            Stats::add(&stats.check_panics);
+            // The panic hook has printed where; the payload is not logged (it is not ours to
+            // vouch for).
+            tracing::error!("a check panicked; answered UNAVAILABLE");
+            Err(Unavailable::Panicked)
+        }
     }
 }
 
@@ -183,6 +221,8 @@ impl Authorizer {
             extractor.credential_headers(),
         );
         let stats = Arc::new(Stats::default());
+        let flight_panics = stats.clone();
+        let flights = SingleFlight::new(Arc::new(move || Stats::add(&flight_panics.flight_panics)));
         let c = &config.cache;
         let shared = match &c.shared {
             Some(s) => Some(Arc::new(
@@ -203,7 +243,7 @@ impl Authorizer {
                 providers,
                 cache: TokenCache::new(c.settings(), stats.clone()),
                 shared,
-                flights: SingleFlight::default(),
+                flights,
                 keys: KeyDeriver::default(),
                 identity,
                 realm: config.realm.clone(),
@@ -304,7 +344,14 @@ impl Authorizer {
         })
     }
 
+    /// Decides one check. A panic anywhere in it (a bug) is contained: the check is answered
+    /// `Unavailable::Panicked` (gRPC UNAVAILABLE, so `failure_mode_allow` decides, as for any
+    /// failure) instead of resetting Envoy's stream, and counted in `check_panics`.
     pub async fn check(&self, request: &AuthRequest) -> Result<Decision, Unavailable> {
+        contain(&self.inner.stats, self.decide(request)).await
+    }
+
+    async fn decide(&self, request: &AuthRequest) -> Result<Decision, Unavailable> {
         // One whole policy snapshot per check, even if a reload lands meanwhile.
         let policy = self.inner.policy.snapshot();
         let requirement = match policy.select(request).1 {
@@ -348,7 +395,9 @@ impl Authorizer {
                 // provider fails meanwhile.
                 if forward && matches!(&loaded, Loaded::Identity(i) if i.access_token.is_none()) {
                     let key = self.client_key(slot, client_id, secret);
-                    loaded = self.wait(slot, key, client_id, secret, true).await;
+                    loaded = self
+                        .wait(slot, key, client_id, secret, true, Class::Known)
+                        .await;
                 }
                 loaded
             }
@@ -405,7 +454,7 @@ impl Authorizer {
                 // never waits for an exchange, and an idle one is never refreshed.
                 Stats::add(&inner.stats.hits);
                 Stats::add(&inner.stats.refreshes);
-                drop(self.flight(slot, key, client_id, secret, forward));
+                drop(self.flight(slot, key, client_id, secret, forward, Class::Known));
                 Loaded::Identity(identity)
             }
             Lookup::Refused => {
@@ -416,7 +465,10 @@ impl Authorizer {
             }
             Lookup::Stale(identity) => {
                 Stats::add(&inner.stats.misses);
-                match self.wait(slot, key, client_id, secret, forward).await {
+                match self
+                    .wait(slot, key, client_id, secret, forward, Class::Known)
+                    .await
+                {
                     // The provider is failing or we are over our own limits: the token is still
                     // within its (grace) validity, so keep serving it.
                     Loaded::Failed(_) | Loaded::Refused(Refusal::Limited { .. }) => {
@@ -428,7 +480,8 @@ impl Authorizer {
             }
             Lookup::Miss => {
                 Stats::add(&inner.stats.misses);
-                self.wait(slot, key, client_id, secret, forward).await
+                self.wait(slot, key, client_id, secret, forward, Class::New)
+                    .await
             }
         }
     }
@@ -440,6 +493,7 @@ impl Authorizer {
         client_id: &str,
         secret: &Secret,
         forward: bool,
+        class: Class,
     ) -> crate::flight::Flight<Loaded> {
         let (flight, started) = self.inner.flights.join_or_start(
             key,
@@ -452,6 +506,7 @@ impl Authorizer {
                     client_id.to_owned(),
                     secret.clone(),
                     forward,
+                    class,
                 )
                 .instrument(tracing::Span::current())
             },
@@ -470,8 +525,9 @@ impl Authorizer {
         client_id: &str,
         secret: &Secret,
         forward: bool,
+        class: Class,
     ) -> Loaded {
-        let flight = self.flight(slot, key, client_id, secret, forward);
+        let flight = self.flight(slot, key, client_id, secret, forward, class);
         tokio::time::timeout(slot.flight_wait, flight)
             .await
             .unwrap_or(Loaded::Failed(Unavailable::Timeout))
@@ -506,9 +562,9 @@ impl Authorizer {
         };
         let mut until = verified.exp;
         if let (Some(age), Some(iat)) = (slot.max_token_age, verified.iat) {
-            until = until.min(iat + age.as_secs());
+            until = until.min(iat.saturating_add(age.as_secs()));
         }
-        let lifetime = Duration::from_secs(until.saturating_sub(unix_now()));
+        let lifetime = slot.lifetime(until);
         inner
             .cache
             .insert_bearer(key, identity.clone(), lifetime, verified.kid.as_deref());
@@ -530,6 +586,7 @@ impl Inner {
         client_id: String,
         secret: Secret,
         forward: bool,
+        class: Class,
     ) -> Loaded {
         // The shared tier first (before taking an exchange slot): a token another pod shared
         // ends the flight once verified; else this pod exchanges, holding the fleet lock if it
@@ -552,10 +609,13 @@ impl Inner {
             }
             None => None,
         };
-        let permit = match slot.limiter.acquire().await {
+        let permit = match slot.limiter.acquire(class).await {
             Ok(p) => p,
             Err(retry_after) => {
                 Stats::add(&self.stats.exchanges_limited);
+                if class == Class::Known {
+                    Stats::add(&self.stats.exchanges_limited_known);
+                }
                 self.cache.refresh_failed(&key);
                 return Loaded::Refused(Refusal::Limited { retry_after });
             }
@@ -602,8 +662,9 @@ impl Inner {
                 return Loaded::Refused(Refusal::Identity(e));
             }
         };
-        // The token's own `exp`, shortened by `expires_in` when the provider sent a smaller one.
-        let mut lifetime = Duration::from_secs(verified.exp.saturating_sub(unix_now()));
+        // The token's own `exp`, shortened by `expires_in` when the provider sent a smaller one
+        // (and by `max_token_lifetime`).
+        let mut lifetime = slot.lifetime(verified.exp);
         if let Some(expires_in) = issued.expires_in {
             lifetime = lifetime.min(expires_in);
         }
@@ -629,8 +690,7 @@ impl Inner {
             self.identity(&verified.claims, Some(&entry.access_token), forward)
                 .ok()?,
         );
-        let until = verified.exp.min(entry.expires_at);
-        let lifetime = Duration::from_secs(until.saturating_sub(unix_now()));
+        let lifetime = slot.lifetime(verified.exp.min(entry.expires_at));
         self.cache.insert(key, identity.clone(), lifetime);
         Some(Loaded::Identity(identity))
     }
@@ -648,5 +708,30 @@ impl Inner {
         let keep = token.filter(|_| forward || policy.forwards_tokens());
         let scopes = crate::policy::scopes::from_claims(claims, policy.scope_claim);
         self.identity.build(claims, scopes, keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a check becomes a counted `Unavailable::Panicked`; answers pass through.
+    #[tokio::test]
+    async fn a_panicking_check_is_contained_and_counted() {
+        let stats = Stats::default();
+        let answer = contain(&stats, async {
+            tokio::task::yield_now().await;
+            if stats.hits.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                panic!("a bug");
+            }
+            Ok(Decision::Deny(Refusal::RouteDenied.to_deny("r")))
+        })
+        .await;
+        assert_eq!(answer.err(), Some(Unavailable::Panicked));
+        assert_eq!(stats.snapshot().check_panics, 1);
+        assert_eq!(Unavailable::Panicked.reason(), "check_panicked");
+        let passed = contain(&stats, async { Err(Unavailable::Timeout) }).await;
+        assert_eq!(passed.err(), Some(Unavailable::Timeout));
+        assert_eq!(stats.snapshot().check_panics, 1);
     }
 }

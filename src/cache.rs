@@ -95,6 +95,16 @@ pub struct CacheSettings {
 /// How long a failed background refresh waits before a later hit may try again.
 const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
+/// The longest anything is cached, whatever a token, a provider or the settings say: every
+/// lifetime is clamped to it before any time arithmetic, so no claim can overflow an `Instant`.
+/// (`provider.max_token_lifetime` clamps lifetimes further, per provider.)
+pub const MAX_LIFETIME: Duration = crate::defaults::MAX_TOKEN_LIFETIME_CEILING;
+
+/// Whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// One cached identity. Times are milliseconds since the cache's epoch (8 bytes, not 16 for an
 /// `Instant`): there may be a million entries.
 struct Entry {
@@ -151,7 +161,7 @@ impl TokenCache {
     }
 
     fn millis(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64
+        millis(t.saturating_duration_since(self.epoch))
     }
 
     /// The hit path: no I/O, no await, one shard read lock held only inside this call.
@@ -190,27 +200,34 @@ impl TokenCache {
         Lookup::Miss
     }
 
-    /// Stores a freshly exchanged identity whose token stays valid for `lifetime`.
+    /// Stores a freshly exchanged identity whose token stays valid for `lifetime` (clamped to
+    /// `MAX_LIFETIME`). All arithmetic is in saturating milliseconds: no lifetime or setting
+    /// can make it panic.
     pub fn insert(&self, key: CacheKey, identity: Arc<Identity>, lifetime: Duration) {
-        let now = Instant::now();
         let s = &self.settings;
-        let exp = now + lifetime;
-        let mut soft = exp - s.expiry_margin.min(lifetime / 4);
+        let lifetime = lifetime.min(MAX_LIFETIME);
+        let now = self.millis(Instant::now());
+        let exp = now.saturating_add(millis(lifetime));
+        let mut soft = exp.saturating_sub(millis(s.expiry_margin.min(lifetime / 4)));
         if let Some(age) = s.max_credential_age {
-            soft = soft.min(now + age);
+            soft = soft.min(now.saturating_add(millis(age)));
         }
         // A fraction of the usable lifetime, so the refresh always comes before the soft expiry.
-        let refresh_at = now + (soft - now).mul_f64(s.refresh_ahead);
+        // (`as` from a float saturates; `refresh_ahead` is validated to lie in 0..1.)
+        let usable = soft.saturating_sub(now) as f64;
+        let refresh_at = now
+            .saturating_add((usable * s.refresh_ahead) as u64)
+            .min(soft);
         self.put(
             key,
             Entry {
                 identity,
-                refresh_at: self.millis(refresh_at),
-                soft_expiry: self.millis(soft),
-                hard_expiry: self.millis(exp + s.stale_if_error),
+                refresh_at,
+                soft_expiry: soft,
+                hard_expiry: exp.saturating_add(millis(s.stale_if_error.min(MAX_LIFETIME))),
                 kid: None,
                 refreshable: true,
-                last_used: AtomicU64::new(self.millis(now)),
+                last_used: AtomicU64::new(now),
                 refreshing: AtomicBool::new(false),
                 refresh_not_before: AtomicU64::new(0),
             },
@@ -227,8 +244,8 @@ impl TokenCache {
         lifetime: Duration,
         kid: Option<&str>,
     ) {
-        let now = Instant::now();
-        let exp = self.millis(now + lifetime);
+        let now = self.millis(Instant::now());
+        let exp = now.saturating_add(millis(lifetime.min(MAX_LIFETIME)));
         self.put(
             key,
             Entry {
@@ -238,7 +255,7 @@ impl TokenCache {
                 hard_expiry: exp,
                 kid: Some(Arc::from(kid.unwrap_or(""))),
                 refreshable: false,
-                last_used: AtomicU64::new(self.millis(now)),
+                last_used: AtomicU64::new(now),
                 refreshing: AtomicBool::new(false),
                 refresh_not_before: AtomicU64::new(0),
             },
@@ -271,7 +288,10 @@ impl TokenCache {
                 return;
             }
         }
-        self.negative.insert(key, now + self.settings.negative_ttl);
+        let until = now
+            .checked_add(self.settings.negative_ttl.min(MAX_LIFETIME))
+            .unwrap_or(now);
+        self.negative.insert(key, until);
     }
 
     pub fn remove(&self, key: &CacheKey) {
@@ -282,7 +302,9 @@ impl TokenCache {
     /// let a later hit try again after a pause.
     pub fn refresh_failed(&self, key: &CacheKey) {
         if let Some(e) = self.map.get(key) {
-            let next = self.millis(Instant::now() + REFRESH_RETRY);
+            let next = self
+                .millis(Instant::now())
+                .saturating_add(millis(REFRESH_RETRY));
             e.refresh_not_before.store(next, Relaxed);
             e.refreshing.store(false, Relaxed);
         }
@@ -319,10 +341,13 @@ impl TokenCache {
                 .iter()
                 .map(|e| (e.value().last_used.load(Relaxed), *e.key()))
                 .collect();
-            let evict = (self.settings.max_entries / 10).clamp(1, by_use.len());
-            by_use.select_nth_unstable_by_key(evict - 1, |(used, _)| *used);
-            for (_, key) in by_use.into_iter().take(evict) {
-                self.map.remove(&key);
+            // Other threads may have emptied the map meanwhile (`clamp` needs 1 <= len).
+            if !by_use.is_empty() {
+                let evict = (self.settings.max_entries / 10).clamp(1, by_use.len());
+                by_use.select_nth_unstable_by_key(evict - 1, |(used, _)| *used);
+                for (_, key) in by_use.into_iter().take(evict) {
+                    self.map.remove(&key);
+                }
             }
         }
         let dropped = before.saturating_sub(self.map.len()) as u64;
@@ -505,5 +530,62 @@ mod tests {
         c.insert_bearer(k, identity("u"), Duration::from_secs(600), Some("kid-1"));
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss));
+    }
+
+    /// Lifetimes and settings at their extremes never panic: the entry is cached for at most
+    /// `MAX_LIFETIME` (a token claiming `exp` near `u64::MAX` is not cached for ever).
+    #[tokio::test(start_paused = true)]
+    async fn extreme_lifetimes_and_settings_never_panic() {
+        let mut s = settings();
+        s.stale_if_error = Duration::MAX;
+        s.max_credential_age = Some(Duration::MAX);
+        s.negative_ttl = Duration::MAX;
+        s.expiry_margin = Duration::MAX;
+        let c = cache(s);
+        let d = KeyDeriver::default();
+        for (i, lifetime) in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(i64::MAX as u64),
+            Duration::from_secs(u64::MAX / 1000 + 1),
+            Duration::ZERO,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let k = d.derive(&[b"client", &[i as u8]]);
+            c.insert(k, identity("u"), lifetime);
+            let b = d.derive(&[b"bearer", &[i as u8]]);
+            c.insert_bearer(b, identity("u"), lifetime, Some("kid"));
+            c.refuse(d.derive(&[b"refused", &[i as u8]]));
+            c.refresh_failed(&k);
+        }
+        assert_eq!(state(&c, &d.derive(&[b"client", &[0]])), "fresh");
+        assert_eq!(state(&c, &d.derive(&[b"bearer", &[0]])), "fresh");
+        tokio::time::advance(MAX_LIFETIME).await;
+        c.sweep();
+        for i in 0..5u8 {
+            assert_eq!(state(&c, &d.derive(&[b"bearer", &[i]])), "miss");
+            // Within the stale grace (itself clamped), never fresh again.
+            assert_ne!(state(&c, &d.derive(&[b"client", &[i]])), "fresh");
+        }
+        tokio::time::advance(MAX_LIFETIME).await;
+        for i in 0..5u8 {
+            assert_eq!(state(&c, &d.derive(&[b"client", &[i]])), "miss");
+        }
+    }
+
+    /// A clamped lifetime keeps the usual shape: refresh, then stale, then gone at the clamp.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lifetime_is_cached_for_at_most_the_ceiling() {
+        let c = cache(settings());
+        let k = KeyDeriver::default().derive(&[b"k"]);
+        c.insert(k, identity("u"), Duration::from_secs(u64::MAX));
+        tokio::time::advance(MAX_LIFETIME - Duration::from_secs(61)).await;
+        assert_eq!(state(&c, &k), "refresh");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(state(&c, &k), "stale");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(state(&c, &k), "miss");
     }
 }

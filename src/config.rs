@@ -205,6 +205,9 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
+    /// The longest an identity is cached, whatever the token's `exp` or `expires_in` say.
+    #[serde(default = "default_max_token_lifetime", with = "duration")]
+    pub max_token_lifetime: Duration,
     /// How often the JWKS is fetched again in the background.
     #[serde(default = "default_jwks_refresh", with = "duration")]
     pub jwks_refresh_interval: Duration,
@@ -227,6 +230,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     defaults::REQUEST_TIMEOUT
+}
+fn default_max_token_lifetime() -> Duration {
+    defaults::MAX_TOKEN_LIFETIME
 }
 fn default_jwks_refresh() -> Duration {
     defaults::JWKS_REFRESH
@@ -814,6 +820,14 @@ impl ProviderConfig {
                     "expected a duration above zero",
                 ));
             }
+        }
+        if self.max_token_lifetime < Duration::from_secs(1)
+            || self.max_token_lifetime > defaults::MAX_TOKEN_LIFETIME_CEILING
+        {
+            return Err(ConfigError::invalid(
+                "provider.max_token_lifetime",
+                "expected a duration from 1s to 366d",
+            ));
         }
         if !(256..=1 << 20).contains(&self.max_token_bytes) {
             return Err(ConfigError::invalid(

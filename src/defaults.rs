@@ -39,6 +39,15 @@ pub const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub const MAX_EXCHANGES_PER_SECOND: u32 = 200;
 pub const MAX_CONCURRENT_EXCHANGES: u32 = 64;
 pub const EXCHANGE_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The share of `max_exchanges_per_second` and `max_concurrent_exchanges` reserved for
+/// credentials with a cached identity (refreshes, re-exchanges), so a flood of never-seen
+/// credentials cannot starve them (see `limits`).
+pub const KNOWN_CLIENT_SHARE: f64 = 0.25;
+/// `provider.max_token_lifetime`: the longest a token's identity is cached, whatever its `exp`
+/// or `expires_in` say.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The largest `provider.max_token_lifetime` accepted (and the cache's own ceiling).
+pub const MAX_TOKEN_LIFETIME_CEILING: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Longest identity header value sent upstream.
 pub const MAX_IDENTITY_VALUE_BYTES: usize = 1024;

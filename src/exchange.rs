@@ -198,12 +198,12 @@ fn parse_retry_after(value: Option<&str>, now: u64) -> Duration {
     let Some(value) = value.map(str::trim) else {
         return DEFAULT_PROVIDER_RETRY_AFTER;
     };
-    let secs =
-        if !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit()) {
-            value.parse::<u64>().ok()
-        } else {
-            parse_imf_fixdate(value).map(|at| at.saturating_sub(now))
-        };
+    let secs = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is still "a long time": the cap.
+        Some(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        parse_imf_fixdate(value).map(|at| at.saturating_sub(now))
+    };
     match secs {
         Some(s) => Duration::from_secs(s.clamp(1, MAX_PROVIDER_RETRY_AFTER.as_secs())),
         None => DEFAULT_PROVIDER_RETRY_AFTER,
@@ -337,6 +337,37 @@ mod tests {
         }
     }
 
+    /// `expires_in` at the extremes is a (huge, later clamped) lifetime or ignored; never a
+    /// panic.
+    #[test]
+    fn extreme_expires_in_values() {
+        let expires = |v: &str| {
+            parse_success(format!(r#"{{"access_token":"t","expires_in":{v}}}"#).as_bytes())
+                .map(|i| i.expires_in)
+        };
+        assert_eq!(
+            expires("18446744073709551615"),
+            Ok(Some(Duration::from_secs(u64::MAX)))
+        );
+        assert_eq!(
+            expires(r#""18446744073709551615""#),
+            Ok(Some(Duration::from_secs(u64::MAX)))
+        );
+        for ignored in [
+            "18446744073709551616",
+            "-1",
+            "-9223372036854775808",
+            "0",
+            "1e300",
+            "3600.5",
+            r#""-5""#,
+            r#""99999999999999999999999""#,
+            "null",
+        ] {
+            assert_eq!(expires(ignored), Ok(None), "{ignored}");
+        }
+    }
+
     #[test]
     fn error_classification() {
         let cases = [
@@ -373,7 +404,15 @@ mod tests {
         assert_eq!(limited(Some(" 7 "), b""), 7);
         assert_eq!(limited(Some("0"), b""), 1, "at least a second");
         assert_eq!(limited(Some("86400"), b""), 60, "capped");
-        assert_eq!(limited(Some("99999999999999999999999"), b""), 1);
+        assert_eq!(
+            limited(Some("99999999999999999999999"), b""),
+            60,
+            "saturates"
+        );
+        assert_eq!(limited(Some(&u64::MAX.to_string()), b""), 60);
+        assert_eq!(limited(Some(&"9".repeat(4000)), b""), 60);
+        assert_eq!(limited(Some("Fri, 31 Dec 9999 23:59:59 GMT"), b""), 60);
+        assert_eq!(limited(Some("1.5"), b""), 1);
         assert_eq!(limited(None, b""), 1);
         assert_eq!(limited(Some("soon"), b""), 1);
         assert_eq!(limited(Some("-5"), b""), 1);

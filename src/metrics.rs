@@ -195,6 +195,11 @@ impl Collector for CoreCollector {
                 "Flights that waited for another pod's exchange of the same credential",
                 s.shared_lock_waits,
             ),
+            (
+                "m2m_authz_exchanges_limited_known",
+                "Exchanges for credentials with a cached identity (refreshes, re-exchanges) refused by the sidecar's limits even with their reserved share",
+                s.exchanges_limited_known,
+            ),
         ] {
             counter(&mut encoder, name, help, value)?;
         }
@@ -226,6 +231,13 @@ impl Collector for CoreCollector {
             "m2m_authz_exchange_duration",
             "Time the token endpoint took to answer, whatever the outcome",
             &s.exchange_latency,
+        )?;
+        labelled_counter(
+            &mut encoder,
+            "m2m_authz_panics",
+            "Panics contained, by where (check: answered UNAVAILABLE; exchange: every check waiting for that exchange answered UNAVAILABLE); each is a bug",
+            "site",
+            &[("check", s.check_panics), ("exchange", s.flight_panics)],
         )?;
         encode_jwks(&mut encoder, a)?;
         counter_family(
@@ -322,9 +334,20 @@ fn counter_family(
     help: &str,
     by_outcome: &[(&'static str, u64)],
 ) -> Result<(), fmt::Error> {
+    labelled_counter(encoder, name, help, "outcome", by_outcome)
+}
+
+/// One counter per value of `label` (a fixed, small set).
+fn labelled_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (outcome, value) in by_outcome {
-        ConstCounter::new(*value).encode(metric.encode_family(&[("outcome", *outcome)])?)?;
+    for (value_of_label, value) in values {
+        ConstCounter::new(*value).encode(metric.encode_family(&[(label, *value_of_label)])?)?;
     }
     Ok(())
 }

@@ -370,6 +370,26 @@ impl fmt::Debug for SharedEntry {
     }
 }
 
+/// Whether a shared token is worth adopting at `now` (see `SharedTier::usable`). `as` from a
+/// float saturates; `refresh_ahead` is validated to lie in 0..1.
+fn usable_at(
+    e: &SharedEntry,
+    now: u64,
+    refresh_ahead: f64,
+    max_credential_age: Option<Duration>,
+) -> bool {
+    let lifetime = e.expires_at.saturating_sub(e.issued_at) as f64;
+    let refresh_at = e
+        .issued_at
+        .saturating_add((lifetime * refresh_ahead) as u64);
+    let too_old =
+        max_credential_age.is_some_and(|age| now >= e.issued_at.saturating_add(age.as_secs()));
+    now >= e.issued_at.saturating_sub(60)
+        && now < refresh_at
+        && e.expires_at.saturating_sub(now) >= MIN_SHARED_LIFETIME.as_secs()
+        && !too_old
+}
+
 /// Why an operation on Redis did not succeed.
 #[derive(Debug)]
 enum OpError {
@@ -577,17 +597,10 @@ impl SharedTier {
 
     /// Whether a shared token is still worth adopting rather than re-exchanging: before the
     /// point where the local cache would refresh it, within `max_credential_age`.
+    /// Saturating throughout: the times come from Redis, and a value that opened may still
+    /// hold any numbers.
     fn usable(&self, e: &SharedEntry) -> bool {
-        let now = unix_now();
-        let lifetime = e.expires_at.saturating_sub(e.issued_at) as f64;
-        let refresh_at = e.issued_at + (lifetime * self.refresh_ahead) as u64;
-        let too_old = self
-            .max_credential_age
-            .is_some_and(|age| now >= e.issued_at + age.as_secs());
-        now >= e.issued_at.saturating_sub(60)
-            && now < refresh_at
-            && e.expires_at.saturating_sub(now) >= MIN_SHARED_LIFETIME.as_secs()
-            && !too_old
+        usable_at(e, unix_now(), self.refresh_ahead, self.max_credential_age)
     }
 
     /// `Some(true)`: this pod holds the lock under `token`; `Some(false)`: another pod does;
@@ -702,13 +715,13 @@ impl Ticket {
             let entry = SharedEntry {
                 access_token: access_token.to_owned(),
                 issued_at: now,
-                expires_at: now + lifetime.as_secs(),
+                expires_at: now.saturating_add(lifetime.as_secs()),
             };
             let mut cmd = redis::cmd("SET");
             cmd.arg(&self.key.entry)
                 .arg(self.key.seal(&entry))
                 .arg("PX")
-                .arg(lifetime.as_millis() as u64);
+                .arg(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX));
             match self.tier.query::<()>(&cmd).await {
                 Ok(()) => self.tier.record_ok(),
                 Err(e) => self.tier.record_error("write", e),
@@ -851,5 +864,29 @@ mod tests {
             panic!("built without a fleet key")
         };
         assert!(e.starts_with("cache.shared.fleet_key: required"), "{e}");
+    }
+
+    /// Times read from Redis at their extremes are judged, never overflowed.
+    #[test]
+    fn extreme_shared_times_never_panic() {
+        let at = |issued_at, expires_at| SharedEntry {
+            access_token: "t".into(),
+            issued_at,
+            expires_at,
+        };
+        let age = Some(Duration::MAX);
+        let now = 1_000_000;
+        assert!(usable_at(&at(now - 10, now + 3600), now, 0.8, age));
+        assert!(usable_at(&at(now, u64::MAX), now, 0.8, age));
+        assert!(!usable_at(&at(u64::MAX, u64::MAX), now, 0.8, age));
+        assert!(!usable_at(&at(u64::MAX - 1, 0), now, 0.8, None));
+        assert!(!usable_at(&at(0, 0), u64::MAX, 0.8, age));
+        assert!(!usable_at(
+            &at(now - 10, now + 3600),
+            now,
+            0.8,
+            Some(Duration::from_secs(5))
+        ));
+        assert!(!usable_at(&at(now - 10, now + 3600), now, f64::NAN, None));
     }
 }

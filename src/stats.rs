@@ -60,7 +60,14 @@ counters! {
     /// Shared tier: Redis failures, timeouts and values that failed to open or verify.
     shared_errors,
     /// Shared tier: flights that waited for another pod's exchange of the same credential.
-        shared_lock_waits,
+    shared_lock_waits,
+    /// Exchanges refused by the sidecar's own limits for credentials with a cached identity
+    /// (refreshes, re-exchanges): the share reserved for them was spent too.
+    exchanges_limited_known,
+    /// Checks that panicked; each was answered UNAVAILABLE.
+    check_panics,
+    /// Exchange flights that panicked; each of their waiters was answered UNAVAILABLE.
+    flight_panics,
 }
 
 impl Stats {
