@@ -37,8 +37,13 @@ pub fn explain(policy: &Policy, q: &Question) -> String {
     let (matched, action) = match selected {
         Ok(s) => s,
         Err(e) => {
+            let hint = if e == crate::canonical::TargetError::MissingHost {
+                "; some rules match on host: give --host"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "rule: none (refused before any rule is consulted: {e})\n"
+                "rule: none (refused before any rule is consulted: {e}{hint})\n"
             ));
             out.push_str("decision: deny 400 invalid_request\n");
             return out;
