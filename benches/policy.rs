@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
         ),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| black_box(policy.select(black_box(&req))).0)
+            b.iter(|| black_box(policy.select(black_box(&req))).map(|s| s.0))
         });
     }
     g.finish();

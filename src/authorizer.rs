@@ -354,7 +354,11 @@ impl Authorizer {
     async fn decide(&self, request: &AuthRequest) -> Result<Decision, Unavailable> {
         // One whole policy snapshot per check, even if a reload lands meanwhile.
         let policy = self.inner.policy.snapshot();
-        let requirement = match policy.select(request).1 {
+        let requirement = match policy.select(request) {
+            Err(e) => return Ok(self.deny(Refusal::Target(e))),
+            Ok((_, action)) => action,
+        };
+        let requirement = match requirement {
             Action::Deny => return Ok(self.deny(Refusal::RouteDenied)),
             Action::AllowAnonymous => {
                 return Ok(Decision::Allow(Allow {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::canonical::TargetError;
 use crate::credentials::{BearerToken, CredentialError};
 use crate::exchange::ExchangeError;
 use crate::identity::{Identity, IdentityError, IdentityHeader};
@@ -68,6 +69,9 @@ pub struct Deny {
 /// Why a request is refused. Every variant's text is ours, never the caller's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// The request's path or host has no canonical form, so no rule can be matched safely
+    /// (refused before any rule is consulted, on every route).
+    Target(TargetError),
     Credential(CredentialError),
     /// A presented Bearer token failed verification.
     Token(VerifyError),
@@ -154,6 +158,7 @@ impl Refusal {
         }
         let (status, rfc_error, body_error, reason): (u16, Option<&str>, &str, &'static str) =
             match self {
+                Refusal::Target(e) => (400, Some("invalid_request"), "invalid_request", e.reason()),
                 Refusal::Credential(C::Missing) => (401, None, "unauthorized", "no_credentials"),
                 Refusal::Credential(C::UnsupportedScheme) => {
                     (401, None, "unauthorized", "unsupported_scheme")
@@ -200,6 +205,8 @@ impl Refusal {
                 | Refusal::TokenNotKept => unreachable!("answered above"),
             };
         let description = match self {
+            // Our own text: never the path or host the caller sent.
+            Refusal::Target(e) => e.to_string(),
             Refusal::Credential(e) => e.to_string(),
             Refusal::Token(e) => e.to_string(),
             Refusal::Exchange(ExchangeError::ScopeRefused) => {
@@ -318,6 +325,25 @@ mod tests {
             "{challenge}"
         );
         assert_eq!(Refusal::RouteDenied.to_deny("api").status, 403);
+        for (target, reason) in [
+            (TargetError::EncodedDelimiter, "malformed_path"),
+            (TargetError::AboveRoot, "malformed_path"),
+            (TargetError::InvalidHost, "malformed_host"),
+        ] {
+            let d = Refusal::Target(target).to_deny("api");
+            assert_eq!((d.status, d.reason), (400, reason));
+            assert_eq!(
+                d.challenge.as_deref(),
+                Some(
+                    format!(
+                        "Bearer realm=\"api\", error=\"invalid_request\", error_description=\"{target}\""
+                    )
+                    .as_str()
+                )
+            );
+            let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            assert_eq!(body["error"], "invalid_request");
+        }
         let not_kept = Refusal::TokenNotKept.to_deny("api");
         assert_eq!(
             (not_kept.status, not_kept.retry_after, not_kept.reason),

@@ -61,7 +61,7 @@ async fn rules_and_context_extensions_pick_the_provider() {
     let yaml = format!(
         "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n\
          providers:\n  internal:\n    kind: oauth2\n    token_url: {}\n    jwks_url: {}\n    issuer: {B_ISSUER}\n    audience: {B_AUDIENCE}\n\
-         policy:\n  rules:\n    - {{name: internal-api, match: {{path: {{prefix: /internal/}}}}, require: {{}}, provider: internal}}\n",
+         policy:\n  rules:\n    - {{name: internal-api, match: {{path: {{prefix: /internal/}}}}, require: {{}}, provider: internal}}\n  default: {{require: {{}}}}\n",
         a.token_url(),
         a.jwks_url(),
         b.token_url(),

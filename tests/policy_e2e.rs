@@ -44,6 +44,7 @@ const POLICY: &str = r#"rules:
   - name: orders-write
     match: {context: {policy: orders}, methods: [POST]}
     require: {all_of: ["write:orders"]}
+default: {require: {}}
 "#;
 
 fn provider_yaml(p: &FakeProvider) -> String {
@@ -164,8 +165,8 @@ fn check(path: &str, headers: &[(&str, String)]) -> CheckRequest {
 
 /// Version A opens /a and closes /b; version B the reverse. Any single check sees one whole
 /// version: /a and /b are never both open or both closed for the same version.
-const VERSION_A: &str = "rules:\n  - {name: a-open, match: {path: /a}, allow_anonymous: true}\n  - {name: b-closed, match: {path: /b}, deny: true}\n";
-const VERSION_B: &str = "rules:\n  - {name: a-closed, match: {path: /a}, deny: true}\n  - {name: b-open, match: {path: /b}, allow_anonymous: true}\n";
+const VERSION_A: &str = "rules:\n  - {name: a-open, match: {path: /a}, allow_anonymous: true}\n  - {name: b-closed, match: {path: /b}, deny: true}\ndefault: {require: {}}\n";
+const VERSION_B: &str = "rules:\n  - {name: a-closed, match: {path: /a}, deny: true}\n  - {name: b-open, match: {path: /b}, allow_anonymous: true}\ndefault: {require: {}}\n";
 
 type Client = m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient<
     tonic::transport::Channel,
@@ -257,7 +258,11 @@ async fn policy_reloads_under_traffic_atomically_and_survives_a_broken_file() {
     }
 
     // A broken file keeps the previous policy (A) in force; SIGHUP forces the attempt at once.
-    std::fs::write(&file, "rules: [{name: x, match: {path: /a}}]\n").unwrap();
+    std::fs::write(
+        &file,
+        "rules: [{name: x, match: {path: /a}}]\ndefault: {require: {}}\n",
+    )
+    .unwrap();
     sidecar.child.signal(1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !sidecar.full_logs().contains("policy reload failed") {

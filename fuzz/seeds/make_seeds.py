@@ -206,3 +206,28 @@ write("config", "embedded", "provider:\n  kind: embedded\n  embedded:\n    liste
 write("config", "unix", "listen: {grpc: 'unix:/run/m2m.sock'}\nprovider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i}\n")
 write("config", "anchors", "a: &a {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i}\nprovider: *a\n")
 write("config", "bad-field", "provider: {kind: oauth2}\ncache: {max_entris: 3}\n")
+
+# canonical: first line the Host, the rest the path (or a whole policy file).
+for name, data in [
+    ("plain", "api.example.com\n/v1/orders"),
+    ("trailing-slash", "api.example.com\n/v1/orders/?x=1"),
+    ("double-slash", "api.example.com\n//admin/users"),
+    ("dot-segments", "api.example.com\n/docs/./a/../../admin"),
+    ("encoded-dots", "api.example.com\n/docs/%2e%2E/admin"),
+    ("matrix", "api.example.com\n/docs/..;/admin;jsessionid=1"),
+    ("encoded-slash", "api.example.com\n/docs/..%2fadmin"),
+    ("encoded-semicolon", "api.example.com\n/admin%3b/x"),
+    ("backslash", "api.example.com\n/docs\\..\\admin"),
+    ("nul", "api.example.com\n/a%00b"),
+    ("not-utf8", "api.example.com\n/caf%c3%28"),
+    ("above-root", "api.example.com\n/../admin"),
+    ("absolute-form", "api.example.com\nhttp://evil/admin"),
+    ("asterisk", "api.example.com\n*"),
+    ("unicode", "api.example.com\n/caf\u00e9/%7Euser"),
+    ("host-trailing-dot", "x.INTERNAL.example.com.:8443\n/"),
+    ("host-ipv6", "[0:0::1]:8080\n/v1/Reports/"),
+    ("host-empty", "\n/v1/orders"),
+    ("host-bad", "a..b\n/"),
+    ("policy-file", "default: {deny: true}\nrules:\n  - {name: a, match: {path: '/a/{id}/'}, allow_anonymous: true}\n"),
+]:
+    write("canonical", name, data)

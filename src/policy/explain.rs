@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Action, Matched, Policy};
+use super::{Action, Matched, Policy, Target};
 use crate::request::AuthRequest;
 
 /// A request as the operator describes it on the command line.
@@ -26,8 +26,29 @@ pub fn explain(policy: &Policy, q: &Question) -> String {
         context: q.context.clone(),
         ..Default::default()
     };
-    let (matched, action) = policy.select(&request);
     let mut out = String::new();
+    let selected = Target::of(&request).and_then(|target| {
+        out.push_str(&format!("canonical path: {}\n", target.path));
+        if !target.host.is_empty() {
+            out.push_str(&format!("canonical host: {}\n", target.host));
+        }
+        policy.select_target(&request.method, &target, &request.context)
+    });
+    let (matched, action) = match selected {
+        Ok(s) => s,
+        Err(e) => {
+            let hint = if e == crate::canonical::TargetError::MissingHost {
+                "; some rules match on host: give --host"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "rule: none (refused before any rule is consulted: {e}{hint})\n"
+            ));
+            out.push_str("decision: deny 400 invalid_request\n");
+            return out;
+        }
+    };
     match matched {
         Matched::Rule { index, name } => out.push_str(&format!(
             "rule: {name} (rule {} of {}; first match wins)\n",
@@ -115,7 +136,7 @@ mod tests {
             ..Default::default()
         };
         let ok = explain(&p, &q("get", "/v1/orders/7", Some("read:*")));
-        assert!(ok.starts_with("rule: read (rule 1 of 2"), "{ok}");
+        assert!(ok.contains("\nrule: read (rule 1 of 2"), "{ok}");
         assert!(ok.contains(": allow"), "{ok}");
         let no = explain(&p, &q("GET", "/v1/orders/7", Some("write:orders")));
         assert!(
@@ -129,9 +150,31 @@ mod tests {
         );
         let default = explain(&p, &q("GET", "/elsewhere", None));
         assert!(
-            default.starts_with("rule: default") && default.contains("deny 403"),
+            default.contains("\nrule: default") && default.contains("deny 403"),
             "{default}"
         );
+        // The canonical path is what was matched, and is shown.
+        let spelled = explain(&p, &q("GET", "//v1/./orders/%37/?x=1", Some("read:orders")));
+        assert!(
+            spelled.starts_with("canonical path: /v1/orders/7/\n")
+                && spelled.contains("\nrule: read"),
+            "{spelled}"
+        );
+        let host = explain(
+            &p,
+            &Question {
+                host: "API.Example.com.:443".into(),
+                ..q("GET", "/x", None)
+            },
+        );
+        assert!(host.contains("canonical host: api.example.com\n"), "{host}");
+        for bad in ["/a%2fb", "/../x", "*"] {
+            let refused = explain(&p, &q("GET", bad, None));
+            assert!(
+                refused.contains("rule: none") && refused.contains("deny 400 invalid_request"),
+                "{refused}"
+            );
+        }
     }
 }
 

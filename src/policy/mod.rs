@@ -4,6 +4,10 @@
 //!
 //! Written as YAML (inline under `policy:` or in `policy.file`), compiled once into matchers;
 //! the request path only reads a compiled snapshot (see `reload`).
+//!
+//! Rules match the request's canonical path and host (`crate::canonical`), never its raw text:
+//! rule paths and hosts are brought to the same form when the policy is compiled, and a request
+//! whose path or host has no canonical form is refused before any rule is consulted.
 
 pub mod explain;
 pub mod reload;
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::canonical::{self, TargetError};
 use crate::request::AuthRequest;
 pub use scopes::ScopeClaim;
 
@@ -27,7 +32,8 @@ pub struct PolicyConfig {
     /// Inline rules (only when no `file` is given).
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
-    /// What applies when no rule matches (inline only); default: require a valid credential.
+    /// What applies when no rule matches (inline only). Required with inline `rules`; without
+    /// rules, unset means: require a valid credential.
     pub default: Option<ActionConfig>,
     /// Which claim carries the token's scopes: `auto` (`scope`, else `scp`), `scope` or `scp`.
     #[serde(default)]
@@ -41,7 +47,8 @@ fn default_reload_interval() -> Duration {
     Duration::from_secs(2)
 }
 
-/// The content of `policy.file`.
+/// The content of `policy.file`. `default` must be stated: a file cut short, or emptied, must
+/// never read as a valid policy (see `reload`).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
@@ -88,10 +95,16 @@ pub struct ActionConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
-    /// Exact host (port and letter case ignored), or `*.suffix`.
+    /// Exact host, or `*.suffix`; compared with the request's canonical host (lower case, no
+    /// port, no trailing dot).
     pub host: Option<String>,
-    /// Exact path, or a template such as `/v1/orders/{id}`; or `{prefix: /v1/}`.
+    /// Exact path, or a template such as `/v1/orders/{id}`; or `{prefix: /v1/}`. Compared with
+    /// the request's canonical path; a trailing slash matches alike.
     pub path: Option<PathConfig>,
+    /// Compare `path` without regard to letter case (ASCII). Off by default: `/Admin` and
+    /// `/admin` are different paths unless the rule says otherwise.
+    #[serde(default)]
+    pub path_case_insensitive: bool,
     /// Methods, any of (letter case ignored); empty: any.
     #[serde(default)]
     pub methods: Vec<String>,
@@ -150,6 +163,11 @@ pub struct Policy {
     rules: Vec<Rule>,
     default: Action,
     pub scope_claim: ScopeClaim,
+    /// Whether any rule matches on host: then a request without one is refused, since it could
+    /// not be told apart from a host the rules close.
+    needs_host: bool,
+    /// Whether any rule compares paths without regard to case.
+    any_case_insensitive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +175,8 @@ pub struct Rule {
     pub name: String,
     host: Option<HostMatch>,
     path: Option<PathMatch>,
+    /// `path` holds lower-case text and is compared with the lower-cased path.
+    path_case_insensitive: bool,
     methods: Vec<String>,
     context: Vec<(String, String)>,
     pub action: Action,
@@ -200,6 +220,7 @@ enum HostMatch {
     Suffix(String),
 }
 
+/// Compiled from canonical rule paths: `Exact` and `Template` without a trailing slash.
 #[derive(Debug, Clone)]
 enum PathMatch {
     Exact(String),
@@ -220,6 +241,29 @@ pub enum Matched<'a> {
     Default,
 }
 
+/// What rules are matched against: the request's canonical host and path, computed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Canonical host; empty when the request had none.
+    pub host: String,
+    /// Canonical path (`crate::canonical::canonical_path`).
+    pub path: String,
+}
+
+impl Target {
+    /// The canonical target of `request`, or why it has none. An empty host is kept empty
+    /// here; `Policy::select_target` refuses it where host rules exist.
+    pub fn of(request: &AuthRequest) -> Result<Target, TargetError> {
+        let path = canonical::canonical_path(&request.path)?;
+        let host = if request.host.is_empty() {
+            String::new()
+        } else {
+            canonical::canonical_host(&request.host)?
+        };
+        Ok(Target { host, path })
+    }
+}
+
 impl Policy {
     /// The policy when none is configured: every request needs a valid credential.
     pub fn require_all() -> Policy {
@@ -227,6 +271,8 @@ impl Policy {
             rules: Vec::new(),
             default: Action::Require(Requirement::default()),
             scope_claim: ScopeClaim::Auto,
+            needs_host: false,
+            any_case_insensitive: false,
         }
     }
 
@@ -263,6 +309,12 @@ impl Policy {
                 &at,
             )?;
             let m = &r.matcher;
+            if m.path_case_insensitive && m.path.is_none() {
+                return Err(err(
+                    format!("{at}.match.path_case_insensitive"),
+                    "only with match.path",
+                ));
+            }
             compiled.push(Rule {
                 name: r.name.clone(),
                 host: m
@@ -273,8 +325,9 @@ impl Policy {
                 path: m
                     .path
                     .as_ref()
-                    .map(|p| path(p, &format!("{at}.match.path")))
+                    .map(|p| path(p, m.path_case_insensitive, &format!("{at}.match.path")))
                     .transpose()?,
+                path_case_insensitive: m.path_case_insensitive,
                 methods: m
                     .methods
                     .iter()
@@ -311,6 +364,8 @@ impl Policy {
             None => Action::Require(Requirement::default()),
         };
         Ok(Policy {
+            needs_host: compiled.iter().any(|r| r.host.is_some()),
+            any_case_insensitive: compiled.iter().any(|r| r.path_case_insensitive),
             rules: compiled,
             default,
             scope_claim,
@@ -327,22 +382,42 @@ impl Policy {
             .any(|a| matches!(a, Action::Require(r) if r.upstream == UpstreamCredential::Bearer))
     }
 
-    /// The first rule matching `request`, or the default.
-    pub fn select(&self, request: &AuthRequest) -> (Matched<'_>, &Action) {
-        let path = request.path.split(['?', '#']).next().unwrap_or("");
-        let host = normalize_host(&request.host);
+    /// The first rule matching `request`, or the default; an error when the request's path or
+    /// host has no canonical form (refused before any rule is consulted, whatever they say).
+    pub fn select(&self, request: &AuthRequest) -> Result<(Matched<'_>, &Action), TargetError> {
+        let target = Target::of(request)?;
+        self.select_target(&request.method, &target, &request.context)
+    }
+
+    /// `select` for a target already made canonical.
+    pub fn select_target(
+        &self,
+        method: &str,
+        target: &Target,
+        context: &BTreeMap<String, String>,
+    ) -> Result<(Matched<'_>, &Action), TargetError> {
+        if self.needs_host && target.host.is_empty() {
+            return Err(TargetError::MissingHost);
+        }
+        let lower = self
+            .any_case_insensitive
+            .then(|| target.path.to_ascii_lowercase());
         for (index, rule) in self.rules.iter().enumerate() {
-            if rule.matches(&request.method, &host, path, &request.context) {
-                return (
+            let path = match (&lower, rule.path_case_insensitive) {
+                (Some(lower), true) => lower.as_str(),
+                _ => target.path.as_str(),
+            };
+            if rule.matches(method, &target.host, path, context) {
+                return Ok((
                     Matched::Rule {
                         index,
                         name: &rule.name,
                     },
                     &rule.action,
-                );
+                ));
             }
         }
-        (Matched::Default, &self.default)
+        Ok((Matched::Default, &self.default))
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -351,6 +426,7 @@ impl Policy {
 }
 
 impl Rule {
+    /// `path` is canonical (and lower-cased for a case-insensitive rule), `host` canonical.
     fn matches(
         &self,
         method: &str,
@@ -369,12 +445,16 @@ impl Rule {
             }
             _ => {}
         }
+        let trimmed = canonical::trim_trailing_slash(path);
         let path_ok = match &self.path {
             None => true,
-            Some(PathMatch::Exact(p)) => p == path,
-            Some(PathMatch::Prefix(p)) => path.starts_with(p.as_str()),
+            Some(PathMatch::Exact(p)) => p == trimmed,
+            // `/admin/` also covers `/admin`, as a trailing slash matches alike.
+            Some(PathMatch::Prefix(p)) => {
+                path.starts_with(p.as_str()) || canonical::trim_trailing_slash(p) == trimmed
+            }
             Some(PathMatch::Template(segments)) => {
-                let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+                let mut parts = trimmed.strip_prefix('/').unwrap_or(trimmed).split('/');
                 let all = segments.iter().all(|s| match (s, parts.next()) {
                     (Segment::Literal(l), Some(p)) => l == p,
                     (Segment::Param, Some(p)) => !p.is_empty(),
@@ -389,18 +469,6 @@ impl Rule {
                 .iter()
                 .all(|(k, v)| context.get(k).is_some_and(|got| got == v))
     }
-}
-
-/// Lower-case, without a port; IPv6 literals keep their brackets.
-fn normalize_host(host: &str) -> String {
-    let without_port = if host.starts_with('[') {
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else if host.matches(':').count() == 1 {
-        host.split(':').next().unwrap_or(host)
-    } else {
-        host
-    };
-    without_port.to_ascii_lowercase()
 }
 
 fn action(
@@ -462,42 +530,70 @@ fn action(
 }
 
 fn host(h: &str, field: &str) -> Result<HostMatch, PolicyError> {
-    let h = h.to_ascii_lowercase();
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    let (wildcard, name) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h),
     };
-    if let Some(suffix) = h.strip_prefix("*.") {
-        if valid(suffix) {
-            return Ok(HostMatch::Suffix(format!(".{suffix}")));
-        }
-    } else if valid(&h) {
-        return Ok(HostMatch::Exact(h));
+    let expected = "expected a host name or *.suffix (a leading *. only)";
+    if name.contains('*') {
+        return Err(err(field, expected));
     }
-    Err(err(field, "expected a host name or *.suffix"))
+    let parts = canonical::host_parts(name).map_err(|_| err(field, expected))?;
+    if parts.port.is_some() {
+        return Err(err(
+            field,
+            "a host rule matches every port of the host; remove the port",
+        ));
+    }
+    if wildcard && parts.name.starts_with('[') {
+        return Err(err(field, "*. cannot precede an IP address"));
+    }
+    Ok(if wildcard {
+        HostMatch::Suffix(format!(".{}", parts.name))
+    } else {
+        HostMatch::Exact(parts.name)
+    })
 }
 
-fn path(p: &PathConfig, field: &str) -> Result<PathMatch, PolicyError> {
-    match p {
-        PathConfig::Prefix { prefix } => {
-            if !prefix.starts_with('/') {
-                return Err(err(
-                    format!("{field}.prefix"),
-                    "expected a path starting with /",
-                ));
-            }
-            Ok(PathMatch::Prefix(prefix.clone()))
+/// Compiles a rule path into the form requests are compared in: canonical, and lower case for
+/// a case-insensitive rule. A rule path with a query, a fragment or `;` parameters is refused
+/// rather than silently cut (requests lose them before matching, so the rule would not mean
+/// what it says), and so is one with no canonical form.
+fn path(p: &PathConfig, case_insensitive: bool, field: &str) -> Result<PathMatch, PolicyError> {
+    let (text, field) = match p {
+        PathConfig::Prefix { prefix } => (prefix.as_str(), format!("{field}.prefix")),
+        PathConfig::Plain(p) => (p.as_str(), field.to_owned()),
+    };
+    if !text.starts_with('/') {
+        return Err(err(field, "expected a path starting with /"));
+    }
+    if text.contains(['?', '#', ';']) {
+        return Err(err(
+            field,
+            "a rule path matches the path alone: no ?query, #fragment or ;parameters",
+        ));
+    }
+    let fold = |s: String| {
+        if case_insensitive {
+            s.to_ascii_lowercase()
+        } else {
+            s
         }
-        PathConfig::Plain(p) => {
-            if !p.starts_with('/') {
-                return Err(err(field, "expected a path starting with /"));
-            }
-            if !p.contains(['{', '}']) {
-                return Ok(PathMatch::Exact(p.clone()));
-            }
+    };
+    let canon = |s: &str| {
+        canonical::canonical_path(s)
+            .map(fold)
+            .map_err(|e| err(&field, format!("has no canonical form: {e}")))
+    };
+    match p {
+        PathConfig::Prefix { .. } => Ok(PathMatch::Prefix(canon(text)?)),
+        PathConfig::Plain(_) if !text.contains(['{', '}']) => Ok(PathMatch::Exact(
+            canonical::trim_trailing_slash(&canon(text)?).to_owned(),
+        )),
+        PathConfig::Plain(_) => {
             let mut segments = Vec::new();
-            for seg in p[1..].split('/') {
+            // Empty segments (`//`, a trailing `/`) vanish, as they do from request paths.
+            for seg in text[1..].split('/').filter(|s| !s.is_empty()) {
                 if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                     if name.is_empty() || name.contains(['{', '}']) {
                         return Err(err(field, format!("bad template segment {seg:?}")));
@@ -508,8 +604,18 @@ fn path(p: &PathConfig, field: &str) -> Result<PathMatch, PolicyError> {
                         field,
                         format!("a parameter must be a whole segment: {seg:?}"),
                     ));
+                } else if seg == "." || seg == ".." {
+                    return Err(err(field, "a template cannot hold . or .. segments"));
                 } else {
-                    segments.push(Segment::Literal(seg.to_owned()));
+                    let one = canon(&format!("/{seg}"))?;
+                    match one.strip_prefix('/') {
+                        Some(s) if !s.is_empty() && !s.contains('/') => {
+                            segments.push(Segment::Literal(s.to_owned()))
+                        }
+                        _ => {
+                            return Err(err(field, format!("{seg:?} is not one path segment")));
+                        }
+                    }
                 }
             }
             Ok(PathMatch::Template(segments))
@@ -622,7 +728,7 @@ default: {deny: true}
             ),
         ];
         for (r, want) in cases {
-            let got = match p.select(r).0 {
+            let got = match p.select(r).unwrap().0 {
                 Matched::Rule { name, .. } => name,
                 Matched::Default => "default",
             };
@@ -632,13 +738,204 @@ default: {deny: true}
                 r.method, r.host, r.path, r.context
             );
         }
-        assert_eq!(p.select(&req("GET", "x", "/nowhere", &[])).1, &Action::Deny);
+        assert_eq!(
+            p.select(&req("GET", "x", "/nowhere", &[])).unwrap().1,
+            &Action::Deny
+        );
+    }
+
+    const SPELLING: &str = r#"
+rules:
+  - name: admin
+    match: {path: {prefix: /admin}}
+    deny: true
+  - name: docs
+    match: {path: {prefix: /docs/}}
+    allow_anonymous: true
+  - name: order-read
+    match: {methods: [GET], path: "/v1/orders/{id}"}
+    require: {all_of: ["read:orders"]}
+  - name: orders-create
+    match: {methods: [POST], path: /v1/orders}
+    require: {all_of: ["write:orders"]}
+  - name: reports
+    match: {path: /v1/Reports, path_case_insensitive: true}
+    require: {all_of: ["read:reports"]}
+  - name: internal
+    match: {host: internal.example.com}
+    deny: true
+  - name: anything
+    match: {methods: [GET, POST]}
+    require: {}
+default: {deny: true}
+"#;
+
+    fn rule_of(p: &Policy, method: &str, host: &str, path: &str) -> Result<String, TargetError> {
+        p.select(&req(method, host, path, &[]))
+            .map(|(m, _)| match m {
+                Matched::Rule { name, .. } => name.to_owned(),
+                Matched::Default => "default".to_owned(),
+            })
+    }
+
+    /// Issue #13: every spelling of a closed or scoped route meets the same rule.
+    #[test]
+    fn no_spelling_dodges_a_rule() {
+        let p = policy(SPELLING).unwrap();
+        let cases: &[(&str, &str, &str)] = &[
+            ("POST", "/v1/orders", "orders-create"),
+            ("POST", "/v1/orders/", "orders-create"),
+            ("POST", "//v1/orders", "orders-create"),
+            ("POST", "/v1//orders//", "orders-create"),
+            ("POST", "/v1/./orders", "orders-create"),
+            ("POST", "/v1/x/../orders", "orders-create"),
+            ("POST", "/v1/%6Frders", "orders-create"),
+            ("POST", "/v1/orders;x=1", "orders-create"),
+            ("POST", "/v1/orders?x=1", "orders-create"),
+            ("POST", "/v1/orders/.", "orders-create"),
+            ("POST", "/v1/Orders", "anything"),
+            ("GET", "/v1/orders/7/", "order-read"),
+            ("GET", "/v1/orders/%37", "order-read"),
+            ("GET", "/v1/orders//7", "order-read"),
+            ("GET", "//admin/users", "admin"),
+            ("GET", "/./admin", "admin"),
+            ("GET", "/%61dmin", "admin"),
+            ("GET", "/x/%2e%2e/admin", "admin"),
+            ("GET", "/x/..;/admin", "admin"),
+            ("GET", "/admin;jsessionid=1", "admin"),
+            ("GET", "/administrator", "admin"),
+            ("GET", "/docs", "docs"),
+            ("GET", "/docs/", "docs"),
+            ("GET", "/docs/a/b", "docs"),
+            ("GET", "/docsx", "anything"),
+            ("GET", "/v1/reports", "reports"),
+            ("GET", "/V1/REPORTS/", "reports"),
+            ("GET", "/v1/%52eports", "reports"),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(
+                rule_of(&p, method, "api.example.com", path).as_deref(),
+                Ok(*want),
+                "{method} {path}"
+            );
+        }
+        for host in [
+            "internal.example.com",
+            "INTERNAL.example.com",
+            "internal.example.com.",
+            "internal.example.com.:443",
+            "internal.example.com:8080",
+        ] {
+            assert_eq!(
+                rule_of(&p, "GET", host, "/").as_deref(),
+                Ok("internal"),
+                "{host}"
+            );
+        }
+        for (host, err) in [
+            ("", TargetError::MissingHost),
+            ("internal.example.com..", TargetError::InvalidHost),
+            ("internal.example.com%2e", TargetError::InvalidHost),
+            ("internal.example.com/x", TargetError::InvalidHost),
+        ] {
+            assert_eq!(rule_of(&p, "GET", host, "/"), Err(err), "{host:?}");
+        }
+        // Refused before any rule, even on a route every rule would open.
+        for path in [
+            "/docs/%2e%2e/%2e%2e/admin",
+            "/docs/..%2fadmin",
+            "/docs\\..\\admin",
+        ] {
+            assert!(rule_of(&p, "GET", "h", path).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn an_empty_host_is_refused_only_where_host_rules_exist() {
+        let p = policy(RULES).unwrap();
+        assert!(rule_of(&p, "GET", "", "/healthz").is_err());
+        let no_hosts = policy(
+            "rules: [{name: h, match: {path: /h}, allow_anonymous: true}]\ndefault: {deny: true}",
+        )
+        .unwrap();
+        assert_eq!(rule_of(&no_hosts, "GET", "", "/h").as_deref(), Ok("h"));
+        assert_eq!(
+            rule_of(&no_hosts, "GET", "", "/h/../../x"),
+            Err(TargetError::AboveRoot)
+        );
+    }
+
+    #[test]
+    fn rule_paths_and_hosts_are_canonicalized_at_compile_time() {
+        let p = policy(
+            r#"
+rules:
+  - {name: a, match: {path: "//v1/./%61//"}, deny: true}
+  - {name: b, match: {path: {prefix: "/x/../b/"}}, deny: true}
+  - {name: c, match: {path: "/c/%7bid%7D/{id}/"}, deny: true}
+  - {name: d, match: {host: "API.Example.COM."}, deny: true}
+  - {name: e, match: {host: "*.Example.ORG."}, deny: true}
+  - {name: f, match: {host: "[0::1]"}, deny: true}
+default: {require: {}}
+"#,
+        )
+        .unwrap();
+        let cases = [
+            ("h", "/v1/a", "a"),
+            ("h", "/b", "b"),
+            ("h", "/b/x", "b"),
+            ("h", "/c/%7Bid%7D/9", "c"),
+            ("api.example.com", "/", "d"),
+            ("x.example.org:1", "/", "e"),
+            ("example.org", "/", "default"),
+            ("[::1]:80", "/", "f"),
+        ];
+        for (host, path, want) in cases {
+            assert_eq!(
+                rule_of(&p, "GET", host, path).as_deref(),
+                Ok(want),
+                "{host} {path}"
+            );
+        }
+        let bad = [
+            ("{path: '/a/../../b'}", "policy.rules[0].match.path"),
+            ("{path: '/a%2Fb'}", "policy.rules[0].match.path"),
+            ("{path: '/a?x=1'}", "policy.rules[0].match.path"),
+            ("{path: '/a;v=1'}", "policy.rules[0].match.path"),
+            (
+                "{path: {prefix: '/a#x'}}",
+                "policy.rules[0].match.path.prefix",
+            ),
+            (
+                "{path: {prefix: '/%zz'}}",
+                "policy.rules[0].match.path.prefix",
+            ),
+            ("{path: '/a/../{id}'}", "policy.rules[0].match.path"),
+            ("{path: '/a/%2e/{id}'}", "policy.rules[0].match.path"),
+            ("{host: 'a.example.com:443'}", "policy.rules[0].match.host"),
+            ("{host: 'a.*.com'}", "policy.rules[0].match.host"),
+            ("{host: '*.[::1]'}", "policy.rules[0].match.host"),
+            ("{host: 'a..com'}", "policy.rules[0].match.host"),
+            ("{host: ''}", "policy.rules[0].match.host"),
+            (
+                "{path_case_insensitive: true}",
+                "policy.rules[0].match.path_case_insensitive",
+            ),
+        ];
+        for (m, field) in bad {
+            let yaml = format!("rules: [{{name: a, deny: true, match: {m}}}]");
+            match policy(&yaml) {
+                Err(e) => assert_eq!(e.field, field, "{yaml}: {e}"),
+                Ok(_) => panic!("{yaml} accepted"),
+            }
+        }
     }
 
     #[test]
     fn requirements_use_scope_semantics() {
         let p = policy(RULES).unwrap();
-        let Action::Require(create) = p.select(&req("POST", "x", "/v1/orders", &[])).1 else {
+        let Action::Require(create) = p.select(&req("POST", "x", "/v1/orders", &[])).unwrap().1
+        else {
             panic!()
         };
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -661,7 +958,7 @@ default: {deny: true}
     fn no_policy_requires_a_credential_everywhere() {
         let p = Policy::require_all();
         assert_eq!(
-            p.select(&req("GET", "x", "/", &[])).1,
+            p.select(&req("GET", "x", "/", &[])).unwrap().1,
             &Action::Require(Requirement::default())
         );
     }
@@ -726,6 +1023,65 @@ default: {deny: true}
                 Err(e) => assert_eq!(e.field, field, "{yaml}: {e}"),
                 Ok(_) => panic!("{yaml} accepted"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests_support::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A rule matches a path exactly when it matches the path's canonical form, and a path
+        /// without one is refused whatever the rules say.
+        #[test]
+        fn a_rule_matches_a_path_as_it_matches_its_canonical_form(
+            raw in "/?[/.;%aAdDmMiInN2eEfF5cC3~?]{0,24}",
+            method in prop_oneof![Just("GET"), Just("POST")],
+        ) {
+            let p = spelling_policy();
+            let selected = |path: &str| {
+                p.select(&request(method, path)).map(|(m, _)| m)
+            };
+            match crate::canonical::canonical_path(&raw) {
+                Ok(canonical) => prop_assert_eq!(selected(&raw), selected(&canonical)),
+                Err(e) => prop_assert_eq!(selected(&raw), Err(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub fn spelling_policy() -> Policy {
+        let yaml = "rules:
+  - {name: admin, match: {path: {prefix: /admin}}, deny: true}
+  - {name: docs, match: {path: {prefix: /aa/}}, allow_anonymous: true}
+  - {name: tpl, match: {path: '/a/{x}/d'}, require: {}}
+  - {name: exact, match: {methods: [POST], path: /e/ddd}, require: {}}
+  - {name: ci, match: {path: /Mi/n, path_case_insensitive: true}, require: {}}
+default: {deny: true}
+";
+        let doc: PolicyDocument = serde_yaml_ng::from_str(yaml).unwrap();
+        Policy::compile(
+            &doc.rules,
+            doc.default.as_ref(),
+            ScopeClaim::Auto,
+            "",
+            &["default".to_owned()],
+        )
+        .unwrap()
+    }
+
+    pub fn request(method: &str, path: &str) -> AuthRequest {
+        AuthRequest {
+            method: method.into(),
+            host: "api.example.com".into(),
+            path: path.into(),
+            ..Default::default()
         }
     }
 }
