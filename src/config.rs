@@ -973,10 +973,15 @@ impl ProviderConfig {
     /// tokens, secrets and keys travel over them. Loopback (127.0.0.0/8, ::1, `localhost`) and
     /// the unspecified address (which reaches this host) are not listed.
     pub fn plain_http_urls(&self) -> Vec<(&'static str, String)> {
-        let derived_from = match self.kind {
-            ProviderKind::Oauth2 => "provider.base_url",
-            ProviderKind::Stytch => "provider.base_url",
-            ProviderKind::Embedded => "provider.embedded.issuer_base_url",
+        let derived_from = match &self.embedded {
+            Some(e) if self.kind == ProviderKind::Embedded => {
+                if e.issuer_base_url.is_some() {
+                    "provider.embedded.issuer_base_url"
+                } else {
+                    "provider.embedded.listen"
+                }
+            }
+            _ => "provider.base_url",
         };
         let mut out: Vec<(&'static str, String)> = Vec::new();
         for (explicit, field, url) in [
@@ -1579,6 +1584,27 @@ mod tests {
         );
         assert_eq!(w.matches("provider.base_url").count(), 1, "{w}");
         assert!(w.contains("providers.b.jwks_url (host b.internal)"), "{w}");
+        // The embedded issuer: named by what set its address.
+        let embedded = |extra: &str| {
+            Config::from_yaml(&format!(
+                "provider: {{kind: embedded, embedded: {{project_secret: demo-project-secret-0123456789{extra}}}}}"
+            ))
+            .unwrap()
+            .plain_http_warning()
+        };
+        assert_eq!(embedded(", listen: '127.0.0.1:9400'"), None);
+        assert_eq!(embedded(", listen: '0.0.0.0:9400'"), None);
+        let w = embedded(", listen: '10.1.2.3:9400'").unwrap();
+        assert!(
+            w.contains("provider.embedded.listen (host 10.1.2.3)"),
+            "{w}"
+        );
+        let w = embedded(", listen: '127.0.0.1:9400', issuer_base_url: 'http://issuer.internal'")
+            .unwrap();
+        assert!(
+            w.contains("provider.embedded.issuer_base_url (host issuer.internal)"),
+            "{w}"
+        );
     }
 
     #[test]
