@@ -77,6 +77,12 @@ pub const JWKS_MIN_REFETCH_RANGE: std::ops::RangeInclusive<Duration> =
 /// token's whole lifetime; beyond that it would quietly stand in for an expiry check.
 pub const MAX_STALE_IF_ERROR: Duration = Duration::from_secs(3600);
 
+/// Bounds of `provider.max_token_age`. Under a second every token is too old by the time it
+/// arrives; past a day the age bound is looser than any access token's own lifetime, and a
+/// bounded age keeps `iat + max_token_age` far from overflow.
+pub const MAX_TOKEN_AGE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
 /// Bounds of `cache.max_credential_age`. Its point is to make a rotated-out secret stop working
 /// sooner than its token's `exp`, so a small value only costs exchanges (which
 /// `cache.max_exchanges_per_second` bounds) and a second is allowed; past a day it bounds
@@ -229,7 +235,8 @@ pub struct ProviderConfig {
     /// Clock skew allowed on `exp`, `nbf` and `iat`; at most `MAX_LEEWAY`.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
-    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`.
+    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`;
+    /// within `MAX_TOKEN_AGE_RANGE`.
     #[serde(default, with = "opt_duration")]
     pub max_token_age: Option<Duration>,
     #[serde(default = "default_connect_timeout", with = "duration")]
@@ -894,6 +901,19 @@ impl ProviderConfig {
                 ),
             ));
         }
+        if self
+            .max_token_age
+            .is_some_and(|a| !MAX_TOKEN_AGE_RANGE.contains(&a))
+        {
+            return Err(ConfigError::invalid(
+                "provider.max_token_age",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.start()),
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.end())
+                ),
+            ));
+        }
         if !JWKS_MIN_REFETCH_RANGE.contains(&self.jwks_min_refetch_interval) {
             return Err(ConfigError::invalid(
                 "provider.jwks_min_refetch_interval",
@@ -1450,6 +1470,14 @@ mod tests {
             ("leeway: 5m", None),
             ("leeway: 301s", Some("provider.leeway")),
             ("leeway: 100years", Some("provider.leeway")),
+            ("max_token_age: 1s", None),
+            ("max_token_age: 24h", None),
+            ("max_token_age: 0s", Some("provider.max_token_age")),
+            ("max_token_age: 25h", Some("provider.max_token_age")),
+            (
+                "max_token_age: 500000000000years",
+                Some("provider.max_token_age"),
+            ),
             ("jwks_min_refetch_interval: 1s", None),
             ("jwks_min_refetch_interval: 1h", None),
             (
