@@ -1183,11 +1183,22 @@ pub(crate) mod duration {
 
     use serde::{Deserialize, Deserializer};
 
+    /// No setting means more than a year, and the ceiling keeps every `Instant + duration` and
+    /// `duration * n` the code computes from config far from overflow (a panic at start or on
+    /// the request path). Fields with tighter bounds check them in `validate`.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!("expected a duration such as 30s or 5m: {e}"))
-        })
+        })?;
+        if d > MAX {
+            return Err(serde::de::Error::custom(
+                "expected a duration of at most 365 days",
+            ));
+        }
+        Ok(d)
     }
 }
 
@@ -1521,6 +1532,38 @@ mod tests {
         for (extra, want) in cases {
             let yaml = format!("{base}{extra}");
             assert_eq!(field_of(&yaml).as_deref(), *want, "{yaml}");
+        }
+        // Every duration has a ceiling, so no sum or product of config durations overflows.
+        for (yaml, field) in [
+            ("cache: {negative_ttl: 1000000years}", "cache.negative_ttl"),
+            ("cache: {expiry_margin: 366days}", "cache.expiry_margin"),
+            (
+                "cache: {exchange_queue_timeout: 18446744073709551615s}",
+                "cache.exchange_queue_timeout",
+            ),
+            ("listen: {drain_timeout: 1000years}", "listen.drain_timeout"),
+            (
+                "policy: {reload_interval: 1000years}",
+                "policy.reload_interval",
+            ),
+        ] {
+            let yaml = format!(
+                "provider: {{kind: stytch, project_id: p1, base_url: 'https://x'}}\n{yaml}"
+            );
+            assert_eq!(field_of(&yaml).as_deref(), Some(field), "{yaml}");
+        }
+        for (extra, field) in [
+            ("request_timeout: 500000years", "provider.request_timeout"),
+            ("connect_timeout: 2000years", "provider.connect_timeout"),
+            (
+                "jwks_refresh_interval: 2000years",
+                "provider.jwks_refresh_interval",
+            ),
+        ] {
+            let yaml = format!(
+                "provider: {{kind: stytch, project_id: p1, base_url: 'https://x', {extra}}}"
+            );
+            assert_eq!(field_of(&yaml).as_deref(), Some(field), "{yaml}");
         }
         // A named provider's bound names its own path.
         assert_eq!(
