@@ -61,6 +61,35 @@ pub struct Config {
 /// The name of the provider configured under `provider`.
 pub const DEFAULT_PROVIDER: &str = "default";
 
+/// The most clock skew `provider.leeway` may forgive. RFC 7519 §4.1.4 speaks of "a small leeway,
+/// usually no more than a few minutes"; NTP-synchronised hosts differ by well under a second, so
+/// 5 minutes covers a badly drifting clock while keeping an expired token from living on.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Bounds of `provider.jwks_min_refetch_interval`. Under 1 s a stream of tokens with made-up
+/// `kid`s turns into a stream of JWKS fetches at the provider; over 1 h the first token signed
+/// with a freshly rotated key may be refused for an hour.
+pub const JWKS_MIN_REFETCH_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// The most `cache.stale_if_error` may be. It serves tokens past their `exp` while the provider
+/// fails: an hour outlasts a typical provider incident, and is as long again as a typical
+/// token's whole lifetime; beyond that it would quietly stand in for an expiry check.
+pub const MAX_STALE_IF_ERROR: Duration = Duration::from_secs(3600);
+
+/// Bounds of `provider.max_token_age`. Under a second every token is too old by the time it
+/// arrives; past a day the age bound is looser than any access token's own lifetime, and a
+/// bounded age keeps `iat + max_token_age` far from overflow.
+pub const MAX_TOKEN_AGE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+/// Bounds of `cache.max_credential_age`. Its point is to make a rotated-out secret stop working
+/// sooner than its token's `exp`, so a small value only costs exchanges (which
+/// `cache.max_exchanges_per_second` bounds) and a second is allowed; past a day it bounds
+/// nothing a token's own `exp` does not already bound.
+pub const MAX_CREDENTIAL_AGE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
 fn default_realm() -> String {
     defaults::REALM.to_owned()
 }
@@ -178,8 +207,16 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub token_url: Option<Url>,
     pub jwks_url: Option<Url>,
+    /// The accepted `iss` values; never empty.
     pub issuer: Option<OneOrMany>,
+    /// The accepted `aud` values; never empty. Required for `oauth2` unless
+    /// `skip_audience_check` says, in so many words, that the provider issues no audience.
     pub audience: Option<OneOrMany>,
+    /// `oauth2` only: accept tokens whatever their `aud`. An explicit opt-out, so that a missing
+    /// `audience` line can never switch the check off unnoticed; the stytch profile always
+    /// checks its project's audience.
+    #[serde(default)]
+    pub skip_audience_check: bool,
     #[serde(default)]
     pub client_auth: ClientAuth,
     /// Space-separated scopes requested at the token endpoint; omitted: the client's defaults.
@@ -195,10 +232,11 @@ pub struct ProviderConfig {
     pub base_url: Option<Url>,
     /// The embedded issuer's settings, for `kind: embedded` (see `m2m-authz issuer`).
     pub embedded: Option<crate::issuer::IssuerConfig>,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp`, `nbf` and `iat`; at most `MAX_LEEWAY`.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
-    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`.
+    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`;
+    /// within `MAX_TOKEN_AGE_RANGE`.
     #[serde(default, with = "opt_duration")]
     pub max_token_age: Option<Duration>,
     #[serde(default = "default_connect_timeout", with = "duration")]
@@ -211,7 +249,8 @@ pub struct ProviderConfig {
     /// How often the JWKS is fetched again in the background.
     #[serde(default = "default_jwks_refresh", with = "duration")]
     pub jwks_refresh_interval: Duration,
-    /// The least time between two fetches caused by tokens with an unknown `kid`.
+    /// The least time between two fetches caused by tokens with an unknown `kid`; within
+    /// `JWKS_MIN_REFETCH_RANGE`.
     #[serde(default = "default_jwks_min_refetch", with = "duration")]
     pub jwks_min_refetch_interval: Duration,
     /// Tokens longer than this are refused before any parsing.
@@ -448,11 +487,24 @@ impl CacheConfig {
         }
         if self
             .max_credential_age
-            .is_some_and(|a| a < Duration::from_secs(1))
+            .is_some_and(|a| !MAX_CREDENTIAL_AGE_RANGE.contains(&a))
         {
             return Err(ConfigError::invalid(
                 "cache.max_credential_age",
-                "expected at least 1s",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*MAX_CREDENTIAL_AGE_RANGE.start()),
+                    humantime::format_duration(*MAX_CREDENTIAL_AGE_RANGE.end())
+                ),
+            ));
+        }
+        if self.stale_if_error > MAX_STALE_IF_ERROR {
+            return Err(ConfigError::invalid(
+                "cache.stale_if_error",
+                format!(
+                    "expected at most {}",
+                    humantime::format_duration(MAX_STALE_IF_ERROR)
+                ),
             ));
         }
         if let Some(shared) = &self.shared {
@@ -643,6 +695,30 @@ impl Config {
             .collect()
     }
 
+    /// One line warning of provider URLs that use plain `http://` to another host, naming each
+    /// field and host (never a path, query or password); `None` when there are none. Shown at
+    /// start-up and by `check-config`: accepted (a mesh may encrypt the hop), but never silently.
+    pub fn plain_http_warning(&self) -> Option<String> {
+        let mut found: Vec<String> = Vec::new();
+        let named = std::iter::once((None, &self.provider))
+            .chain(self.providers.iter().map(|(n, p)| (Some(n), p)));
+        for (name, provider) in named {
+            for (field, host) in provider.plain_http_urls() {
+                let field = match name {
+                    Some(n) => field.replacen("provider", &format!("providers.{n}"), 1),
+                    None => field.to_owned(),
+                };
+                found.push(format!("{field} (host {host})"));
+            }
+        }
+        (!found.is_empty()).then(|| {
+            format!(
+                "provider URLs use plain http:// to another host, so secrets and tokens cross the network unencrypted; use https: {}",
+                found.join(", ")
+            )
+        })
+    }
+
     /// A one-line description for `check-config` and the start-up log; never includes secrets.
     pub fn summary(&self) -> String {
         let sources: Vec<&str> = [
@@ -761,23 +837,24 @@ impl ProviderConfig {
                 }
             }
         }
+        self.validate_issuers_and_audiences()?;
         for (field, url) in [
             ("provider.token_url", self.resolved_token_url()),
             ("provider.jwks_url", self.resolved_jwks_url()),
+            ("provider.base_url", self.base_url.clone()),
         ] {
-            if let Some(url) = url
-                && !matches!(url.scheme(), "http" | "https")
-            {
+            let Some(url) = url else { continue };
+            if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError::invalid(field, "expected an http(s) URL"));
             }
-        }
-        if let Some(base) = &self.base_url
-            && !matches!(base.scheme(), "http" | "https")
-        {
-            return Err(ConfigError::invalid(
-                "provider.base_url",
-                "expected an http(s) URL",
-            ));
+            // A password in a URL would be printed wherever the URL is (the start-up summary,
+            // JWKS fetch warnings); credentials for the provider never belong there.
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "expected a URL without user:password@",
+                ));
+            }
         }
         if self.algorithms.is_empty() {
             return Err(ConfigError::invalid(
@@ -826,7 +903,39 @@ impl ProviderConfig {
         {
             return Err(ConfigError::invalid(
                 "provider.max_token_lifetime",
-                "expected a duration from 1s to 366d",
+                "expected a duration from 1s to 365d",
+            ));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError::invalid(
+                "provider.leeway",
+                format!(
+                    "expected at most {} of clock skew",
+                    humantime::format_duration(MAX_LEEWAY)
+                ),
+            ));
+        }
+        if self
+            .max_token_age
+            .is_some_and(|a| !MAX_TOKEN_AGE_RANGE.contains(&a))
+        {
+            return Err(ConfigError::invalid(
+                "provider.max_token_age",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.start()),
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.end())
+                ),
+            ));
+        }
+        if !JWKS_MIN_REFETCH_RANGE.contains(&self.jwks_min_refetch_interval) {
+            return Err(ConfigError::invalid(
+                "provider.jwks_min_refetch_interval",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*JWKS_MIN_REFETCH_RANGE.start()),
+                    humantime::format_duration(*JWKS_MIN_REFETCH_RANGE.end())
+                ),
             ));
         }
         if !(256..=1 << 20).contains(&self.max_token_bytes) {
@@ -836,6 +945,102 @@ impl ProviderConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Neither list may be empty or hold an empty value: an empty list would quietly switch the
+    /// check off. `oauth2` needs an audience or the explicit `skip_audience_check`; the stytch
+    /// profile always checks its audience.
+    fn validate_issuers_and_audiences(&self) -> Result<(), ConfigError> {
+        for (field, values) in [
+            ("provider.issuer", &self.issuer),
+            ("provider.audience", &self.audience),
+        ] {
+            let Some(values) = values else { continue };
+            let values = values.clone().into_vec();
+            if values.is_empty() {
+                return Err(ConfigError::invalid(field, "expected at least one value"));
+            }
+            if let Some(i) = values.iter().position(|v| v.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    &format!("{field}[{i}]"),
+                    "expected a non-empty value",
+                ));
+            }
+        }
+        match (self.kind, self.skip_audience_check, self.audience.is_some()) {
+            (ProviderKind::Oauth2, false, false) => {
+                return Err(ConfigError::invalid(
+                    "provider.audience",
+                    "required when provider.kind is oauth2 (for a provider that issues no audience, set provider.skip_audience_check: true instead)",
+                ));
+            }
+            (ProviderKind::Oauth2, true, true) => {
+                return Err(ConfigError::invalid(
+                    "provider.skip_audience_check",
+                    "cannot be combined with provider.audience",
+                ));
+            }
+            (ProviderKind::Stytch | ProviderKind::Embedded, true, _) => {
+                return Err(ConfigError::invalid(
+                    "provider.skip_audience_check",
+                    "not for the stytch profile, which always checks the project's audience",
+                ));
+            }
+            _ => {}
+        }
+        if self.resolved_issuers().is_empty() {
+            return Err(ConfigError::invalid(
+                "provider.issuer",
+                "expected at least one value",
+            ));
+        }
+        if self.resolved_audiences().is_empty() && !self.skip_audience_check {
+            return Err(ConfigError::invalid(
+                "provider.audience",
+                "expected at least one value",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The provider URLs sent in clear text to a host off this machine, as (field, host):
+    /// tokens, secrets and keys travel over them. Loopback (127.0.0.0/8, ::1, `localhost`) and
+    /// the unspecified address (which reaches this host) are not listed.
+    pub fn plain_http_urls(&self) -> Vec<(&'static str, String)> {
+        let derived_from = match &self.embedded {
+            Some(e) if self.kind == ProviderKind::Embedded => {
+                if e.issuer_base_url.is_some() {
+                    "provider.embedded.issuer_base_url"
+                } else {
+                    "provider.embedded.listen"
+                }
+            }
+            _ => "provider.base_url",
+        };
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        for (explicit, field, url) in [
+            (
+                self.token_url.is_some(),
+                "provider.token_url",
+                self.resolved_token_url(),
+            ),
+            (
+                self.jwks_url.is_some(),
+                "provider.jwks_url",
+                self.resolved_jwks_url(),
+            ),
+        ] {
+            let Some(url) = url else { continue };
+            if url.scheme() != "http" || is_local_host(&url) {
+                continue;
+            }
+            let field = if explicit { field } else { derived_from };
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if !out.iter().any(|(f, h)| *f == field && *h == host) {
+                out.push((field, host));
+            }
+        }
+        out
     }
 
     /// The Stytch project id: configured, or the embedded issuer's.
@@ -890,7 +1095,8 @@ impl ProviderConfig {
         }
     }
 
-    /// The accepted `aud` values; empty means `aud` is not checked.
+    /// The accepted `aud` values; empty (only with `skip_audience_check`) means `aud` is not
+    /// checked.
     pub fn resolved_audiences(&self) -> Vec<String> {
         if let Some(a) = &self.audience {
             return a.clone().into_vec();
@@ -951,6 +1157,23 @@ pub fn parse_admin_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected host:port such as 127.0.0.1:9901, got {s:?}"))
 }
 
+/// Whether a URL's host is this machine: loopback or the unspecified address.
+fn is_local_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d.eq_ignore_ascii_case("localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
+
 fn is_visible(s: &str) -> bool {
     s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
@@ -974,11 +1197,22 @@ pub(crate) mod duration {
 
     use serde::{Deserialize, Deserializer};
 
+    /// No setting means more than a year, and the ceiling keeps every `Instant + duration` and
+    /// `duration * n` the code computes from config far from overflow (a panic at start or on
+    /// the request path). Fields with tighter bounds check them in `validate`.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!("expected a duration such as 30s or 5m: {e}"))
-        })
+        })?;
+        if d > MAX {
+            return Err(serde::de::Error::custom(
+                "expected a duration of at most 365 days",
+            ));
+        }
+        Ok(d)
     }
 }
 
@@ -1035,7 +1269,7 @@ mod tests {
     /// Each bad config is refused with an error naming the field.
     #[test]
     fn errors_name_the_field() {
-        let oauth2 = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: 'http://a'}\n";
+        let oauth2 = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: 'http://a', audience: api}\n";
         let cases: &[(&str, &str)] = &[
             ("provider: {kind: oauth2}", "provider.token_url"),
             (
@@ -1059,19 +1293,19 @@ mod tests {
             (&format!("{oauth2}bogus: 1"), "bogus"),
             (&format!("{oauth2}credentials: {{bogus: 1}}"), "credentials"),
             (
-                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, leeway: soon}",
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api, leeway: soon}",
                 "provider.leeway",
             ),
             (
-                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, algorithms: [HS256]}",
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api, algorithms: [HS256]}",
                 "provider.algorithms",
             ),
             (
-                "provider: {kind: oauth2, token_url: 'ftp://a/t', jwks_url: 'http://a/j', issuer: i}",
+                "provider: {kind: oauth2, token_url: 'ftp://a/t', jwks_url: 'http://a/j', issuer: i, audience: api}",
                 "provider.token_url",
             ),
             (
-                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, token_params: {client_secret: x}}",
+                "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api, token_params: {client_secret: x}}",
                 "provider.token_params.client_secret",
             ),
             (
@@ -1156,6 +1390,306 @@ mod tests {
         ));
         assert!(parse_listen("unix:relative.sock").is_err());
         assert!(parse_listen("localhost").is_err());
+    }
+
+    fn field_of(yaml: &str) -> Option<String> {
+        match Config::from_yaml(yaml) {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            Err(e) => panic!("{yaml}: {e}"),
+            Ok(_) => None,
+        }
+    }
+
+    /// No spelling switches the issuer or audience check off, or leaves it without a value.
+    #[test]
+    fn issuer_and_audience_cannot_be_emptied() {
+        let oauth2 = "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j'";
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                &format!("{oauth2}, issuer: [], audience: api}}"),
+                Some("provider.issuer"),
+            ),
+            (
+                &format!("{oauth2}, issuer: '', audience: api}}"),
+                Some("provider.issuer[0]"),
+            ),
+            (
+                &format!("{oauth2}, issuer: [a, ' '], audience: api}}"),
+                Some("provider.issuer[1]"),
+            ),
+            (
+                &format!("{oauth2}, issuer: i, audience: []}}"),
+                Some("provider.audience"),
+            ),
+            (
+                &format!("{oauth2}, issuer: i, audience: ''}}"),
+                Some("provider.audience[0]"),
+            ),
+            (
+                &format!("{oauth2}, issuer: i, audience: [api, '']}}"),
+                Some("provider.audience[1]"),
+            ),
+            // oauth2 without an audience needs the explicit opt-out...
+            (&format!("{oauth2}, issuer: i}}"), Some("provider.audience")),
+            (
+                &format!("{oauth2}, issuer: i, skip_audience_check: false}}"),
+                Some("provider.audience"),
+            ),
+            (
+                &format!("{oauth2}, issuer: i, skip_audience_check: true}}"),
+                None,
+            ),
+            // ...which cannot be combined with an audience,
+            (
+                &format!("{oauth2}, issuer: i, audience: api, skip_audience_check: true}}"),
+                Some("provider.skip_audience_check"),
+            ),
+            (
+                &format!("{oauth2}, issuer: i, skip_audience_check: yes-please}}"),
+                Some("provider.skip_audience_check"),
+            ),
+            // and the stytch profile always checks its audience.
+            (
+                "provider: {kind: stytch, project_id: p1, base_url: 'https://x', audience: []}",
+                Some("provider.audience"),
+            ),
+            (
+                "provider: {kind: stytch, project_id: p1, base_url: 'https://x', issuer: []}",
+                Some("provider.issuer"),
+            ),
+            (
+                "provider: {kind: stytch, project_id: p1, base_url: 'https://x', skip_audience_check: true}",
+                Some("provider.skip_audience_check"),
+            ),
+            (
+                "provider: {kind: embedded, skip_audience_check: true, embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789}}",
+                Some("provider.skip_audience_check"),
+            ),
+            // The same rules for every named provider.
+            (
+                &format!(
+                    "{oauth2}, issuer: i, audience: api}}\nproviders: {{b: {{kind: oauth2, token_url: 'https://b/t', jwks_url: 'https://b/j', issuer: j}}}}"
+                ),
+                Some("providers.b.audience"),
+            ),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(field_of(yaml).as_deref(), *want, "{yaml}");
+        }
+        let c = Config::from_yaml(&format!("{oauth2}, issuer: i, skip_audience_check: true}}"))
+            .unwrap();
+        assert!(c.provider.resolved_audiences().is_empty());
+        let c = Config::from_yaml(
+            "provider: {kind: stytch, project_id: p1, base_url: 'https://x', audience: [p1, other]}",
+        )
+        .unwrap();
+        assert_eq!(c.provider.resolved_audiences(), vec!["p1", "other"]);
+    }
+
+    /// Each bound holds at its edge and refuses one step past it, naming the field.
+    #[test]
+    fn verification_durations_are_bounded() {
+        let base = "provider: {kind: stytch, project_id: p1, base_url: 'https://x'";
+        let cases: &[(&str, Option<&str>)] = &[
+            ("leeway: 0s", None),
+            ("leeway: 5m", None),
+            ("leeway: 301s", Some("provider.leeway")),
+            ("leeway: 100years", Some("provider.leeway")),
+            ("max_token_age: 1s", None),
+            ("max_token_age: 24h", None),
+            ("max_token_age: 0s", Some("provider.max_token_age")),
+            ("max_token_age: 25h", Some("provider.max_token_age")),
+            (
+                "max_token_age: 500000000000years",
+                Some("provider.max_token_age"),
+            ),
+            ("jwks_min_refetch_interval: 1s", None),
+            ("jwks_min_refetch_interval: 1h", None),
+            (
+                "jwks_min_refetch_interval: 999ms",
+                Some("provider.jwks_min_refetch_interval"),
+            ),
+            (
+                "jwks_min_refetch_interval: 0s",
+                Some("provider.jwks_min_refetch_interval"),
+            ),
+            (
+                "jwks_min_refetch_interval: 61m",
+                Some("provider.jwks_min_refetch_interval"),
+            ),
+        ];
+        for (extra, want) in cases {
+            let yaml = format!("{base}, {extra}}}");
+            assert_eq!(field_of(&yaml).as_deref(), *want, "{yaml}");
+        }
+        let base = "provider: {kind: stytch, project_id: p1, base_url: 'https://x'}\ncache: ";
+        let cases: &[(&str, Option<&str>)] = &[
+            ("{stale_if_error: 0s}", None),
+            ("{stale_if_error: 1h}", None),
+            ("{stale_if_error: 3601s}", Some("cache.stale_if_error")),
+            (
+                "{stale_if_error: 1000000years}",
+                Some("cache.stale_if_error"),
+            ),
+            ("{max_credential_age: 1s}", None),
+            ("{max_credential_age: 24h}", None),
+            ("{max_credential_age: 0s}", Some("cache.max_credential_age")),
+            (
+                "{max_credential_age: 500ms}",
+                Some("cache.max_credential_age"),
+            ),
+            (
+                "{max_credential_age: 25h}",
+                Some("cache.max_credential_age"),
+            ),
+        ];
+        for (extra, want) in cases {
+            let yaml = format!("{base}{extra}");
+            assert_eq!(field_of(&yaml).as_deref(), *want, "{yaml}");
+        }
+        // Every duration has a ceiling, so no sum or product of config durations overflows.
+        for (yaml, field) in [
+            ("cache: {negative_ttl: 1000000years}", "cache.negative_ttl"),
+            ("cache: {expiry_margin: 366days}", "cache.expiry_margin"),
+            (
+                "cache: {exchange_queue_timeout: 18446744073709551615s}",
+                "cache.exchange_queue_timeout",
+            ),
+            ("listen: {drain_timeout: 1000years}", "listen.drain_timeout"),
+            (
+                "policy: {reload_interval: 1000years}",
+                "policy.reload_interval",
+            ),
+        ] {
+            let yaml = format!(
+                "provider: {{kind: stytch, project_id: p1, base_url: 'https://x'}}\n{yaml}"
+            );
+            assert_eq!(field_of(&yaml).as_deref(), Some(field), "{yaml}");
+        }
+        for (extra, field) in [
+            ("request_timeout: 500000years", "provider.request_timeout"),
+            ("connect_timeout: 2000years", "provider.connect_timeout"),
+            (
+                "jwks_refresh_interval: 2000years",
+                "provider.jwks_refresh_interval",
+            ),
+        ] {
+            let yaml = format!(
+                "provider: {{kind: stytch, project_id: p1, base_url: 'https://x', {extra}}}"
+            );
+            assert_eq!(field_of(&yaml).as_deref(), Some(field), "{yaml}");
+        }
+        // A named provider's bound names its own path.
+        assert_eq!(
+            field_of(&format!(
+                "{base}{{}}\nproviders: {{b: {{kind: stytch, project_id: p2, base_url: 'https://y', leeway: 1h}}}}"
+            ))
+            .as_deref(),
+            Some("providers.b.leeway")
+        );
+    }
+
+    /// Provider URLs carrying a password are refused, wherever they are written.
+    #[test]
+    fn provider_urls_carry_no_credentials() {
+        for (yaml, field) in [
+            (
+                "provider: {kind: oauth2, token_url: 'https://u:p@a/t', jwks_url: 'https://a/j', issuer: i, audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://u@a/j', issuer: i, audience: api}",
+                "provider.jwks_url",
+            ),
+            (
+                "provider: {kind: stytch, project_id: p1, base_url: 'https://u:p@x'}",
+                "provider.token_url",
+            ),
+        ] {
+            assert_eq!(field_of(yaml).as_deref(), Some(field), "{yaml}");
+        }
+    }
+
+    /// Plain http to another host is warned about in one line naming field and host; loopback
+    /// in any spelling, and https, are not.
+    #[test]
+    fn plain_http_off_loopback_is_warned_about() {
+        let oauth2 = |token: &str, jwks: &str| {
+            Config::from_yaml(&format!(
+                "provider: {{kind: oauth2, token_url: '{token}', jwks_url: '{jwks}', issuer: i, audience: api}}"
+            ))
+            .unwrap()
+        };
+        for local in [
+            "http://127.0.0.1:8080/t",
+            "http://127.9.9.9/t",
+            "http://localhost/t",
+            "http://LOCALHOST./t",
+            "http://[::1]:9/t",
+            "http://[::ffff:127.0.0.1]/t",
+            "http://0.0.0.0:9/t",
+            "https://auth.example.com/t",
+        ] {
+            assert_eq!(oauth2(local, local).plain_http_warning(), None, "{local}");
+        }
+        let w = oauth2(
+            "http://auth.example.com/oauth/token?x=secret-query",
+            "http://10.0.0.7:8080/jwks",
+        )
+        .plain_http_warning()
+        .expect("a warning");
+        assert!(!w.contains('\n'), "{w}");
+        assert!(
+            w.contains("provider.token_url (host auth.example.com)"),
+            "{w}"
+        );
+        assert!(w.contains("provider.jwks_url (host 10.0.0.7)"), "{w}");
+        assert!(!w.contains("secret-query") && !w.contains("/oauth"), "{w}");
+        for (spelling, host) in [
+            ("http://localhost.evil.com/t", "localhost.evil.com"),
+            ("http://127.0.0.1.nip.io/t", "127.0.0.1.nip.io"),
+            ("http://[::2]/t", "[::2]"),
+        ] {
+            let w = oauth2(spelling, "https://a/j").plain_http_warning();
+            assert!(
+                w.as_deref()
+                    .is_some_and(|w| w.contains(&format!("(host {host})"))),
+                "{spelling}: {w:?}"
+            );
+        }
+        // Derived Stytch URLs are named by the field that was written; named providers by path.
+        let c = Config::from_yaml(
+            "provider: {kind: stytch, project_id: p1, base_url: 'http://stytch.internal'}\nproviders: {b: {kind: oauth2, token_url: 'https://b/t', jwks_url: 'http://b.internal/j', issuer: j, audience: api}}",
+        )
+        .unwrap();
+        let w = c.plain_http_warning().unwrap();
+        assert!(
+            w.contains("provider.base_url (host stytch.internal)"),
+            "{w}"
+        );
+        assert_eq!(w.matches("provider.base_url").count(), 1, "{w}");
+        assert!(w.contains("providers.b.jwks_url (host b.internal)"), "{w}");
+        // The embedded issuer: named by what set its address.
+        let embedded = |extra: &str| {
+            Config::from_yaml(&format!(
+                "provider: {{kind: embedded, embedded: {{project_secret: demo-project-secret-0123456789{extra}}}}}"
+            ))
+            .unwrap()
+            .plain_http_warning()
+        };
+        assert_eq!(embedded(", listen: '127.0.0.1:9400'"), None);
+        assert_eq!(embedded(", listen: '0.0.0.0:9400'"), None);
+        let w = embedded(", listen: '10.1.2.3:9400'").unwrap();
+        assert!(
+            w.contains("provider.embedded.listen (host 10.1.2.3)"),
+            "{w}"
+        );
+        let w = embedded(", listen: '127.0.0.1:9400', issuer_base_url: 'http://issuer.internal'")
+            .unwrap();
+        assert!(
+            w.contains("provider.embedded.issuer_base_url (host issuer.internal)"),
+            "{w}"
+        );
     }
 
     #[test]

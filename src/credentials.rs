@@ -89,6 +89,8 @@ pub enum CredentialError {
     NotUtf8,
     #[error("a credential header is too long")]
     TooLong,
+    #[error("the client id is malformed: it contains a control character")]
+    ControlCharacter,
 }
 
 /// Base64 as RFC 7617 writes it, tolerating clients that drop the padding.
@@ -208,6 +210,11 @@ impl Extractor {
                 if id.is_empty() || secret.is_empty() {
                     return Err(CredentialError::Empty);
                 }
+                // As for Basic: a client id ends up in logs and cache keys, and a tab, NUL or
+                // line break in it is never a real one.
+                if id.chars().any(char::is_control) {
+                    return Err(CredentialError::ControlCharacter);
+                }
                 Ok(Some(Credential::Client {
                     client_id: id.to_owned(),
                     secret: Secret::new(secret),
@@ -256,7 +263,7 @@ fn decode_basic(encoded: &str) -> Result<Credential, CredentialError> {
         return Err(CredentialError::Empty);
     }
     if id.chars().any(char::is_control) {
-        return Err(CredentialError::MalformedAuthorization);
+        return Err(CredentialError::ControlCharacter);
     }
     Ok(Credential::Client {
         client_id: id,
@@ -416,6 +423,37 @@ mod tests {
                 Empty,
             ),
             (vec![("authorization", long)], TooLong),
+            // Control characters in the client id, whichever way it comes.
+            (vec![("authorization", basic("id\x01:s"))], ControlCharacter),
+            (vec![("authorization", basic("id%0A1:s"))], ControlCharacter),
+            (
+                vec![
+                    ("x-client-id", "id\t1".into()),
+                    ("x-client-secret", "s".into()),
+                ],
+                ControlCharacter,
+            ),
+            (
+                vec![
+                    ("x-client-id", "id\u{0}".into()),
+                    ("x-client-secret", "s".into()),
+                ],
+                ControlCharacter,
+            ),
+            (
+                vec![
+                    ("x-client-id", "a\u{7f}b".into()),
+                    ("x-client-secret", "s".into()),
+                ],
+                ControlCharacter,
+            ),
+            (
+                vec![
+                    ("x-client-id", "a\u{85}b".into()),
+                    ("x-client-secret", "s".into()),
+                ],
+                ControlCharacter,
+            ),
         ];
         for (headers, want) in cases {
             let h: Headers = headers.iter().map(|(n, v)| (*n, v.clone())).collect();

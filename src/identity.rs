@@ -86,6 +86,27 @@ pub enum IdentityError {
     NotScalar { header: String },
     #[error("the access token's claim for {header} is not a safe header value")]
     Unsafe { header: String },
+    #[error("the access token's claim for {header} is a number too large to be exact")]
+    InexactNumber { header: String },
+}
+
+/// The largest integer every JSON reader holds exactly (2^53 - 1, an IEEE 754 double's
+/// mantissa): a larger user id would reach a JavaScript or Python-float upstream as some other
+/// user's id.
+const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// A JSON number as header text, or `None` when it is beyond ±(2^53 - 1): refused, never
+/// rounded.
+fn exact_number(n: &serde_json::Number) -> Option<String> {
+    let exact = if let Some(u) = n.as_u64() {
+        u <= MAX_EXACT_INTEGER
+    } else if let Some(i) = n.as_i64() {
+        i.unsigned_abs() <= MAX_EXACT_INTEGER
+    } else {
+        n.as_f64()
+            .is_some_and(|f| f.is_finite() && f.abs() <= MAX_EXACT_INTEGER as f64)
+    };
+    exact.then(|| n.to_string())
 }
 
 /// The configured claim → header mappings.
@@ -109,9 +130,9 @@ impl IdentityMap {
         Ok(IdentityMap { mappings })
     }
 
-    /// The headers to set upstream. A missing optional claim sets nothing (its header is still
-    /// stripped); a missing required one, or any value that is not a plain string or number, or
-    /// that could smuggle a header line, refuses the request.
+    /// The headers to set upstream. A missing, null or empty optional claim sets nothing (its
+    /// header is still stripped); a missing required one, or any value that is not a plain
+    /// string or exact number, or that could smuggle a header line, refuses the request.
     pub fn headers(
         &self,
         claims: &Map<String, Value>,
@@ -127,16 +148,29 @@ impl IdentityMap {
                     }
                     continue;
                 }
+                // An empty claim is no value: an optional header is left unset (and so
+                // removed upstream), a required one refuses the request.
+                Some(Value::String(s)) if s.is_empty() => {
+                    if *required {
+                        return Err(IdentityError::MissingClaim {
+                            header: header.to_string(),
+                        });
+                    }
+                    continue;
+                }
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Number(n)) => {
+                    exact_number(n).ok_or_else(|| IdentityError::InexactNumber {
+                        header: header.to_string(),
+                    })?
+                }
                 Some(_) => {
                     return Err(IdentityError::NotScalar {
                         header: header.to_string(),
                     });
                 }
             };
-            if value.is_empty()
-                || value.len() > MAX_IDENTITY_VALUE_BYTES
+            if value.len() > MAX_IDENTITY_VALUE_BYTES
                 || !value.bytes().all(|b| (0x20..0x7f).contains(&b))
                 || value.starts_with(' ')
                 || value.ends_with(' ')
@@ -329,7 +363,31 @@ mod tests {
             ),
             (
                 json!({"user_id": ""}),
-                IdentityError::Unsafe {
+                IdentityError::MissingClaim {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": 9_007_199_254_740_992u64}),
+                IdentityError::InexactNumber {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": -9_007_199_254_740_992i64}),
+                IdentityError::InexactNumber {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": u64::MAX}),
+                IdentityError::InexactNumber {
+                    header: "x-user-id".into(),
+                },
+            ),
+            (
+                json!({"user_id": 1e300}),
+                IdentityError::InexactNumber {
                     header: "x-user-id".into(),
                 },
             ),
@@ -343,11 +401,49 @@ mod tests {
         for (c, want) in cases {
             assert_eq!(m.headers(&claims(c.clone())), Err(want), "{c}");
         }
-        // An optional claim that is absent sets nothing.
+        // An optional claim that is absent, null or empty sets nothing.
+        for sub in [json!(null), json!("")] {
+            let mut c = claims(json!({"user_id": "u"}));
+            c.insert("sub".into(), sub.clone());
+            assert_eq!(
+                m.headers(&c).unwrap(),
+                vec![("x-user-id".into(), "u".into())],
+                "{sub}"
+            );
+        }
         assert_eq!(
             m.headers(&claims(json!({"user_id": "u"}))).unwrap(),
             vec![("x-user-id".into(), "u".into())]
         );
+    }
+
+    /// Numbers up to ±(2^53 - 1) pass exactly as written; one past is refused, not rounded.
+    #[test]
+    fn exact_numbers_only() {
+        let m = map(&[("x-user-id", "user_id")], &["x-user-id"]);
+        for (n, want) in [
+            (json!(9_007_199_254_740_991u64), "9007199254740991"),
+            (json!(-9_007_199_254_740_991i64), "-9007199254740991"),
+            (json!(0), "0"),
+            (json!(42), "42"),
+            (json!(1.5), "1.5"),
+        ] {
+            let got = m.headers(&claims(json!({ "user_id": n }))).unwrap();
+            assert_eq!(&*got[0].1, want, "{n}");
+        }
+        // Parsed from text, as a token's claims are: 2^53 + 1 would round to 2^53 in a double.
+        let big: Map<String, Value> =
+            serde_json::from_str(r#"{"user_id": 9007199254740993}"#).unwrap();
+        assert!(matches!(
+            m.headers(&big),
+            Err(IdentityError::InexactNumber { .. })
+        ));
+        let huge: Map<String, Value> =
+            serde_json::from_str(r#"{"user_id": 123456789012345678901234567890}"#).unwrap();
+        assert!(matches!(
+            m.headers(&huge),
+            Err(IdentityError::InexactNumber { .. })
+        ));
     }
 
     #[test]

@@ -35,14 +35,24 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The key for a token's `kid`. A token without `kid` is matched only when the set holds a
-    /// single key, so the choice is never a guess between several.
+    /// The first key for a token's `kid` (whether the set still holds one). A token without
+    /// `kid` is matched only when the set holds a single key, so the choice is never a guess
+    /// between several.
     pub fn find(&self, kid: Option<&str>) -> Option<&Key> {
-        match kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None if self.keys.len() == 1 => self.keys.first(),
-            None => None,
-        }
+        self.candidates(kid).next()
+    }
+
+    /// Every key a token with this `kid` may have been signed with, in document order: several
+    /// keys may share a `kid` (a provider publishing a new key under an old name mid-rotation),
+    /// and each is tried. Without a `kid`, only the single key of a one-key set.
+    pub fn candidates<'a, 'k>(
+        &'a self,
+        kid: Option<&'k str>,
+    ) -> impl Iterator<Item = &'a Key> + use<'a, 'k> {
+        let single = kid.is_none() && self.keys.len() == 1;
+        self.keys
+            .iter()
+            .filter(move |k| single || (kid.is_some() && k.kid.as_deref() == kid))
     }
 
     pub fn len(&self) -> usize {

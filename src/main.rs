@@ -27,7 +27,8 @@ enum Command {
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
     },
-    /// Validate a config file: exit 0 with a one-line summary, or non-zero naming the field.
+    /// Validate a config file: exit 0 with a one-line summary (and a `warning:` line on stderr
+    /// for plain-http provider URLs off this host), or non-zero naming the field.
     CheckConfig {
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
@@ -66,6 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             println!("{}", config.summary());
+            if let Some(warning) = config.plain_http_warning() {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Issuer(args) => {
@@ -81,6 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             telemetry::init();
+            if let Some(warning) = config.plain_http_warning() {
+                tracing::warn!("{warning}");
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             let served = runtime.block_on(async {
                 let listeners = server::bind(&config).await?;

@@ -1,19 +1,32 @@
 //! Verifying an access token against a key set (RFC 7519, with RFC 8725's rules): the algorithm
-//! is pinned per key, never taken from the token alone; `iss`, `aud`, `exp`, `nbf` and `typ` are
-//! checked per provider profile. Pure: no I/O, so the whole rule set is unit-tested.
+//! is pinned per key, never taken from the token alone; `iss`, `aud`, `exp`, `nbf`, `iat` and
+//! `typ` are checked per provider profile, the time rules against the caller's clock (the JWT
+//! library is told not to read one). Pure: no I/O, so the whole rule set is unit-tested.
 
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Validation, decode, decode_header, errors::ErrorKind};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::jwks::KeySet;
 
+/// The latest NumericDate taken as a date: 9999-12-31T23:59:59Z. Anything later is not a
+/// time a provider means, and refusing it keeps every later sum of dates and durations far
+/// from overflow.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
 /// What a token must satisfy, from the provider's config.
 #[derive(Debug, Clone)]
 pub struct TokenRules {
+    /// Never empty (config validation sees to it).
     pub issuers: Vec<String>,
-    /// Empty: `aud` is not checked (only for providers that issue no audience).
+    /// Empty: `aud` is not checked (only with `skip_audience_check`).
     pub audiences: Vec<String>,
     pub leeway: Duration,
     pub max_age: Option<Duration>,
@@ -26,9 +39,9 @@ pub struct TokenRules {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub claims: Map<String, Value>,
-    /// `exp`, seconds since the epoch.
+    /// `exp`, seconds since the epoch, at most `MAX_NUMERIC_DATE`.
     pub exp: u64,
-    /// `iat`, when present.
+    /// `iat`, when present; at most `MAX_NUMERIC_DATE`.
     pub iat: Option<u64>,
     /// The `kid` of the key that verified it.
     pub kid: Option<String>,
@@ -41,6 +54,8 @@ pub enum VerifyError {
     TooLong,
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token repeats a member name in its header or claims")]
+    DuplicateMember,
     #[error("the token's algorithm is not accepted")]
     AlgorithmNotAllowed,
     #[error("the token's type is not accepted")]
@@ -55,12 +70,16 @@ pub enum VerifyError {
     Expired,
     #[error("the token is not valid yet")]
     NotYetValid,
+    #[error("the token's issue time is in the future")]
+    IssuedInFuture,
     #[error("the token's issuer is not accepted")]
     WrongIssuer,
     #[error("the token's audience is not accepted")]
     WrongAudience,
     #[error("the token lacks a required claim")]
     MissingClaim,
+    #[error("a registered claim of the token has the wrong type or range")]
+    InvalidClaim,
     #[error("the token is older than the maximum token age")]
     TooOld,
 }
@@ -74,6 +93,7 @@ pub fn verify(
     if token.len() > rules.max_bytes {
         return Err(VerifyError::TooLong);
     }
+    reject_duplicate_members(token)?;
     let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
     if let Some(want) = &rules.token_type {
         let got = header.typ.as_deref().map(|t| {
@@ -91,52 +111,69 @@ pub fn verify(
         return Err(VerifyError::UnknownCritical);
     }
     // `jku`, `x5u`, `x5c` and an embedded `jwk` are ignored: keys come only from the JWKS.
-    let key = keys
-        .find(header.kid.as_deref())
-        .ok_or(VerifyError::UnknownKey)?;
-    if !key.algorithms.contains(&header.alg) {
-        return Err(VerifyError::AlgorithmNotAllowed);
+    let candidates: Vec<_> = keys.candidates(header.kid.as_deref()).collect();
+    if candidates.is_empty() {
+        return Err(VerifyError::UnknownKey);
     }
     let mut validation = Validation::new(header.alg);
-    validation.leeway = rules.leeway.as_secs();
-    validation.validate_nbf = true;
-    validation.validate_exp = true;
-    let mut required = vec!["exp", "iss"];
-    validation.set_issuer(&rules.issuers);
+    // The time rules are ours, against `now`: the library would read the system clock itself.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.leeway = 0;
+    // `iss` is compared below, where a list or a number is refused rather than searched.
+    let mut required = vec!["exp"];
     if rules.audiences.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&rules.audiences);
         required.push("aud");
     }
-    if rules.max_age.is_some() {
-        required.push("iat");
-    }
     validation.set_required_spec_claims(&required);
-    let data =
-        decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => VerifyError::BadSignature,
-            ErrorKind::ExpiredSignature => VerifyError::Expired,
-            ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-            ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
-            ErrorKind::InvalidAudience => VerifyError::WrongAudience,
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                VerifyError::MissingClaim
+    // Several keys may share a `kid` (a provider mid-rotation): each that may verify this
+    // algorithm is tried, and only a signature no key accepts is refused as such.
+    let mut refused = VerifyError::AlgorithmNotAllowed;
+    let mut data = None;
+    for key in candidates {
+        if !key.algorithms.contains(&header.alg) {
+            continue;
+        }
+        match decode::<Map<String, Value>>(token, &key.key, &validation) {
+            Ok(d) => {
+                data = Some(d);
+                break;
             }
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                VerifyError::AlgorithmNotAllowed
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+                refused = VerifyError::BadSignature;
             }
-            _ => VerifyError::Malformed,
-        })?;
-    let claims = data.claims;
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or(VerifyError::MissingClaim)?;
-    let iat = claims.get("iat").and_then(Value::as_u64);
+            Err(e) => return Err(classify(e.kind())),
+        }
+    }
+    let claims = data.ok_or(refused)?.claims;
+    match claims.get("iss") {
+        Some(Value::String(iss)) if rules.issuers.iter().any(|i| i == iss) => {}
+        Some(Value::String(_)) => return Err(VerifyError::WrongIssuer),
+        None | Some(Value::Null) => return Err(VerifyError::MissingClaim),
+        // RFC 7519 §4.1.1: a StringOrURI, never a list to search.
+        Some(_) => return Err(VerifyError::InvalidClaim),
+    }
+    let leeway = rules.leeway.as_secs();
+    let exp = numeric_date(&claims, "exp")?.ok_or(VerifyError::MissingClaim)?;
+    if exp.saturating_add(leeway) < now {
+        return Err(VerifyError::Expired);
+    }
+    if let Some(nbf) = numeric_date(&claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(VerifyError::NotYetValid);
+    }
+    let iat = numeric_date(&claims, "iat")?;
     if let Some(max_age) = rules.max_age {
         let iat = iat.ok_or(VerifyError::MissingClaim)?;
-        if now.saturating_sub(iat) > max_age.as_secs() + rules.leeway.as_secs() {
+        // A future `iat` would make any age check pass: refused beyond the clock skew.
+        if iat > now.saturating_add(leeway) {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        if now.saturating_sub(iat) > max_age.as_secs().saturating_add(leeway) {
             return Err(VerifyError::TooOld);
         }
     }
@@ -146,6 +183,122 @@ pub fn verify(
         iat,
         kid: header.kid,
     })
+}
+
+fn classify(kind: &ErrorKind) -> VerifyError {
+    match kind {
+        ErrorKind::InvalidSignature => VerifyError::BadSignature,
+        ErrorKind::ExpiredSignature => VerifyError::Expired,
+        ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+        ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
+        ErrorKind::InvalidAudience => VerifyError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => VerifyError::MissingClaim,
+        ErrorKind::InvalidClaimFormat(_) => VerifyError::InvalidClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            VerifyError::AlgorithmNotAllowed
+        }
+        _ => VerifyError::Malformed,
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2): absent, or whole seconds from 0 to `MAX_NUMERIC_DATE`.
+/// Negative, fractional, out-of-range and non-numeric values are refused, never rounded or
+/// wrapped.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, VerifyError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&t| t <= MAX_NUMERIC_DATE)
+            .map(Some)
+            .ok_or(VerifyError::InvalidClaim),
+    }
+}
+
+/// Refuses a token whose header or claims repeat a member name at any depth. JSON parsers
+/// disagree on which of two `"sub"`s counts (serde_json keeps the last, others the first), so a
+/// token that says two things is not believed (RFC 7515 §4, RFC 7519 §4). Checked on the raw
+/// segments before anything trusts them.
+fn reject_duplicate_members(token: &str) -> Result<(), VerifyError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed);
+    };
+    for segment in [header, payload] {
+        let json = URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| VerifyError::Malformed)?;
+        let duplicate = Cell::new(false);
+        let mut de = serde_json::Deserializer::from_slice(&json);
+        let parsed = UniqueMembers(&duplicate)
+            .deserialize(&mut de)
+            .and_then(|()| de.end());
+        if duplicate.get() {
+            return Err(VerifyError::DuplicateMember);
+        }
+        parsed.map_err(|_| VerifyError::Malformed)?;
+    }
+    Ok(())
+}
+
+/// Any JSON value, accepted only if no object in it repeats a member name; a repeat is recorded
+/// in the flag (so it is told apart from bad JSON) and stops the parse.
+#[derive(Clone, Copy)]
+struct UniqueMembers<'a>(&'a Cell<bool>);
+
+impl<'de> DeserializeSeed<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        // Keys arrive unescaped: `"a"` and `"\u0061"` are the same name.
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                self.0.set(true);
+                return Err(de::Error::custom("duplicate member name"));
+            }
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -398,5 +551,335 @@ mod tests {
             &claims(),
         );
         assert!(verify(&t, &keys, &rules(), now()).is_ok());
+    }
+
+    /// A token signed with `RSA_A`, with raw header and payload JSON (to write what `serde`
+    /// never would: repeated members, odd numbers).
+    fn sign_raw(header: &str, payload: &str) -> String {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B;
+        let message = format!("{}.{}", B.encode(header), B.encode(payload));
+        let key = EncodingKey::from_rsa_pem(RSA_A.as_bytes()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    const HEADER: &str = r#"{"alg":"RS256","typ":"JWT","kid":"rsa-a"}"#;
+
+    /// The claims as JSON text with `extra` members spliced in after the good ones.
+    fn payload_with(extra: &str) -> String {
+        let good = claims().to_string();
+        format!("{},{extra}}}", &good[..good.len() - 1])
+    }
+
+    #[test]
+    fn raw_tokens_verify_like_encoded_ones() {
+        let keys = keyset(&[Algorithm::RS256]);
+        let t = sign_raw(HEADER, &claims().to_string());
+        assert!(verify(&t, &keys, &rules(), now()).is_ok());
+    }
+
+    /// A repeated member name, at any depth, in the claims or the header, is refused whichever
+    /// copy a parser would keep; escaped spellings of one name count as one.
+    #[test]
+    fn duplicate_member_names_are_refused() {
+        let keys = keyset(&[Algorithm::RS256]);
+        for (name, header, payload) in [
+            (
+                "sub twice",
+                HEADER.to_owned(),
+                payload_with(r#""sub":"admin""#),
+            ),
+            (
+                "user_id twice",
+                HEADER.to_owned(),
+                payload_with(r#""user_id":"user-2""#),
+            ),
+            (
+                "escaped spelling",
+                HEADER.to_owned(),
+                payload_with(r#""\u0075ser_id":"user-2""#),
+            ),
+            (
+                "iss twice",
+                HEADER.to_owned(),
+                payload_with(r#""iss":"evil""#),
+            ),
+            (
+                "nested",
+                HEADER.to_owned(),
+                payload_with(r#""ext":{"org":"a","org":"b"}"#),
+            ),
+            (
+                "in an array",
+                HEADER.to_owned(),
+                payload_with(r#""ext":[{"org":"a","org":"b"}]"#),
+            ),
+            (
+                "alg twice",
+                r#"{"alg":"RS256","typ":"JWT","kid":"rsa-a","alg":"none"}"#.to_owned(),
+                claims().to_string(),
+            ),
+            (
+                "kid twice",
+                r#"{"alg":"RS256","typ":"JWT","kid":"rsa-a","kid":"other"}"#.to_owned(),
+                claims().to_string(),
+            ),
+        ] {
+            let t = sign_raw(&header, &payload);
+            assert_eq!(
+                verify(&t, &keys, &rules(), now()).map(|_| ()),
+                Err(VerifyError::DuplicateMember),
+                "{name}"
+            );
+        }
+        // Not JSON, trailing bytes, or too many segments: malformed, not "duplicate".
+        for (name, t) in [
+            ("not json", sign_raw(HEADER, "{\"sub\":")),
+            ("trailing", sign_raw(HEADER, &format!("{} x", claims()))),
+            (
+                "four parts",
+                format!("{}.x", sign_raw(HEADER, &claims().to_string())),
+            ),
+            ("two parts", "eyJhIjoxfQ.eyJhIjoxfQ".to_owned()),
+        ] {
+            assert_eq!(
+                verify(&t, &keys, &rules(), now()).map(|_| ()),
+                Err(VerifyError::Malformed),
+                "{name}"
+            );
+        }
+    }
+
+    /// `iss` is a string or nothing: a list that contains the right issuer, a number or an
+    /// object is refused.
+    #[test]
+    fn non_string_issuers_are_refused() {
+        let keys = keyset(&[Algorithm::RS256]);
+        let good = |c: &serde_json::Value| sign(Algorithm::RS256, Some("rsa-a"), Some("JWT"), c);
+        for (iss, want) in [
+            (json!(["stytch.com/p1"]), VerifyError::InvalidClaim),
+            (json!(["stytch.com/p1", "evil"]), VerifyError::InvalidClaim),
+            (json!(["evil"]), VerifyError::InvalidClaim),
+            (json!(42), VerifyError::InvalidClaim),
+            (json!({"iss": "stytch.com/p1"}), VerifyError::InvalidClaim),
+            (json!(true), VerifyError::InvalidClaim),
+            (json!(null), VerifyError::MissingClaim),
+            (json!(""), VerifyError::WrongIssuer),
+            (json!("STYTCH.COM/P1"), VerifyError::WrongIssuer),
+        ] {
+            let t = good(&with(|c| {
+                c.insert("iss".into(), iss.clone());
+            }));
+            assert_eq!(
+                verify(&t, &keys, &rules(), now()).map(|_| ()),
+                Err(want),
+                "{iss}"
+            );
+        }
+    }
+
+    /// `exp`, `nbf` and `iat` at the extremes (huge, negative, fractional, beyond u64, beyond
+    /// year 9999, strings), and a huge leeway or maximum age: each a clean refusal or a clean
+    /// pass, never a panic or a wrapped sum.
+    #[test]
+    fn time_claims_at_the_extremes() {
+        let keys = keyset(&[Algorithm::RS256]);
+        let n = now();
+        let bad_numbers = [
+            "-1",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e300",
+            "-1e300",
+            "1700000000.5",
+            "0.5",
+            "253402300800",
+            "\"1700000000\"",
+            "[1700000000]",
+            "true",
+        ];
+        for claim in ["exp", "nbf", "iat"] {
+            for bad in bad_numbers {
+                let mut c = claims();
+                c.as_object_mut().unwrap().remove(claim);
+                let t = sign_raw(
+                    HEADER,
+                    &format!("{},\"{claim}\":{bad}}}", {
+                        let s = c.to_string();
+                        s[..s.len() - 1].to_owned()
+                    }),
+                );
+                let got = verify(&t, &keys, &rules(), n).map(|_| ());
+                assert!(
+                    matches!(
+                        got,
+                        Err(VerifyError::InvalidClaim
+                            | VerifyError::MissingClaim
+                            | VerifyError::Malformed)
+                    ),
+                    "{claim}={bad}: {got:?}"
+                );
+            }
+        }
+        // The largest date accepted is a valid, far-off `exp`.
+        let far = sign(
+            Algorithm::RS256,
+            Some("rsa-a"),
+            Some("JWT"),
+            &with(|c| {
+                c.insert("exp".into(), json!(MAX_NUMERIC_DATE));
+            }),
+        );
+        assert_eq!(
+            verify(&far, &keys, &rules(), n).unwrap().exp,
+            MAX_NUMERIC_DATE
+        );
+        // A zero `exp` has long expired; a `nbf` at the far end is not valid yet.
+        for (claim, value, want) in [
+            ("exp", json!(0), VerifyError::Expired),
+            ("nbf", json!(MAX_NUMERIC_DATE), VerifyError::NotYetValid),
+        ] {
+            let t = sign(
+                Algorithm::RS256,
+                Some("rsa-a"),
+                Some("JWT"),
+                &with(|c| {
+                    c.insert(claim.into(), value.clone());
+                }),
+            );
+            assert_eq!(
+                verify(&t, &keys, &rules(), n).map(|_| ()),
+                Err(want),
+                "{claim}"
+            );
+        }
+        // Extreme clocks and rule durations saturate instead of wrapping.
+        let mut wide = rules();
+        wide.leeway = Duration::from_secs(u64::MAX);
+        wide.max_age = Some(Duration::from_secs(u64::MAX));
+        let t = sign(Algorithm::RS256, Some("rsa-a"), Some("JWT"), &claims());
+        assert!(verify(&t, &keys, &wide, n).is_ok());
+        assert!(verify(&t, &keys, &wide, u64::MAX).is_ok());
+        assert_eq!(
+            verify(&t, &keys, &rules(), u64::MAX).map(|_| ()),
+            Err(VerifyError::Expired)
+        );
+        let mut strict = rules();
+        strict.max_age = Some(Duration::from_secs(300));
+        assert_eq!(
+            verify(&t, &keys, &strict, 0).map(|_| ()),
+            Err(VerifyError::NotYetValid),
+            "at the epoch, `nbf` is in the future"
+        );
+    }
+
+    /// With a maximum age, an `iat` in the future beyond the leeway is refused (it would make
+    /// any age look young); within the leeway it passes.
+    #[test]
+    fn future_iat_is_refused_under_max_age() {
+        let keys = keyset(&[Algorithm::RS256]);
+        let mut strict = rules();
+        strict.max_age = Some(Duration::from_secs(300));
+        let at = |iat: u64| {
+            sign(
+                Algorithm::RS256,
+                Some("rsa-a"),
+                Some("JWT"),
+                &with(|c| {
+                    c.insert("iat".into(), json!(iat));
+                    c.remove("nbf");
+                }),
+            )
+        };
+        let n = now();
+        assert_eq!(
+            verify(&at(n + 31), &keys, &strict, n).map(|_| ()),
+            Err(VerifyError::IssuedInFuture)
+        );
+        assert_eq!(
+            verify(&at(MAX_NUMERIC_DATE), &keys, &strict, n).map(|_| ()),
+            Err(VerifyError::IssuedInFuture)
+        );
+        assert!(verify(&at(n + 30), &keys, &strict, n).is_ok());
+        assert!(verify(&at(n - 330), &keys, &strict, n).is_ok());
+        assert_eq!(
+            verify(&at(n - 331), &keys, &strict, n).map(|_| ()),
+            Err(VerifyError::TooOld)
+        );
+        // Without a maximum age the issue time is only checked for form.
+        assert!(verify(&at(n + 3000), &keys, &rules(), n).is_ok());
+        let no_iat = sign(
+            Algorithm::RS256,
+            Some("rsa-a"),
+            Some("JWT"),
+            &with(|c| {
+                c.remove("iat");
+            }),
+        );
+        assert_eq!(
+            verify(&no_iat, &keys, &strict, n).map(|_| ()),
+            Err(VerifyError::MissingClaim)
+        );
+    }
+
+    /// Several keys under one `kid`: a token signed by any of them verifies; one signed by
+    /// none is a bad signature; the algorithm pin still holds per key.
+    #[test]
+    fn every_key_under_a_shared_kid_is_tried() {
+        let rename = |jwk: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(jwk).unwrap();
+            v["kid"] = json!("shared");
+            v.to_string()
+        };
+        let doc = format!(
+            r#"{{"keys":[{},{},{}]}}"#,
+            rename(include_str!("../tests/fixtures/ec-p256.jwk.json")),
+            rename(include_str!("../tests/fixtures/rsa-b.jwk.json")),
+            rename(include_str!("../tests/fixtures/rsa-a.jwk.json")),
+        );
+        let keys = jwks::parse(
+            doc.as_bytes(),
+            &[Algorithm::RS256, Algorithm::ES256],
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(keys.candidates(Some("shared")).count(), 3);
+        let signed_by = |pem: &str, alg: Algorithm| {
+            let mut h = Header::new(alg);
+            h.kid = Some("shared".into());
+            h.typ = Some("JWT".into());
+            let key = match alg {
+                Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+                _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
+            }
+            .unwrap();
+            encode(&h, &claims(), &key).unwrap()
+        };
+        for (name, pem, alg) in [
+            ("first RSA key", RSA_B, Algorithm::RS256),
+            ("second RSA key", RSA_A, Algorithm::RS256),
+            ("EC key", EC, Algorithm::ES256),
+        ] {
+            let v = verify(&signed_by(pem, alg), &keys, &rules(), now());
+            assert_eq!(v.map(|v| v.kid), Ok(Some("shared".into())), "{name}");
+        }
+        // An RS256 signature by neither RSA key: a good one with its first byte changed.
+        let other = {
+            let t = signed_by(RSA_A, Algorithm::RS256);
+            let (head, sig) = t.rsplit_once('.').unwrap();
+            let first = if sig.starts_with('A') { "B" } else { "A" };
+            format!("{head}.{first}{}", &sig[1..])
+        };
+        assert_eq!(
+            verify(&other, &keys, &rules(), now()).map(|_| ()),
+            Err(VerifyError::BadSignature)
+        );
+        // PS256 is pinned by no key under that kid.
+        assert_eq!(
+            verify(&signed_by(RSA_A, Algorithm::PS256), &keys, &rules(), now()).map(|_| ()),
+            Err(VerifyError::AlgorithmNotAllowed)
+        );
     }
 }

@@ -322,7 +322,7 @@ fn check_config_refuses_a_unix_admin_address() {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
-        "listen: {admin: 'unix:/run/admin.sock'}\nprovider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i}\n",
+        "listen: {admin: 'unix:/run/admin.sock'}\nprovider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api}\n",
     )
     .unwrap();
     let out = Command::new(binary())

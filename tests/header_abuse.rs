@@ -369,6 +369,43 @@ async fn abusive_credential_headers_through_the_authorizer() {
             400,
             "empty",
         ),
+        // The header pair refuses control characters in the id, as Basic does.
+        (
+            "header pair, control character in the id",
+            vec![
+                some("x-client-id", "client\u{1}-1"),
+                some("x-client-secret", "s3cret"),
+            ],
+            400,
+            "control character",
+        ),
+        (
+            "header pair, tab inside the id",
+            vec![
+                some("x-client-id", "client\t-1"),
+                some("x-client-secret", "s3cret"),
+            ],
+            400,
+            "control character",
+        ),
+        (
+            "header pair, DEL in the id",
+            vec![
+                some("x-client-id", "client-1\u{7f}"),
+                some("x-client-secret", "s3cret"),
+            ],
+            400,
+            "control character",
+        ),
+        (
+            "header pair, CR LF in the id",
+            vec![
+                some("x-client-id", "client-1\r\nx-user-id: admin"),
+                some("x-client-secret", "s3cret"),
+            ],
+            400,
+            "control character",
+        ),
         // Oversized values: refused unread; exactly at the limit is read (and refused by the
         // provider as an unknown client).
         (

@@ -583,14 +583,181 @@ fn attack_table(p: &FakeProvider) -> Vec<(&'static str, String, u16, &'static st
             403,
             "safe header value",
         ),
-        (
-            "user claim empty",
-            user(json!("")),
-            403,
-            "safe header value",
-        ),
+        // An empty required claim is no value at all.
+        ("user claim empty", user(json!("")), 403, "has no"),
         ("user claim null", user(Value::Null), 403, "has no"),
+        // Numbers a double cannot hold exactly are refused, not rounded to another user's id.
+        (
+            "user claim 2^53 + 1",
+            raw(HEADER, &with_member(r#""user_id":9007199254740993"#)),
+            403,
+            "too large",
+        ),
+        (
+            "user claim -(2^53 + 1)",
+            raw(HEADER, &with_member(r#""user_id":-9007199254740993"#)),
+            403,
+            "too large",
+        ),
+        (
+            "user claim beyond u64",
+            raw(
+                HEADER,
+                &with_member(r#""user_id":123456789012345678901234567890"#),
+            ),
+            403,
+            "too large",
+        ),
+        (
+            "user claim 1e300",
+            raw(HEADER, &with_member(r#""user_id":1e300"#)),
+            403,
+            "too large",
+        ),
+        // Repeated member names: parsers disagree on which copy counts, so neither is believed.
+        (
+            "sub twice",
+            raw(
+                HEADER,
+                &format!("{},\"sub\":\"admin\"}}", open_claims(&claims)),
+            ),
+            401,
+            "repeats a member",
+        ),
+        (
+            "user_id twice, once escaped",
+            raw(
+                HEADER,
+                &format!("{},\"\\u0075ser_id\":\"admin\"}}", open_claims(&claims)),
+            ),
+            401,
+            "repeats a member",
+        ),
+        (
+            "nested member twice",
+            raw(
+                HEADER,
+                &format!("{},\"ext\":{{\"a\":1,\"a\":2}}}}", open_claims(&claims)),
+            ),
+            401,
+            "repeats a member",
+        ),
+        (
+            "alg twice in the header",
+            raw(
+                r#"{"alg":"RS256","typ":"JWT","kid":"rsa-a","alg":"none"}"#,
+                &claims.to_string(),
+            ),
+            401,
+            "repeats a member",
+        ),
+        // `iss` is one string: a list holding the right issuer, or a number, is refused.
+        (
+            "iss a list holding the issuer",
+            good(claims_with(|c| {
+                c.insert("iss".into(), json!([ISSUER, "https://evil.test"]));
+            })),
+            401,
+            "wrong type",
+        ),
+        (
+            "iss a number",
+            good(claims_with(|c| {
+                c.insert("iss".into(), json!(7));
+            })),
+            401,
+            "wrong type",
+        ),
+        // Time claims at the extremes: a clean refusal, never a panic or a wrapped sum.
+        (
+            "exp u64::MAX",
+            good(claims_with(|c| {
+                c.insert("exp".into(), json!(u64::MAX));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "exp negative",
+            good(claims_with(|c| {
+                c.insert("exp".into(), json!(-1));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "exp fractional",
+            good(claims_with(|c| {
+                c.insert("exp".into(), json!(now() as f64 + 3600.5));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "exp 1e300",
+            raw(
+                HEADER,
+                &format!(
+                    "{},\"exp\":1e300}}",
+                    open_claims(&claims_with(|c| {
+                        c.remove("exp");
+                    }))
+                ),
+            ),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "nbf u64::MAX",
+            good(claims_with(|c| {
+                c.insert("nbf".into(), json!(u64::MAX));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "nbf negative",
+            good(claims_with(|c| {
+                c.insert("nbf".into(), json!(i64::MIN));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
+        (
+            "iat u64::MAX",
+            good(claims_with(|c| {
+                c.insert("iat".into(), json!(u64::MAX));
+            })),
+            401,
+            BAD_TOKEN,
+        ),
     ]
+}
+
+const HEADER: &str = r#"{"alg":"RS256","typ":"JWT","kid":"rsa-a"}"#;
+
+/// Signed with rsa-a over exactly this header and payload text (to write what serde never
+/// would: repeated members, numbers beyond any integer type).
+fn raw(header: &str, payload: &str) -> String {
+    let message = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key("rsa-a"), Algorithm::RS256)
+            .unwrap();
+    format!("{message}.{signature}")
+}
+
+/// The claims' JSON text without its closing brace, to append members to.
+fn open_claims(claims: &Value) -> String {
+    let text = claims.to_string();
+    text[..text.len() - 1].to_owned()
+}
+
+/// Good claims whose `user_id` is the given member text.
+fn with_member(member: &str) -> String {
+    let c = claims_with(|c| {
+        c.remove("user_id");
+    });
+    format!("{},{member}}}", open_claims(&c))
 }
 
 #[tokio::test]
@@ -802,4 +969,128 @@ async fn tokens_over_the_size_limit_are_refused_unparsed() {
         Decision::Deny(d) => assert_eq!(d.status, 400),
         other => panic!("{other:?}"),
     }
+}
+
+/// `provider.max_token_age`: an `iat` in the future beyond the leeway would make any token look
+/// young, so it is refused; within the leeway it passes, and so does a fresh token.
+#[tokio::test]
+async fn a_future_issue_time_is_refused_under_max_token_age() {
+    let p = provider().await;
+    let a = authorizer(&p, "  max_token_age: 5m\n").await;
+    let at = |iat: u64| {
+        rs256(
+            header("rsa-a"),
+            &claims_with(|c| {
+                c.insert("iat".into(), json!(iat));
+                c.remove("nbf");
+            }),
+            "rsa-a",
+        )
+    };
+    for (name, iat) in [
+        ("an hour ahead", now() + 3600),
+        ("far future", 253_402_300_799),
+    ] {
+        expect_denied(name, a.check(&bearer(&at(iat))).await, 401, "in the future");
+    }
+    expect_denied(
+        "older than max_token_age",
+        a.check(&bearer(&at(now() - 600))).await,
+        401,
+        "older",
+    );
+    for iat in [now(), now() + 20] {
+        let d = a.check(&bearer(&at(iat))).await.unwrap();
+        assert!(matches!(d, Decision::Allow(_)), "iat {iat}: {d:?}");
+    }
+}
+
+/// An optional identity claim that is empty sets no header, and the header is on the remove
+/// list (so whatever a caller sent under that name never passes); it does not refuse the
+/// request.
+#[tokio::test]
+async fn an_empty_optional_claim_removes_its_header() {
+    let p = provider().await;
+    let a = authorizer(&p, "").await;
+    let token = rs256(
+        header("rsa-a"),
+        &claims_with(|c| {
+            c.insert("sub".into(), json!(""));
+        }),
+        "rsa-a",
+    );
+    match a.check(&bearer(&token)).await.unwrap() {
+        Decision::Allow(allow) => {
+            let set: Vec<&str> = allow.set().iter().map(|(h, _)| &**h).collect();
+            assert_eq!(set, vec!["x-user-id"], "{:?}", allow.set());
+            assert!(
+                allow.remove().iter().any(|h| &**h == "x-client-id"),
+                "{:?}",
+                allow.remove()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A JWKS that publishes several keys under one `kid` (a provider mid-rotation): a token signed
+/// by any of them verifies; one signed by a key it does not publish is refused.
+#[tokio::test]
+async fn every_key_under_a_shared_kid_is_tried() {
+    let p = provider().await;
+    let renamed = |name: &str| {
+        let mut jwk: Value = serde_json::from_str(&fixture(name)).unwrap();
+        jwk["kid"] = json!("shared");
+        jwk.to_string()
+    };
+    let jwks = format!(
+        r#"{{"keys":[{},{}]}}"#,
+        renamed("rsa-a.jwk.json"),
+        renamed("rsa-b.jwk.json")
+    );
+    let app = axum::Router::new().fallback(move || {
+        let jwks = jwks.clone();
+        async move { ([("content-type", "application/json")], jwks) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let yaml = format!(
+        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {jwks_url}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  token_type: JWT\n  jwks_min_refetch_interval: 1h\n",
+        p.token_url()
+    );
+    let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap()).unwrap();
+    a.provider().jwks().refresh().await.expect("JWKS");
+    for signer in ["rsa-a", "rsa-b"] {
+        let token = rs256(header("shared"), &good_claims(), signer);
+        let d = a.check(&bearer(&token)).await.unwrap();
+        assert!(matches!(d, Decision::Allow(_)), "signed by {signer}: {d:?}");
+    }
+    let ec = signed(
+        &json!({"alg": "ES256", "typ": "JWT", "kid": "shared"}),
+        &good_claims(),
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(fixture("ec-p256.pem").as_bytes()).unwrap(),
+    );
+    expect_denied(
+        "ES256 under the shared kid",
+        a.check(&bearer(&ec)).await,
+        401,
+        "algorithm",
+    );
+    let tampered = {
+        let t = rs256(header("shared"), &good_claims(), "rsa-a");
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let first = if sig.starts_with('A') { "B" } else { "A" };
+        format!("{head}.{first}{}", &sig[1..])
+    };
+    expect_denied(
+        "signed by neither",
+        a.check(&bearer(&tampered)).await,
+        401,
+        "signature",
+    );
+    server.abort();
 }

@@ -134,17 +134,18 @@ async fn rules_and_context_extensions_pick_the_provider() {
 
 #[test]
 fn provider_names_and_references_are_checked() {
-    let base =
-        "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i}\n";
+    let base = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api}\n";
     let cases = [
         (
             format!(
-                "{base}providers: {{default: {{kind: oauth2, token_url: 'http://b/t', jwks_url: 'http://b/j', issuer: j}}}}"
+                "{base}providers: {{default: {{kind: oauth2, token_url: 'http://b/t', jwks_url: 'http://b/j', issuer: j, audience: api}}}}"
             ),
             "providers.default",
         ),
         (
-            format!("{base}providers: {{b: {{kind: oauth2, jwks_url: 'http://b/j', issuer: j}}}}"),
+            format!(
+                "{base}providers: {{b: {{kind: oauth2, jwks_url: 'http://b/j', issuer: j, audience: api}}}}"
+            ),
             "providers.b.token_url",
         ),
         (

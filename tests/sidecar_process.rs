@@ -232,3 +232,94 @@ fn shipped_configs_are_valid() {
     }
     assert!(n >= 2, "found {n} configs");
 }
+
+/// A provider URL in plain http to another host is accepted, but never silently: one warning
+/// line from `check-config` (stderr, naming field and host, never path or query) and one
+/// WARN record when `serve` starts. Loopback and https say nothing.
+#[tokio::test]
+async fn plain_http_provider_urls_are_warned_about_once() {
+    use common::process::{ChildGuard, Lines, free_addr};
+    use std::process::Stdio;
+
+    let dir = TempDir::new("plain-http");
+    let offhost = "provider: {kind: oauth2, token_url: 'http://m2m-authz-test.invalid/oauth/token?k=hidden-query', jwks_url: 'http://m2m-authz-test.invalid/jwks', issuer: i, audience: api}\n";
+    let check = |yaml: &str| {
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{yaml}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = check(offhost);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("warning: "), "{stderr}");
+    for named in [
+        "provider.token_url (host m2m-authz-test.invalid)",
+        "provider.jwks_url (host m2m-authz-test.invalid)",
+    ] {
+        assert!(stderr.contains(named), "{stderr}");
+    }
+    assert!(!stderr.contains("hidden-query"), "{stderr}");
+    for quiet in [
+        "provider: {kind: oauth2, token_url: 'http://127.0.0.1:1/t', jwks_url: 'http://localhost:1/j', issuer: i, audience: api}\n",
+        "provider: {kind: oauth2, token_url: 'http://[::1]:1/t', jwks_url: 'https://auth.example.com/j', issuer: i, audience: api}\n",
+        "provider: {kind: stytch, project_id: p1, base_url: 'https://test.stytch.com'}\n",
+    ] {
+        assert_eq!(check(quiet), "", "{quiet}");
+    }
+
+    // `serve` logs it once at start, before any provider is reachable.
+    let path = dir.join("serve.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {{grpc: '{}', admin: '{}'}}\n{offhost}",
+            free_addr(),
+            free_addr()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.args(["serve", "--config"])
+        .arg(&path)
+        .env("M2M_AUTHZ_LOG", "info")
+        .env("M2M_AUTHZ_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn("m2m-authz", &mut cmd);
+    let mut lines = Lines::spawn(child.child_mut().stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Up to the "configuration loaded" record, which follows the warning.
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = lines
+            .wait_for_prefix("{", left)
+            .await
+            .unwrap_or_else(|e| panic!("{e}; seen {seen:#?}"));
+        let done = line.contains("configuration loaded");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let warnings: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("plain http://"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{seen:#?}");
+    assert!(warnings[0].contains("\"WARN\""), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("provider.jwks_url (host m2m-authz-test.invalid)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains("hidden-query"), "{}", warnings[0]);
+    child.stop();
+}
