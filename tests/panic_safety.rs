@@ -20,7 +20,8 @@ use m2m_authz::decision::Decision;
 use m2m_authz::request::{AuthRequest, Headers};
 use serde_json::{Value, json};
 
-/// `exp` values a provider (or an attacker holding its key) might sign.
+/// `exp` values a provider (or an attacker holding its key) might sign, beyond any date a token
+/// may carry (after 9999-12-31): refused cleanly, never a panic.
 const EXTREME_EXPS: [u64; 5] = [
     u64::MAX,
     u64::MAX - 1,
@@ -28,6 +29,15 @@ const EXTREME_EXPS: [u64; 5] = [
     (i64::MAX as u64) + 1,
     // Past every `SystemTime` and `Instant` in milliseconds.
     u64::MAX / 1000 + 1,
+];
+
+/// `exp` values that are far away but valid dates: accepted, and cached no longer than
+/// `provider.max_token_lifetime`.
+const FAR_EXPS: [u64; 2] = [
+    // 9999-12-31T23:59:59Z, the last date a token may carry.
+    253_402_300_799,
+    // Ten years from the test's own epoch guess (any present-day clock is far below).
+    4_000_000_000,
 ];
 
 fn provider_yaml(p: &FakeProvider, extra: &str) -> String {
@@ -112,13 +122,14 @@ fn assert_no_panics(a: &Authorizer) {
 async fn an_exchanged_token_with_an_extreme_exp_is_cached_no_longer_than_max_token_lifetime() {
     let p = FakeProvider::start().await;
     p.add_client("client-1", "s3cret", "user-1");
-    for exp in EXTREME_EXPS {
+    for exp in EXTREME_EXPS.into_iter().chain(FAR_EXPS) {
         issue_without_expires_in(&p, token(json!({ "exp": exp })));
         // Each round starts from an empty cache.
         let a = authorizer(&p, "  max_token_lifetime: 1s\n").await;
         let calls = p.token_calls();
         let first = a.check(&basic("client-1", "s3cret")).await;
         if !allowed(&format!("exp {exp}"), &first) {
+            assert!(EXTREME_EXPS.contains(&exp), "exp {exp} is a valid date");
             assert_no_panics(&a);
             continue;
         }
@@ -150,6 +161,7 @@ async fn bearer_tokens_with_extreme_times_never_panic_and_are_cached_no_longer_t
     let a = authorizer(&p, "  max_token_lifetime: 1s\n  max_token_age: 1h\n").await;
     let mut cases: Vec<Value> = EXTREME_EXPS
         .iter()
+        .chain(&FAR_EXPS)
         .map(|exp| json!({ "exp": exp }))
         .collect();
     for iat in [u64::MAX, u64::MAX - 3600, i64::MAX as u64] {
@@ -166,7 +178,7 @@ async fn bearer_tokens_with_extreme_times_never_panic_and_are_cached_no_longer_t
         assert_no_panics(&a);
     }
     assert!(
-        allowed_tokens.len() >= EXTREME_EXPS.len(),
+        allowed_tokens.len() == FAR_EXPS.len(),
         "a far exp with a current iat is valid: {} allowed",
         allowed_tokens.len()
     );
@@ -214,12 +226,12 @@ async fn expired_tokens_at_the_low_extreme_are_refused() {
     assert_no_panics(&a);
 }
 
-/// `provider.max_token_lifetime` must lie in 1s..=366d; the error names the field (also under
+/// `provider.max_token_lifetime` must lie in 1s..=365d; the error names the field (also under
 /// `providers.NAME`).
 #[tokio::test]
 async fn max_token_lifetime_is_bounded() {
     let p = FakeProvider::start().await;
-    for bad in ["0s", "500ms", "367d", "1000y"] {
+    for bad in ["0s", "500ms", "366d", "1000y"] {
         let e = Config::from_yaml(&provider_yaml(
             &p,
             &format!("  max_token_lifetime: {bad}\n"),
@@ -230,7 +242,7 @@ async fn max_token_lifetime_is_bounded() {
         assert!(e.contains("provider.max_token_lifetime"), "{bad}: {e}");
     }
     let other = format!(
-        "{}providers:\n  other:\n    kind: oauth2\n    token_url: {}\n    jwks_url: {}\n    issuer: {ISSUER}\n    max_token_lifetime: 0s\n",
+        "{}providers:\n  other:\n    kind: oauth2\n    token_url: {}\n    jwks_url: {}\n    issuer: {ISSUER}\n    audience: {AUDIENCE}\n    max_token_lifetime: 0s\n",
         provider_yaml(&p, ""),
         p.token_url(),
         p.jwks_url()
@@ -239,7 +251,7 @@ async fn max_token_lifetime_is_bounded() {
         .expect_err("0s accepted")
         .to_string();
     assert!(e.contains("providers.other.max_token_lifetime"), "{e}");
-    for good in ["1s", "24h", "366d"] {
+    for good in ["1s", "24h", "365d"] {
         Config::from_yaml(&provider_yaml(
             &p,
             &format!("  max_token_lifetime: {good}\n"),
@@ -248,8 +260,23 @@ async fn max_token_lifetime_is_bounded() {
     }
 }
 
-/// The real binary over gRPC: both paths with a token that claims to live for ever, then an
-/// ordinary check; the process keeps serving throughout.
+/// A CheckRequest carrying `Authorization: Bearer <token>`.
+fn bearer_check(token: &str) -> m2m_authz::proto::envoy::service::auth::v3::CheckRequest {
+    let mut request = check_request("client-1", "s3cret");
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.headers
+        .insert("authorization".into(), format!("Bearer {token}"));
+    request
+}
+
+/// The real binary over gRPC: both paths with a token that lives until the year 9999 (allowed,
+/// lifetime clamped) and one whose `exp` is past any date (refused cleanly), then an ordinary
+/// check; the process keeps serving throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_answers_eternal_tokens_and_keeps_serving() {
     let p = FakeProvider::start().await;
@@ -258,7 +285,8 @@ async fn the_binary_answers_eternal_tokens_and_keeps_serving() {
     let mut sidecar = Sidecar::start(&provider_yaml(&p, "")).await;
     sidecar.wait_serving(Duration::from_secs(20)).await;
     let mut client = sidecar.client().await;
-    let eternal = token(json!({ "exp": u64::MAX }));
+    let eternal = token(json!({ "exp": FAR_EXPS[0] }));
+    let absurd = token(json!({ "exp": u64::MAX }));
 
     issue_without_expires_in(&p, eternal.clone());
     let r = client.check(check_request("client-1", "s3cret")).await;
@@ -270,16 +298,7 @@ async fn the_binary_answers_eternal_tokens_and_keeps_serving() {
         .code;
     assert_eq!(code, 0, "allowed, with a clamped lifetime");
 
-    let mut bearer = check_request("client-1", "s3cret");
-    let http = bearer
-        .attributes
-        .as_mut()
-        .and_then(|a| a.request.as_mut())
-        .and_then(|r| r.http.as_mut())
-        .unwrap();
-    http.headers
-        .insert("authorization".into(), format!("Bearer {eternal}"));
-    let r = client.check(bearer).await;
+    let r = client.check(bearer_check(&eternal)).await;
     let code = r
         .expect("an answer, not a reset stream")
         .into_inner()
@@ -287,6 +306,21 @@ async fn the_binary_answers_eternal_tokens_and_keeps_serving() {
         .unwrap()
         .code;
     assert_eq!(code, 0);
+
+    // Past any date: the exchange path is a provider fault (UNAVAILABLE, so Envoy's
+    // failure_mode_allow decides), the Bearer path the caller's (a denial); both are answers.
+    issue_without_expires_in(&p, absurd.clone());
+    let status = client
+        .check(check_request("client-2", "s3cret"))
+        .await
+        .expect_err("an issued token past any date is a provider fault");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let denied = client
+        .check(bearer_check(&absurd))
+        .await
+        .expect("an answer, not a reset stream")
+        .into_inner();
+    assert_ne!(denied.status.unwrap().code, 0, "refused");
 
     p.set_token_override(None);
     let r = client.check(check_request("client-2", "s3cret")).await;
