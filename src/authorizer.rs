@@ -545,10 +545,8 @@ impl Authorizer {
             .keys
             .derive(&[b"bearer", slot.id.as_bytes(), token.expose().as_bytes()]);
         let keys = slot.provider.jwks().snapshot();
-        let alive = |kid: &str| {
-            keys.as_ref()
-                .is_some_and(|k| k.find((!kid.is_empty()).then_some(kid)).is_some())
-        };
+        // The very key that verified the token, not merely one under its `kid`.
+        let alive = |fingerprint: &str| keys.as_ref().is_some_and(|k| k.holds(fingerprint));
         if let Lookup::Fresh(identity) = inner.cache.lookup(&key, alive) {
             Stats::add(&inner.stats.hits);
             return Loaded::Identity(identity);
@@ -571,7 +569,7 @@ impl Authorizer {
         let lifetime = slot.lifetime(until);
         inner
             .cache
-            .insert_bearer(key, identity.clone(), lifetime, verified.kid.as_deref());
+            .insert_bearer(key, identity.clone(), lifetime, &verified.key_fingerprint);
         Loaded::Identity(identity)
     }
 

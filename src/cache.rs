@@ -115,7 +115,8 @@ struct Entry {
     soft_expiry: u64,
     /// After this the entry is never served.
     hard_expiry: u64,
-    /// For verified bearer tokens: the signing key, so a retired key stops them at once.
+    /// For verified bearer tokens: the signing key's fingerprint, so a retired key stops them
+    /// at once.
     kid: Option<Arc<str>>,
     /// Bearer entries are never refreshed: there is no credential to refresh them with.
     refreshable: bool,
@@ -235,14 +236,14 @@ impl TokenCache {
         self.negative.remove(&key);
     }
 
-    /// Stores a verified bearer token's identity until its expiry; it is dropped early if its
-    /// signing key `kid` leaves the JWKS.
+    /// Stores a verified bearer token's identity until its expiry; it is dropped early once the
+    /// key that verified it (named by its fingerprint, see `jwks::Key`) leaves the JWKS.
     pub fn insert_bearer(
         &self,
         key: CacheKey,
         identity: Arc<Identity>,
         lifetime: Duration,
-        kid: Option<&str>,
+        signing_key: &Arc<str>,
     ) {
         let now = self.millis(Instant::now());
         let exp = now.saturating_add(millis(lifetime.min(MAX_LIFETIME)));
@@ -253,7 +254,7 @@ impl TokenCache {
                 refresh_at: exp,
                 soft_expiry: exp,
                 hard_expiry: exp,
-                kid: Some(Arc::from(kid.unwrap_or(""))),
+                kid: Some(signing_key.clone()),
                 refreshable: false,
                 last_used: AtomicU64::new(now),
                 refreshing: AtomicBool::new(false),
@@ -520,14 +521,24 @@ mod tests {
     async fn bearer_entries_die_with_their_key() {
         let c = cache(settings());
         let k = KeyDeriver::default().derive(&[b"bearer"]);
-        c.insert_bearer(k, identity("u"), Duration::from_secs(600), Some("kid-1"));
+        c.insert_bearer(
+            k,
+            identity("u"),
+            Duration::from_secs(600),
+            &Arc::from("kid-1"),
+        );
         assert!(matches!(
             c.lookup(&k, |kid| kid == "kid-1"),
             Lookup::Fresh(_)
         ));
         assert!(matches!(c.lookup(&k, |kid| kid == "kid-2"), Lookup::Miss));
         assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss), "removed");
-        c.insert_bearer(k, identity("u"), Duration::from_secs(600), Some("kid-1"));
+        c.insert_bearer(
+            k,
+            identity("u"),
+            Duration::from_secs(600),
+            &Arc::from("kid-1"),
+        );
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss));
     }
@@ -556,7 +567,7 @@ mod tests {
             let k = d.derive(&[b"client", &[i as u8]]);
             c.insert(k, identity("u"), lifetime);
             let b = d.derive(&[b"bearer", &[i as u8]]);
-            c.insert_bearer(b, identity("u"), lifetime, Some("kid"));
+            c.insert_bearer(b, identity("u"), lifetime, &Arc::from("kid"));
             c.refuse(d.derive(&[b"refused", &[i as u8]]));
             c.refresh_failed(&k);
         }

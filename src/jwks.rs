@@ -24,6 +24,10 @@ pub struct Key {
     pub kid: Option<String>,
     pub key: DecodingKey,
     pub algorithms: Vec<Algorithm>,
+    /// Names this key's public material, not its `kid`: several keys may share a `kid`, and a
+    /// token cached as verified must stop when *its* key leaves the set, not when the last key
+    /// under that name does.
+    pub fingerprint: std::sync::Arc<str>,
 }
 
 /// An immutable set of keys as fetched at one moment.
@@ -53,6 +57,11 @@ impl KeySet {
         self.keys
             .iter()
             .filter(move |k| single || (kid.is_some() && k.kid.as_deref() == kid))
+    }
+
+    /// Whether the set still holds the key with this [`Key::fingerprint`].
+    pub fn holds(&self, fingerprint: &str) -> bool {
+        self.keys.iter().any(|k| &*k.fingerprint == fingerprint)
     }
 
     pub fn len(&self) -> usize {
@@ -145,7 +154,40 @@ fn usable_key(jwk: &Jwk, pinned: &[Algorithm]) -> Option<Key> {
         kid: jwk.common.key_id.clone(),
         key,
         algorithms,
+        fingerprint: fingerprint(&jwk.algorithm)?,
     })
+}
+
+/// SHA-256 over the key type and its public parameters (each length-prefixed), hex: the same
+/// key gives the same fingerprint in every fetch, whatever its `kid`, `alg` or `use` say.
+fn fingerprint(params: &AlgorithmParameters) -> Option<std::sync::Arc<str>> {
+    use sha2::{Digest, Sha256};
+    let curve;
+    let parts: [&[u8]; 4] = match params {
+        AlgorithmParameters::RSA(r) => [b"RSA", r.n.as_bytes(), r.e.as_bytes(), b""],
+        AlgorithmParameters::EllipticCurve(e) => {
+            curve = format!("{:?}", e.curve);
+            [b"EC", curve.as_bytes(), e.x.as_bytes(), e.y.as_bytes()]
+        }
+        AlgorithmParameters::OctetKeyPair(o) => {
+            curve = format!("{:?}", o.curve);
+            [b"OKP", curve.as_bytes(), o.x.as_bytes(), b""]
+        }
+        _ => return None,
+    };
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    Some(
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into(),
+    )
 }
 
 /// The provider's JWKS, shared by every check.

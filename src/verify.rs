@@ -21,6 +21,10 @@ use crate::jwks::KeySet;
 /// from overflow.
 pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
+/// The most keys tried for one token: providers publish one or two keys under a `kid` while they
+/// rotate; more is a broken or hostile key set, and each try is a signature check.
+pub const MAX_KEYS_PER_KID: usize = 4;
+
 /// What a token must satisfy, from the provider's config.
 #[derive(Debug, Clone)]
 pub struct TokenRules {
@@ -45,6 +49,8 @@ pub struct Verified {
     pub iat: Option<u64>,
     /// The `kid` of the key that verified it.
     pub kid: Option<String>,
+    /// The [`crate::jwks::Key::fingerprint`] of the key that verified it.
+    pub key_fingerprint: std::sync::Arc<str>,
 }
 
 /// Why a token was refused; the variants say which rule, never the token.
@@ -111,7 +117,11 @@ pub fn verify(
         return Err(VerifyError::UnknownCritical);
     }
     // `jku`, `x5u`, `x5c` and an embedded `jwk` are ignored: keys come only from the JWKS.
-    let candidates: Vec<_> = keys.candidates(header.kid.as_deref()).collect();
+    // Bounded: a key set repeating one `kid` many times must not cost a signature check each.
+    let candidates: Vec<_> = keys
+        .candidates(header.kid.as_deref())
+        .take(MAX_KEYS_PER_KID)
+        .collect();
     if candidates.is_empty() {
         return Err(VerifyError::UnknownKey);
     }
@@ -139,7 +149,7 @@ pub fn verify(
         }
         match decode::<Map<String, Value>>(token, &key.key, &validation) {
             Ok(d) => {
-                data = Some(d);
+                data = Some((d, key.fingerprint.clone()));
                 break;
             }
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
@@ -148,7 +158,8 @@ pub fn verify(
             Err(e) => return Err(classify(e.kind())),
         }
     }
-    let claims = data.ok_or(refused)?.claims;
+    let (data, key_fingerprint) = data.ok_or(refused)?;
+    let claims = data.claims;
     match claims.get("iss") {
         Some(Value::String(iss)) if rules.issuers.iter().any(|i| i == iss) => {}
         Some(Value::String(_)) => return Err(VerifyError::WrongIssuer),
@@ -182,6 +193,7 @@ pub fn verify(
         exp,
         iat,
         kid: header.kid,
+        key_fingerprint,
     })
 }
 
@@ -880,6 +892,58 @@ mod tests {
         assert_eq!(
             verify(&signed_by(RSA_A, Algorithm::PS256), &keys, &rules(), now()).map(|_| ()),
             Err(VerifyError::AlgorithmNotAllowed)
+        );
+
+        // The verified token names the very key that verified it, not only the shared kid: a
+        // later set that keeps the kid but drops that key no longer holds it.
+        let by_a = verify(&signed_by(RSA_A, Algorithm::RS256), &keys, &rules(), now()).unwrap();
+        let by_b = verify(&signed_by(RSA_B, Algorithm::RS256), &keys, &rules(), now()).unwrap();
+        assert_ne!(by_a.key_fingerprint, by_b.key_fingerprint);
+        assert!(keys.holds(&by_a.key_fingerprint) && keys.holds(&by_b.key_fingerprint));
+        let without_a = jwks::parse(
+            format!(
+                r#"{{"keys":[{}]}}"#,
+                rename(include_str!("../tests/fixtures/rsa-b.jwk.json"))
+            )
+            .as_bytes(),
+            &[Algorithm::RS256],
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(!without_a.holds(&by_a.key_fingerprint), "key A retired");
+        assert!(
+            without_a.holds(&by_b.key_fingerprint),
+            "same key, same fingerprint"
+        );
+    }
+
+    /// A set that repeats one kid many times costs at most `MAX_KEYS_PER_KID` signature checks:
+    /// a token whose key comes after that many others under its kid is not found.
+    #[test]
+    fn keys_tried_per_kid_are_bounded() {
+        let rsa_b = include_str!("../tests/fixtures/rsa-b.jwk.json");
+        let rsa_a = include_str!("../tests/fixtures/rsa-a.jwk.json");
+        let shared = |jwk: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(jwk).unwrap();
+            v["kid"] = json!("shared");
+            v.to_string()
+        };
+        let mut members = vec![shared(rsa_b); MAX_KEYS_PER_KID];
+        members.push(shared(rsa_a));
+        let doc = format!(r#"{{"keys":[{}]}}"#, members.join(","));
+        let keys = jwks::parse(doc.as_bytes(), &[Algorithm::RS256], Instant::now()).unwrap();
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some("shared".into());
+        h.typ = Some("JWT".into());
+        let token = encode(
+            &h,
+            &claims(),
+            &EncodingKey::from_rsa_pem(RSA_A.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&token, &keys, &rules(), now()).map(|_| ()),
+            Err(VerifyError::BadSignature)
         );
     }
 }
