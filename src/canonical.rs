@@ -27,8 +27,17 @@ pub enum TargetError {
     BadPercentEncoding,
     #[error("the request path does not decode to UTF-8")]
     NotUtf8,
-    #[error("the request path climbs above the root")]
-    AboveRoot,
+    /// `.` or `..` (raw, percent-encoded, or with `;` parameters). Resolving them is only safe
+    /// when the upstream resolves them the same way, and Envoy forwards them untouched unless
+    /// `normalize_path` is on (and never resolves `..;`): a rule must not see `/healthz` where
+    /// the upstream sees `/admin/../healthz`. Clients and a normalizing Envoy remove them
+    /// before a request gets here (RFC 3986 §5.2.4), so only a crafted request carries one.
+    #[error("the request path contains a dot segment")]
+    DotSegment,
+    /// A segment made of `;` parameters alone (`/;x/admin`): a servlet container reads it as an
+    /// empty segment, most other servers as a name, so no single form is safe.
+    #[error("the request path contains a segment that is only parameters")]
+    ParameterOnlySegment,
     #[error("the request has no host")]
     MissingHost,
     #[error("the request host is not a valid host name")]
@@ -89,14 +98,14 @@ fn push_encoded(out: &mut String, b: u8) {
 /// 2. `%XX` of an unreserved character is decoded, every other `%XX` is kept with upper-case hex,
 ///    and a character RFC 3986 does not allow in a path (space, `"`, `{`, non-ASCII, …) is
 ///    percent-encoded — so every spelling of a character has one form;
-/// 3. each segment loses its `;` matrix parameters, repeated slashes are merged, and `.` and
-///    `..` segments are removed (RFC 3986 §5.2.4); a trailing slash is kept (rules treat it
-///    alike, see `trim_trailing_slash`).
+/// 3. each segment loses its `;` matrix parameters and repeated slashes are merged; a trailing
+///    slash is kept (rules treat it alike, see `trim_trailing_slash`).
 ///
 /// Refused: a path not starting with `/` (absolute-form, `*`), a control character or backslash
 /// (raw or encoded), an encoded `/`, `\` or `;` (a server that decodes before splitting would
 /// see another route), a `%` not followed by two hex digits, bytes that do not decode to UTF-8,
-/// and `..` above the root.
+/// a `.` or `..` segment, in any spelling (see [`TargetError::DotSegment`]: refused rather than
+/// removed, since upstreams disagree on them), and a segment of parameters alone.
 pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     let raw = raw.split(['?', '#']).next().unwrap_or_default();
     if raw.is_empty() {
@@ -151,25 +160,21 @@ pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
     }
 
     let mut kept: Vec<&str> = Vec::new();
-    let mut trailing_slash = false;
     for segment in spelled[1..].split('/') {
-        let segment = segment.split(';').next().unwrap_or_default();
-        // Whether the output ends in a slash after this segment (RFC 3986 §5.2.4: `/a/.` and
-        // `/a/b/..` are `/a/`).
-        trailing_slash = true;
-        match segment {
-            "" | "." => {}
-            ".." => {
-                if kept.pop().is_none() {
-                    return Err(TargetError::AboveRoot);
-                }
-            }
-            s => {
-                kept.push(s);
-                trailing_slash = false;
-            }
+        let (name, has_params) = match segment.split_once(';') {
+            Some((name, _)) => (name, true),
+            None => (segment, false),
+        };
+        match name {
+            "" if has_params => return Err(TargetError::ParameterOnlySegment),
+            "" => {}
+            "." | ".." => return Err(TargetError::DotSegment),
+            s => kept.push(s),
         }
     }
+    // Segments were not removed, only merged: the output ends in a slash exactly when the path
+    // did (after its last parameters).
+    let trailing_slash = spelled.ends_with('/');
     let mut out = String::with_capacity(spelled.len());
     for s in &kept {
         out.push('/');
@@ -202,11 +207,21 @@ pub struct HostParts {
 /// trailing dot removed (`Example.COM.:443` → `example.com`); an IPv6 literal in brackets and
 /// RFC 5952 form (`[0:0::1]:8080` → `[::1]`).
 ///
-/// Refused: an empty host, and one that is not an RFC 3986 host — with these narrowings: no
-/// percent-encoding, no IPvFuture literal, no IPv6 zone, no empty label (`a..b`, `.a`, `a..`),
+/// Refused: an empty host, and one that is not an RFC 3986 host — with these narrowings: only
+/// letters, digits, `-`, `_` and `.` in a name (no sub-delimiters such as `,` or `;`, no `~`, no
+/// percent-encoding), no IPvFuture literal, no IPv6 zone, no empty label (`a..b`, `.a`, `a..`),
 /// and a port of at most five digits.
 pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
     host_parts(raw).map(|h| h.name)
+}
+
+/// What a host name may hold: letters, digits, `-`, `_` and `.` (DNS names, IPv4 literals, and the
+/// underscores some internal names carry). RFC 3986 would also allow sub-delimiters and `~`, but
+/// `internal.example.com,api.example.com` (two Host headers joined by Envoy), `a;b` or `a!` name
+/// no host anyone routes to, and a rule must not be dodged by one (RFC 9112 §3.2: a request with
+/// several Host headers is answered 400).
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
 pub fn host_parts(raw: &str) -> Result<HostParts, TargetError> {
@@ -228,7 +243,7 @@ pub fn host_parts(raw: &str) -> Result<HostParts, TargetError> {
         };
         let name = name.strip_suffix('.').unwrap_or(name);
         let valid = !name.is_empty()
-            && name.bytes().all(|b| is_unreserved(b) || is_sub_delim(b))
+            && name.bytes().all(is_host_char)
             && name.split('.').all(|label| !label.is_empty());
         if !valid {
             return Err(TargetError::InvalidHost);
@@ -262,19 +277,14 @@ mod tests {
             ("/v1/orders/?x=/..", "/v1/orders/"),
             ("//admin/users", "/admin/users"),
             ("/admin//users///", "/admin/users/"),
-            ("/./admin/./users", "/admin/users"),
-            ("/a/b/../../admin", "/admin"),
-            ("/a/b/..", "/a/"),
-            ("/a/.", "/a/"),
-            ("/a/%2e%2e/admin", "/admin"),
-            ("/a/%2E%2E/admin", "/admin"),
-            ("/a/.%2e/admin", "/admin"),
             ("/%61dmin", "/admin"),
             ("/%7Euser/%7e", "/~user/~"),
             ("/admin;jsessionid=1/users", "/admin/users"),
-            ("/a/..;/admin", "/admin"),
-            ("/.;x/admin", "/admin"),
             ("/admin;", "/admin"),
+            ("/admin;x/", "/admin/"),
+            // Names that merely contain dots are names.
+            ("/a.b/..c/.../c..", "/a.b/..c/.../c.."),
+            ("/%2e%2e%2e/.x", "/.../.x"),
             ("/a%3fb", "/a%3Fb"),
             ("/a%3Fb", "/a%3Fb"),
             ("/caf%c3%a9", "/caf%C3%A9"),
@@ -313,11 +323,25 @@ mod tests {
             ("/a%%41", BadPercentEncoding),
             ("/a%ff", NotUtf8),
             ("/a%c3", NotUtf8),
-            ("/..", AboveRoot),
-            ("/../admin", AboveRoot),
-            ("/a/../../admin", AboveRoot),
-            ("/%2e%2e/admin", AboveRoot),
-            ("/..;/admin", AboveRoot),
+            ("/..", DotSegment),
+            ("/../admin", DotSegment),
+            ("/a/../../admin", DotSegment),
+            ("/%2e%2e/admin", DotSegment),
+            ("/..;/admin", DotSegment),
+            ("/./admin/./users", DotSegment),
+            ("/a/b/..", DotSegment),
+            ("/a/.", DotSegment),
+            ("/a/%2e%2e/admin", DotSegment),
+            ("/a/%2E%2E/admin", DotSegment),
+            ("/a/.%2e/admin", DotSegment),
+            ("/admin/.%2e;/healthz", DotSegment),
+            ("/admin/%2e%2e;x=1/healthz", DotSegment),
+            ("/a/..;/admin", DotSegment),
+            ("/.;x/admin", DotSegment),
+            ("/a/.;", DotSegment),
+            ("/healthz/../admin?x", DotSegment),
+            ("/;x/admin", ParameterOnlySegment),
+            ("/a/;/b", ParameterOnlySegment),
         ];
         for (raw, want) in cases {
             assert_eq!(canonical_path(raw), Err(want), "{raw:?}");
@@ -346,6 +370,7 @@ mod tests {
             ("[0:0:0:0:0:0:0:1]:8080", "[::1]"),
             ("[2001:DB8::1]", "[2001:db8::1]"),
             ("localhost", "localhost"),
+            ("svc_internal.ns-1.example", "svc_internal.ns-1.example"),
         ];
         for (raw, want) in cases {
             assert_eq!(canonical_host(raw).as_deref(), Ok(want), "{raw:?}");
@@ -371,6 +396,18 @@ mod tests {
             "[v1.x]",
             "[1.2.3.4]",
             "::1",
+            // Two Host headers joined by Envoy, and other sub-delimiters.
+            "internal.example.com,api.example.com",
+            "internal.example.com;x",
+            "internal.example.com!",
+            "a~b",
+            "a$b",
+            "a'b",
+            "a(b)",
+            "a*b",
+            "a+b",
+            "a=b",
+            "a&b",
         ];
         for raw in bad {
             assert_eq!(
@@ -412,8 +449,14 @@ mod properties {
                     None => segment.to_owned(),
                 }
             }
-            1 => format!("./{segment}"),
-            2 => format!("zz/../{segment}"),
+            1 => format!("//{segment}"),
+            2 => {
+                let mut chars = segment.chars();
+                match chars.next() {
+                    Some(c) => format!("%{:02X}{}", c as u32, chars.as_str()),
+                    None => segment.to_owned(),
+                }
+            }
             3 => format!("/{segment}"),
             4 => format!("{segment};p=1"),
             _ => segment.to_owned(),
@@ -475,7 +518,8 @@ mod properties {
             EncodedDelimiter,
             BadPercentEncoding,
             NotUtf8,
-            AboveRoot,
+            DotSegment,
+            ParameterOnlySegment,
             MissingHost,
             InvalidHost,
         ] {

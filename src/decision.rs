@@ -327,7 +327,8 @@ mod tests {
         assert_eq!(Refusal::RouteDenied.to_deny("api").status, 403);
         for (target, reason) in [
             (TargetError::EncodedDelimiter, "malformed_path"),
-            (TargetError::AboveRoot, "malformed_path"),
+            (TargetError::DotSegment, "malformed_path"),
+            (TargetError::ParameterOnlySegment, "malformed_path"),
             (TargetError::InvalidHost, "malformed_host"),
         ] {
             let d = Refusal::Target(target).to_deny("api");

@@ -1,7 +1,8 @@
 //! What one check came to, named once for its log line, its metrics and its trace span; and the
 //! log line itself. Nothing here is secret: the decision and reason are our own fixed strings,
 //! the client id is the one the caller claims (an identifier, never the secret), and the route is
-//! the path without its query string (a query may carry secrets).
+//! the canonical path the policy matched (so `/%61dmin` is logged as `/admin`), or for a path
+//! with no canonical form the raw path without its query string (a query may carry secrets).
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -113,7 +114,8 @@ pub fn log_check(
     let client_id = client_id.filter(|c| !c.is_empty()).map(loggable);
     let client_id = client_id.as_deref();
     let method = loggable(&request.method);
-    let route = loggable(route(&request.path));
+    let canonical = crate::canonical::canonical_path(&request.path).ok();
+    let route = loggable(canonical.as_deref().unwrap_or_else(|| route(&request.path)));
     let request_id = request
         .headers
         .get_all("x-request-id")
