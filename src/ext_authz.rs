@@ -1,8 +1,11 @@
 //! The Envoy edge: `envoy.service.auth.v3.Authorization/Check` turned into an `AuthRequest`
 //! once, and a `Decision` turned back into a `CheckResponse`. Nothing here decides anything.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures::FutureExt;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -23,6 +26,7 @@ use crate::proto::envoy::service::auth::v3::{
 use crate::proto::envoy::r#type::v3::HttpStatus;
 use crate::proto::google::rpc;
 use crate::request::{AuthRequest, Headers};
+use crate::stats::Stats;
 
 /// gRPC status codes carried in `CheckResponse.status` (google.rpc.Code).
 mod code {
@@ -170,7 +174,26 @@ impl ExtAuthz {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthz {
+    /// A panic anywhere in answering — the conversion, the core, the response, the metrics —
+    /// becomes a clean UNAVAILABLE (and is counted), never a reset stream: the core contains its
+    /// own, and this catches the adapter's.
     async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        match AssertUnwindSafe(self.answer(request)).catch_unwind().await {
+            Ok(answer) => answer,
+            Err(_) => {
+                Stats::add(&self.authorizer.counters().check_panics);
+                tracing::error!("answering a check panicked; answered UNAVAILABLE");
+                Err(Status::unavailable("the check could not be answered"))
+            }
+        }
+    }
+}
+
+impl ExtAuthz {
+    async fn answer(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
