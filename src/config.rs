@@ -529,13 +529,22 @@ impl CacheConfig {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file. One that holds the embedded issuer's project
+    /// secret (the one in effect) is refused when other users can read or write it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
+        let (text, meta) = crate::issuer::private_files::read_config(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
-        Config::from_yaml_in(&text, path.parent())
+        let config = Config::from_yaml_in(&text, path.parent())?;
+        if let Some(embedded) = &config.provider.embedded {
+            embedded.check_file_access(path, &meta).map_err(|e| {
+                ConfigError::invalid("provider.embedded.project_secret", e.to_string())
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates YAML text; the error names the field path.

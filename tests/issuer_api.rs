@@ -27,7 +27,10 @@ impl TempDir {
         rand::fill(&mut bytes);
         let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("m2m-issuer-api-{name}"));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
+        // Owner-only whatever the umask: the issuer refuses a database folder others can write.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .expect("create temp dir");
         Self(dir)
     }
 }
@@ -39,13 +42,12 @@ impl Drop for TempDir {
 }
 
 fn config_in(dir: &TempDir) -> IssuerConfig {
-    IssuerConfig {
-        database: dir.0.join("issuer.db"),
-        project_id: PROJECT_ID.into(),
-        project_secret: Some(PROJECT_SECRET.into()),
-        token_lifetime: Duration::from_secs(1800),
-        ..IssuerConfig::default()
-    }
+    let mut config = IssuerConfig::default();
+    config.database = dir.0.join("issuer.db");
+    config.project_id = PROJECT_ID.into();
+    config.project_secret = Some(PROJECT_SECRET.into());
+    config.token_lifetime = Duration::from_secs(1800);
+    config
 }
 
 struct Server {

@@ -2,7 +2,8 @@
 //! and its `-wal`/`-shm` are created owner-only, a database group or others can read is refused
 //! with the command that fixes it, a copied database does not give up its signing key without
 //! the project secret, and a database written by the previous version (plaintext keys) is
-//! sealed on open without losing its keys.
+//! sealed on open without losing its keys. A config file holding the project secret that other
+//! users can read or write, and a database folder its group or others can write, are refused.
 
 mod common;
 
@@ -15,7 +16,10 @@ use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::issuer::{IssuerProcess, PROJECT_SECRET, cli_output, write_config};
+use common::issuer::{
+    IssuerProcess, PROJECT_SECRET, cli_output, cli_output_env, write_config,
+    write_embedded_sidecar_config, write_private,
+};
 use common::process::{TempDir, free_addr};
 use serde_json::Value;
 
@@ -252,4 +256,155 @@ async fn plaintext_keys_of_an_older_version_are_sealed_on_open_and_keep_working(
     );
     assert!(!contains(&bytes, &der[der.len() - 64..]));
     assert!(!contains(&bytes, &modulus[..32]));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The commands that read the issuer's config, and the sidecar's with `provider.kind: embedded`.
+const ISSUER_COMMANDS: [&[&str]; 3] = [&["issuer"], &["clients", "list"], &["issuer", "keys"]];
+const SIDECAR_COMMANDS: [&[&str]; 2] = [&["check-config"], &["serve"]];
+
+/// The project secret gives the whole management API and unseals the signing keys: a config file
+/// holding it that other users can read or write is refused by every command that reads it,
+/// naming the file and the chmod that fixes it. Group access stays allowed (a Kubernetes Secret
+/// mounted with `defaultMode: 0440` and `fsGroup`).
+#[test]
+fn a_config_others_can_read_or_write_is_refused_when_it_holds_the_project_secret() {
+    let dir = TempDir::new("issuer-config-mode");
+    let issuer = write_config(dir.path(), free_addr(), "issuer.db", PROJECT_SECRET);
+    let sidecar = write_embedded_sidecar_config(dir.path(), "issuer.db", Some(PROJECT_SECRET));
+    // As written (0600), both are accepted; this also creates the database.
+    assert!(cli_output(&issuer, &["clients", "list"]).status.success());
+    assert!(cli_output(&sidecar, &["check-config"]).status.success());
+
+    for bad in [0o644, 0o604, 0o602, 0o666, 0o647] {
+        for (config, commands, field) in [
+            (&issuer, &ISSUER_COMMANDS[..], None),
+            (
+                &sidecar,
+                &SIDECAR_COMMANDS[..],
+                Some("provider.embedded.project_secret"),
+            ),
+        ] {
+            set_mode(config, bad);
+            for args in commands {
+                let err = one_line_error(&cli_output_env(config, args, None));
+                let fix = format!("`chmod o-rw {}`", config.display());
+                assert!(err.contains(&fix), "{args:?} {bad:o}: {err}");
+                assert!(err.contains("M2M_ISSUER_PROJECT_SECRET"), "{err}");
+                if let Some(field) = field {
+                    assert!(err.starts_with(&format!("error: {field}: ")), "{err}");
+                }
+                assert!(!err.contains(PROJECT_SECRET), "{err}");
+            }
+        }
+    }
+    for good in [0o600, 0o400, 0o640, 0o440, 0o660] {
+        set_mode(&issuer, good);
+        let out = cli_output(&issuer, &["clients", "list"]);
+        assert!(out.status.success(), "{good:o}: {out:?}");
+        set_mode(&sidecar, good);
+        let out = cli_output(&sidecar, &["check-config"]);
+        assert!(out.status.success(), "{good:o}: {out:?}");
+    }
+}
+
+/// What counts is the secret in effect: a file whose `project_secret` the variable replaces
+/// (a committed placeholder) or that has none exposes nothing; a file holding the same value as
+/// the variable still does.
+#[test]
+fn a_readable_config_is_judged_by_the_secret_in_effect() {
+    let dir = TempDir::new("issuer-config-env");
+    let placeholder = "change-me-to-a-long-random-project-secret";
+    let issuer = write_config(dir.path(), free_addr(), "issuer.db", placeholder);
+    let sidecar = write_embedded_sidecar_config(dir.path(), "issuer.db", Some(placeholder));
+    set_mode(&issuer, 0o644);
+    set_mode(&sidecar, 0o644);
+    // Replaced by a different secret from the environment: accepted.
+    let out = cli_output_env(&issuer, &["clients", "list"], Some(PROJECT_SECRET));
+    assert!(out.status.success(), "{out:?}");
+    let out = cli_output_env(&sidecar, &["check-config"], Some(PROJECT_SECRET));
+    assert!(out.status.success(), "{out:?}");
+    // The same value in the file and in the environment: the file still gives it away.
+    let err = one_line_error(&cli_output_env(
+        &issuer,
+        &["clients", "list"],
+        Some(placeholder),
+    ));
+    assert!(err.contains("chmod o-rw"), "{err}");
+    let err = one_line_error(&cli_output_env(
+        &sidecar,
+        &["check-config"],
+        Some(placeholder),
+    ));
+    assert!(err.contains("chmod o-rw"), "{err}");
+
+    // No secret in the file at all.
+    let addr = free_addr();
+    write_private(
+        &issuer,
+        &format!("listen: {addr}\ndatabase: issuer.db\nproject_id: project-test-stack\n"),
+    );
+    let sidecar = write_embedded_sidecar_config(dir.path(), "issuer.db", None);
+    set_mode(&issuer, 0o644);
+    set_mode(&sidecar, 0o644);
+    let out = cli_output_env(&issuer, &["clients", "list"], Some(PROJECT_SECRET));
+    assert!(out.status.success(), "{out:?}");
+    let out = cli_output_env(&sidecar, &["check-config"], Some(PROJECT_SECRET));
+    assert!(out.status.success(), "{out:?}");
+    // Without the variable it is missing, which is said as such.
+    let err = one_line_error(&cli_output_env(&issuer, &["clients", "list"], None));
+    assert!(
+        err.contains("project_secret") && err.contains("required"),
+        "{err}"
+    );
+}
+
+/// Group members, not only every user, could plant `-wal`/`-shm` in a database folder they can
+/// write before SQLite opens them: such a folder is refused by the issuer, the CLI and the
+/// sidecar's embedded issuer, with the chmod that fixes it, except for a sticky folder (such as
+/// /tmp), which is shared on purpose and must be left.
+#[test]
+fn a_database_folder_its_group_or_others_can_write_is_refused() {
+    let dir = TempDir::new("issuer-db-folder");
+    let issuer = write_config(dir.path(), free_addr(), "db/issuer.db", PROJECT_SECRET);
+    let sidecar = write_embedded_sidecar_config(dir.path(), "db/issuer.db", Some(PROJECT_SECRET));
+    assert!(cli_output(&issuer, &["clients", "list"]).status.success());
+    let folder = dir.join("db");
+    assert_eq!(mode(&folder), 0o700);
+
+    for (bad, fixable) in [
+        (0o775, true),
+        (0o770, true),
+        (0o2775, true),
+        (0o757, true),
+        (0o777, true),
+        (0o1777, false),
+        (0o1775, false),
+    ] {
+        set_mode(&folder, bad);
+        for args in ISSUER_COMMANDS {
+            let err = one_line_error(&cli_output(&issuer, args));
+            assert!(err.contains(&folder.display().to_string()), "{err}");
+            assert!(err.contains("folder only this user can write"), "{err}");
+            let fix = format!("`chmod g-w,o-w {}`", folder.display());
+            assert_eq!(err.contains(&fix), fixable, "{args:?} {bad:o}: {err}");
+            assert!(fixable || !err.contains("chmod"), "{err}");
+        }
+        let out = cli_output_env(&sidecar, &["serve"], None);
+        assert!(!out.status.success(), "{bad:o}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("folder only this user can write"),
+            "{stderr}"
+        );
+    }
+    for good in [0o755, 0o750, 0o700, 0o1755] {
+        set_mode(&folder, good);
+        let out = cli_output(&issuer, &["clients", "list"]);
+        assert!(out.status.success(), "{good:o}: {out:?}");
+    }
 }

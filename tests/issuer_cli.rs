@@ -23,7 +23,10 @@ impl TempDir {
         rand::fill(&mut bytes);
         let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("m2m-issuer-cli-{name}"));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
+        // Owner-only whatever the umask: the issuer refuses a database folder others can write.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .expect("create temp dir");
         Self(dir)
     }
 }
@@ -53,18 +56,31 @@ fn free_port() -> u16 {
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join("issuer.yaml");
-    std::fs::write(
+    write_private(
         &path,
-        format!(
+        &format!(
             "listen: 127.0.0.1:{port}\n\
              database: issuer.db\n\
              project_id: {PROJECT_ID}\n\
              project_secret: {PROJECT_SECRET}\n\
              token_lifetime: 10m\n"
         ),
-    )
-    .expect("write config");
+    );
     path
+}
+
+/// Writes a config holding the project secret, as its owner must: mode 0600.
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("write config");
 }
 
 fn command(args: &[&str]) -> Command {
@@ -305,14 +321,13 @@ async fn clients_and_issuer_commands_with_a_running_server() {
 fn bad_config_is_reported_naming_the_field() {
     let dir = TempDir::new();
     let path = dir.0.join("issuer.yaml");
-    std::fs::write(&path, "project_secret: short\n").expect("write config");
+    write_private(&path, "project_secret: short\n");
     let err = run_err(&["clients", "list", "--config", path.to_str().expect("path")]);
     assert!(err.contains("project_secret"), "{err}");
-    std::fs::write(
+    write_private(
         &path,
-        format!("project_secret: {PROJECT_SECRET}\nlisten: nowhere\n"),
-    )
-    .expect("write config");
+        &format!("project_secret: {PROJECT_SECRET}\nlisten: nowhere\n"),
+    );
     let err = run_err(&["issuer", "--config", path.to_str().expect("path")]);
     assert!(err.contains("listen"), "{err}");
 }

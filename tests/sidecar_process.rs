@@ -208,7 +208,9 @@ async fn health_waits_for_keys_then_checks_are_answered() {
     assert!(logs.contains("shutting down"), "{logs}");
 }
 
-/// Every sample config shipped under deploy/ passes `check-config`.
+/// Every sample config shipped under deploy/ passes `check-config`, given the project secret in
+/// the environment as a deployment would: a checked-out file is readable by others, and one whose
+/// own `project_secret` were in effect would be refused for that.
 #[test]
 fn shipped_configs_are_valid() {
     let dir = common::repo_root().join("deploy/config");
@@ -219,6 +221,10 @@ fn shipped_configs_are_valid() {
             let out = Command::new(binary())
                 .args(["check-config", "--config"])
                 .arg(&path)
+                .env(
+                    "M2M_ISSUER_PROJECT_SECRET",
+                    "deployment-project-secret-0123456789",
+                )
                 .output()
                 .unwrap();
             assert!(

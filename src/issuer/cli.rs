@@ -594,12 +594,10 @@ mod tests {
 
     fn env() -> Env {
         let db = TempDb::new();
-        let config = db.dir.join("issuer.yaml");
-        std::fs::write(
-            &config,
+        let config = db.write_private(
+            "issuer.yaml",
             "project_secret: cli-test-secret-0123456789\ndatabase: cli.db\n",
-        )
-        .unwrap();
+        );
         Env { db, config }
     }
 

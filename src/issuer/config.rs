@@ -11,6 +11,11 @@
 //! code that builds a config by hand calls [`IssuerConfig::apply_env`] itself
 //! if it wants the same behaviour. Either way the secret must be at least
 //! [`MIN_PROJECT_SECRET_LEN`] characters: it guards minting credentials.
+//!
+//! The secret gives full control of the management API and unseals the
+//! signing keys, so a config file whose `project_secret` is the one in effect
+//! (not replaced by a different value from the variable) is refused when other
+//! users can read or write it; see [`private_files::check_secret_config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
+use super::private_files::{self, PrivateFileError};
 use super::secrets::ProjectSecret;
 use super::template::{ClaimsTemplate, DEFAULT_CLAIMS_TEMPLATE};
 
@@ -40,7 +46,12 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Exposed(#[from] PrivateFileError),
 }
+
+/// What a config file holding the project secret holds, for the errors.
+const SECRET_WHAT: &str = "the issuer's project_secret";
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -82,6 +93,10 @@ pub struct IssuerConfig {
     /// `http://{listen}` (behind a proxy, or when `listen` is a wildcard).
     #[serde(default, deserialize_with = "deserialize_url")]
     pub issuer_base_url: Option<url::Url>,
+    /// Set by [`IssuerConfig::apply_env`] when the variable replaced the
+    /// file's `project_secret` with a different value; never read from YAML.
+    #[serde(skip)]
+    secret_overridden: bool,
 }
 
 impl std::fmt::Debug for IssuerConfig {
@@ -108,6 +123,7 @@ impl Default for IssuerConfig {
             token_lifetime: default_token_lifetime(),
             claims_template: None,
             issuer_base_url: None,
+            secret_overridden: false,
         }
     }
 }
@@ -185,12 +201,15 @@ impl IssuerConfig {
     }
 
     /// Reads the file, resolves a relative `database` against the file's
-    /// directory, applies [`PROJECT_SECRET_ENV`] and validates.
+    /// directory, applies [`PROJECT_SECRET_ENV`], refuses a file that exposes
+    /// the secret in effect ([`IssuerConfig::check_file_access`]) and
+    /// validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let (text, meta) =
+            private_files::read_config(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let mut config = Self::from_yaml_str(&text, path)?;
         if config.database.is_relative()
             && let Some(dir) = path.parent()
@@ -198,6 +217,7 @@ impl IssuerConfig {
             config.database = dir.join(&config.database);
         }
         config.apply_env();
+        config.check_file_access(path, &meta)?;
         config.validate()?;
         Ok(config)
     }
@@ -208,8 +228,38 @@ impl IssuerConfig {
         if let Ok(secret) = std::env::var(PROJECT_SECRET_ENV)
             && !secret.is_empty()
         {
+            // A file value equal to the variable's is still the live secret.
+            if self
+                .project_secret
+                .as_ref()
+                .is_none_or(|s| s.expose() != secret)
+            {
+                self.secret_overridden = true;
+            }
             self.project_secret = Some(ProjectSecret::new(secret));
         }
+    }
+
+    /// Whether the project secret in effect is the one this config was
+    /// parsed with (not one [`IssuerConfig::apply_env`] put in its place).
+    pub fn secret_is_from_config(&self) -> bool {
+        self.project_secret.is_some() && !self.secret_overridden
+    }
+
+    /// Refuses the file this config was read from (`meta` is from
+    /// [`private_files::read_config`]) when it holds the secret in effect
+    /// and other users can read or write it. Call after
+    /// [`IssuerConfig::apply_env`]: a placeholder the variable replaces
+    /// exposes nothing.
+    pub fn check_file_access(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), PrivateFileError> {
+        if !self.secret_is_from_config() {
+            return Ok(());
+        }
+        private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -428,9 +478,29 @@ mod tests {
     #[test]
     fn load_resolves_database_next_to_the_file() {
         let db = crate::issuer::store::tests::TempDb::new();
-        let file = db.dir.join("issuer.yaml");
-        std::fs::write(&file, SECRET).unwrap();
+        let file = db.write_private("issuer.yaml", SECRET);
         let c = IssuerConfig::load(&file).unwrap();
         assert_eq!(c.database, db.dir.join("m2m-issuer.db"));
+    }
+
+    /// Without touching the environment: what the file says is what is in effect.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_exposing_its_secret_is_refused_one_without_a_secret_is_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let db = crate::issuer::store::tests::TempDb::new();
+        for (text, holds_secret) in [(SECRET, true), ("project_id: p\n", false)] {
+            let file = db.write_private("issuer.yaml", text);
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let (read, meta) = private_files::read_config(&file).unwrap();
+            let c = IssuerConfig::from_yaml_str(&read, &file).unwrap();
+            assert_eq!(c.secret_is_from_config(), holds_secret);
+            let checked = c.check_file_access(&file, &meta);
+            assert_eq!(checked.is_err(), holds_secret, "{text}: {checked:?}");
+        }
+        // A hand-built config with the secret replaced is not judged by any file.
+        let mut c = parse(SECRET).unwrap();
+        c.secret_overridden = true;
+        assert!(!c.secret_is_from_config());
     }
 }

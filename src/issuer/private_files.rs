@@ -9,13 +9,14 @@
 //!   which would let whoever can write the folder point it elsewhere), owned
 //!   by the user we run as, with no group or other permission bits; when it is
 //!   not, we refuse and say the command that fixes it;
-//! - the folder holding the issuer database must not be writable by every
-//!   user, or anyone could plant the database's `-wal`/`-shm` files before
-//!   SQLite opens them.
-//!
-//! Configuration files mounted from a Kubernetes Secret are not checked here:
-//! a non-root container reads them through `fsGroup`, so they are legitimately
-//! group-readable (mode 0440).
+//! - the folder holding the issuer database must be writable by no one but
+//!   its owner (us, or root), sticky bit or not, or a group member or any
+//!   user could plant the database's `-wal`/`-shm` files before SQLite opens
+//!   them;
+//! - a configuration file that holds the project secret must be neither
+//!   readable nor writable by others. Group access is allowed there: a
+//!   non-root container reads a Kubernetes Secret through `fsGroup`, so it is
+//!   legitimately group-readable (mode 0440), and it is often owned by root.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
@@ -29,7 +30,11 @@ pub const PRIVATE_FILE_MODE: u32 = 0o600;
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Permission bits that must be clear on an existing private file or folder.
 const GROUP_OTHER_BITS: u32 = 0o077;
-const OTHER_WRITE: u32 = 0o002;
+/// Write bits that must be clear on the database's folder.
+const GROUP_OTHER_WRITE: u32 = 0o022;
+const STICKY: u32 = 0o1000;
+/// Bits that must be clear on a config file holding the project secret.
+const OTHER_READ_WRITE: u32 = 0o006;
 
 #[derive(Debug, Error)]
 pub enum PrivateFileError {
@@ -66,14 +71,43 @@ pub enum PrivateFileError {
     #[error("{} should hold {what} but is not a regular file", path.display())]
     NotAFile { path: PathBuf, what: &'static str },
     #[error(
-        "{} holds {what} and any user can write to it, so anyone could plant or swap its files; \
-         move it to a folder only this user can write, or `{fix}`",
-        path.display()
+        "{} holds {what} and {who} can write to it (mode {mode:03o}), so they could plant or \
+         swap its files; refusing to use it. Move it to a folder only this user can write{}",
+        path.display(),
+        fix.as_deref().map(|f| format!(", or `{f}`")).unwrap_or_default()
     )]
     SharedFolder {
         path: PathBuf,
         what: &'static str,
+        who: &'static str,
+        mode: u32,
+        /// None for a sticky folder (such as /tmp): it is shared on purpose.
+        fix: Option<String>,
+    },
+    #[error(
+        "{} holds {what} but belongs to uid {owner}, who could plant or swap its files; refusing \
+         to use it. Move it to a folder this user (uid {me}) owns",
+        path.display()
+    )]
+    ForeignFolder {
+        path: PathBuf,
+        what: &'static str,
+        owner: u32,
+        me: u32,
+    },
+    #[error(
+        "{} holds {what} and other users can {access} it (mode {mode:03o}); refusing to use it. \
+         Fix: `{fix}` (group read, as a Kubernetes Secret with defaultMode 0440 and fsGroup \
+         gives, is fine), or take the secret out of the file and set {env}",
+        path.display()
+    )]
+    ExposedConfig {
+        path: PathBuf,
+        what: &'static str,
+        access: &'static str,
+        mode: u32,
         fix: String,
+        env: &'static str,
     },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -203,22 +237,86 @@ pub fn create_dir_all(dir: &Path) -> Result<(), PrivateFileError> {
     builder.create(dir).map_err(io_err("create folder", dir))
 }
 
-/// Refuses a folder that every user can write (sticky or not).
-pub fn check_not_world_writable(dir: &Path, what: &'static str) -> Result<(), PrivateFileError> {
+/// Refuses a folder that anyone but its owner can write (sticky or not: a
+/// sticky folder still lets others create the names SQLite is about to open),
+/// or whose owner is neither us nor root.
+pub fn check_folder_not_shared(dir: &Path, what: &'static str) -> Result<(), PrivateFileError> {
     let meta = std::fs::metadata(dir).map_err(io_err("inspect", dir))?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        if meta.permissions().mode() & OTHER_WRITE != 0 {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode() & 0o7777;
+        if mode & GROUP_OTHER_WRITE != 0 {
             return Err(PrivateFileError::SharedFolder {
                 path: dir.to_owned(),
                 what,
-                fix: format!("chmod o-w {}", shell_quote(dir)),
+                who: if mode & 0o002 != 0 {
+                    "any user"
+                } else {
+                    "its group"
+                },
+                mode,
+                fix: (mode & STICKY == 0).then(|| format!("chmod g-w,o-w {}", shell_quote(dir))),
+            });
+        }
+        let me = current_uid();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(PrivateFileError::ForeignFolder {
+                path: dir.to_owned(),
+                what,
+                owner: meta.uid(),
+                me,
             });
         }
     }
     #[cfg(not(unix))]
-    let _ = (meta, what, OTHER_WRITE);
+    let _ = (meta, what, GROUP_OTHER_WRITE, STICKY);
+    Ok(())
+}
+
+/// Reads a configuration file, returning its text and the metadata of the
+/// very file that was read (taken from the open descriptor, so a file swapped
+/// in between cannot be judged in place of the one we read). Symbolic links
+/// are followed: Kubernetes mounts Secret and ConfigMap files as links.
+pub fn read_config(path: &Path) -> io::Result<(String, Metadata)> {
+    use std::io::Read as _;
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((text, meta))
+}
+
+/// Refuses a configuration file (described by `meta`, from [`read_config`])
+/// that holds `what` when other users can read or write it; `env` names the
+/// variable that can carry the secret instead.
+pub fn check_secret_config(
+    path: &Path,
+    meta: &Metadata,
+    what: &'static str,
+    env: &'static str,
+) -> Result<(), PrivateFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let mode = meta.mode() & 0o7777;
+        if mode & OTHER_READ_WRITE != 0 {
+            return Err(PrivateFileError::ExposedConfig {
+                path: path.to_owned(),
+                what,
+                access: match (mode & 0o004 != 0, mode & 0o002 != 0) {
+                    (true, true) => "read and write",
+                    (true, false) => "read",
+                    _ => "write",
+                },
+                mode,
+                fix: format!("chmod o-rw {}", shell_quote(path)),
+                env,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta, what, env, OTHER_READ_WRITE);
     Ok(())
 }
 
@@ -386,17 +484,132 @@ mod tests {
         ));
         let shared = tmp.dir.join("shared");
         std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(matches!(
-            check_not_world_writable(&shared, "x"),
-            Err(PrivateFileError::SharedFolder { .. })
-        ));
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
-        check_not_world_writable(&shared, "x").unwrap();
         let err = check_private_dir(&shared, "x", "chmod -R go=").unwrap_err();
         assert!(err.to_string().contains("chmod -R go= "), "{err}");
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
         check_private_dir(&shared, "x", "chmod -R go=").unwrap();
+    }
+
+    /// Group members, not only everyone, could plant `-wal`/`-shm` in a folder they can write;
+    /// a sticky bit does not stop them creating names, and is never "fixed" by chmod advice.
+    #[test]
+    fn database_folders_anyone_but_the_owner_can_write_are_refused() {
+        let tmp = TempDb::new();
+        let dir = tmp.dir.join("it's db");
+        std::fs::create_dir(&dir).unwrap();
+        for (bad, who, fix) in [
+            (0o775, "its group", true),
+            (0o770, "its group", true),
+            (0o730, "its group", true),
+            (0o2775, "its group", true),
+            (0o757, "any user", true),
+            (0o777, "any user", true),
+            (0o1777, "any user", false),
+            (0o1770, "its group", false),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(bad)).unwrap();
+            let err = check_folder_not_shared(&dir, "x").unwrap_err();
+            let PrivateFileError::SharedFolder {
+                who: got,
+                mode,
+                fix: got_fix,
+                ..
+            } = &err
+            else {
+                panic!("{bad:o}: {err}");
+            };
+            assert_eq!((*got, *mode), (who, bad), "{err}");
+            let line = err.to_string();
+            assert!(!line.contains('\n'), "{line}");
+            if fix {
+                let want = format!("chmod g-w,o-w {}", shell_quote(&dir));
+                assert_eq!(got_fix.as_deref(), Some(want.as_str()));
+                assert!(line.contains(&format!("`{want}`")), "{line}");
+            } else {
+                assert_eq!(*got_fix, None, "{bad:o}");
+                assert!(!line.contains("chmod"), "{line}");
+            }
+        }
+        for good in [0o755, 0o750, 0o700, 0o1755, 0o711] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(good)).unwrap();
+            check_folder_not_shared(&dir, "x").unwrap_or_else(|e| panic!("{good:o}: {e}"));
+        }
+        // Judged through a symbolic link too.
+        let link = tmp.dir.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(check_folder_not_shared(&link, "x").is_err());
+    }
+
+    /// Needs root to give a folder away.
+    #[test]
+    fn database_folders_of_another_user_are_refused() {
+        if current_uid() != 0 {
+            return;
+        }
+        let tmp = TempDb::new();
+        let dir = tmp.dir.join("theirs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let err = check_folder_not_shared(&dir, "x").unwrap_err();
+        assert!(
+            matches!(err, PrivateFileError::ForeignFolder { owner: 65534, .. }),
+            "{err}"
+        );
+        // Root's folders are trusted: root can write anywhere anyway.
+        std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+        check_folder_not_shared(&dir, "x").unwrap();
+    }
+
+    #[test]
+    fn secret_configs_others_can_read_or_write_are_refused_group_access_is_not() {
+        let tmp = TempDb::new();
+        let file = tmp.dir.join("issuer config.yaml");
+        std::fs::write(&file, "project_secret: x\n").unwrap();
+        let judge = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let (text, meta) = read_config(&file).unwrap();
+            assert_eq!(text, "project_secret: x\n");
+            check_secret_config(&file, &meta, "the secret", "SECRET_ENV")
+        };
+        for (bad, access) in [
+            (0o644, "read"),
+            (0o604, "read"),
+            (0o444, "read"),
+            (0o602, "write"),
+            (0o622, "write"),
+            (0o606, "read and write"),
+            (0o666, "read and write"),
+        ] {
+            let err = judge(bad).unwrap_err();
+            let PrivateFileError::ExposedConfig {
+                access: got,
+                mode,
+                fix,
+                ..
+            } = &err
+            else {
+                panic!("{bad:o}: {err}");
+            };
+            assert_eq!((*got, *mode), (access, bad));
+            assert_eq!(fix, &format!("chmod o-rw '{}'", file.display()));
+            let line = err.to_string();
+            assert!(line.contains(&format!("`{fix}`")), "{line}");
+            assert!(line.contains("SECRET_ENV"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        // Owner and group, as a Kubernetes Secret mounted with fsGroup, are fine.
+        for good in [0o600, 0o400, 0o640, 0o440, 0o660, 0o641] {
+            judge(good).unwrap_or_else(|e| panic!("{good:o}: {e}"));
+        }
+        // The file read is the file judged, through a link (Kubernetes mounts files as links).
+        let link = tmp.dir.join("link.yaml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, meta) = read_config(&link).unwrap();
+        assert!(check_secret_config(&link, &meta, "the secret", "SECRET_ENV").is_err());
     }
 
     #[test]

@@ -393,9 +393,10 @@ impl Store {
     }
 }
 
-/// The database's folder (created 0700 when missing; never writable by every
-/// user), the database file itself (created 0600, or an existing one that is
-/// owner-only) and any companion file SQLite left beside it.
+/// The database's folder (created 0700 when missing; writable by no one but
+/// its owner, who is us or root), the database file itself (created 0600, or
+/// an existing one that is owner-only) and any companion file SQLite left
+/// beside it.
 fn prepare_files(path: &Path) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -404,7 +405,7 @@ fn prepare_files(path: &Path) -> Result<(), StoreError> {
     if !dir.exists() {
         private_files::create_dir_all(dir)?;
     }
-    private_files::check_not_world_writable(dir, "the issuer database")?;
+    private_files::check_folder_not_shared(dir, "the issuer database")?;
     if private_files::check_file(path, DATABASE_WHAT)?.is_none() {
         private_files::create_new(path, DATABASE_WHAT)?;
     }
@@ -869,9 +870,20 @@ pub(crate) mod tests {
                 "m2m-issuer-unit-{}",
                 crate::issuer::secrets::generate_request_id()
             ));
-            std::fs::create_dir_all(&dir).unwrap();
+            crate::issuer::private_files::create_dir_all(&dir).unwrap();
             let path = dir.join("issuer.db");
             Self { dir, path }
+        }
+
+        /// Writes `name` in the folder, owner-only, as a config holding a secret must be.
+        pub(crate) fn write_private(&self, name: &str, text: &str) -> PathBuf {
+            use std::io::Write as _;
+            let path = self.dir.join(name);
+            crate::issuer::private_files::create_truncate(&path, "a test file")
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            path
         }
     }
 

@@ -20,31 +20,78 @@ pub struct IssuerProcess {
     pub dir: TempDir,
 }
 
-/// Writes `dir/issuer.yaml` for an issuer on `addr` with this database (relative paths are
-/// taken beside the file) and project secret.
+/// Writes `dir/issuer.yaml` (mode 0600, as it holds the project secret) for an issuer on `addr`
+/// with this database (relative paths are taken beside the file) and project secret.
 pub fn write_config(dir: &Path, addr: SocketAddr, database: &str, secret: &str) -> PathBuf {
     let path = dir.join("issuer.yaml");
-    std::fs::write(
+    write_private(
         &path,
-        format!(
+        &format!(
             "listen: {addr}\ndatabase: {database}\nproject_id: {PROJECT_ID}\nproject_secret: {secret}\n"
         ),
-    )
-    .unwrap();
+    );
     path
+}
+
+/// Writes `text` to `path`, replacing it, with mode 0600 from the start.
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
 }
 
 /// Runs `m2m-authz <args…> --config <config>` without the project-secret variable and returns
 /// its output, whatever the exit status.
 pub fn cli_output(config: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
+    cli_output_env(config, args, None)
+}
+
+/// Runs `m2m-authz <args…> --config <config>` with the project-secret variable set to `secret`
+/// (or unset) and returns its output, whatever the exit status. It is killed after 20 s should
+/// it not exit: `serve` and `issuer` run until stopped when they accept their config, and a test
+/// expecting a refusal must fail, not hang, when there is none.
+pub fn cli_output_env(config: &Path, args: &[&str], secret: Option<&str>) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("20")
+        .arg(binary())
         .args(args)
         .arg("--config")
         .arg(config)
         .env_remove("M2M_ISSUER_PROJECT_SECRET")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    if let Some(secret) = secret {
+        cmd.env("M2M_ISSUER_PROJECT_SECRET", secret);
+    }
+    cmd.output().unwrap()
+}
+
+/// Writes `dir/sidecar.yaml` (mode 0600) for the sidecar with the embedded issuer on free
+/// ports, with this database and, when given, the project secret in the file.
+pub fn write_embedded_sidecar_config(dir: &Path, database: &str, secret: Option<&str>) -> PathBuf {
+    let path = dir.join("sidecar.yaml");
+    let secret = secret
+        .map(|s| format!("    project_secret: {s}\n"))
+        .unwrap_or_default();
+    write_private(
+        &path,
+        &format!(
+            "listen:\n  grpc: {}\n  admin: {}\nprovider:\n  kind: embedded\n  embedded:\n    \
+             listen: {}\n    database: {database}\n    project_id: {PROJECT_ID}\n{secret}",
+            free_addr(),
+            free_addr(),
+            free_addr()
+        ),
+    );
+    path
 }
 
 impl IssuerProcess {
