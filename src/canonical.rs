@@ -438,25 +438,22 @@ mod properties {
         "/?[/.;%aAbB2eEfF5cC3~?#\\\\ é-]{0,32}"
     }
 
+    /// `segment` with its first character percent-encoded (all test segments are unreserved).
+    fn encode_first(segment: &str, upper: bool) -> String {
+        let mut chars = segment.chars();
+        match chars.next() {
+            Some(c) if upper => format!("%{:02X}{}", c as u32, chars.as_str()),
+            Some(c) => format!("%{:02x}{}", c as u32, chars.as_str()),
+            None => segment.to_owned(),
+        }
+    }
+
     /// One way to spell `segment` differently without changing what it names.
     fn respell(segment: &str, how: u8) -> String {
         match how % 6 {
-            // Percent-encode its first character (all test segments are unreserved).
-            0 => {
-                let mut chars = segment.chars();
-                match chars.next() {
-                    Some(c) => format!("%{:02x}{}", c as u32, chars.as_str()),
-                    None => segment.to_owned(),
-                }
-            }
+            0 => encode_first(segment, false),
             1 => format!("//{segment}"),
-            2 => {
-                let mut chars = segment.chars();
-                match chars.next() {
-                    Some(c) => format!("%{:02X}{}", c as u32, chars.as_str()),
-                    None => segment.to_owned(),
-                }
-            }
+            2 => encode_first(segment, true),
             3 => format!("/{segment}"),
             4 => format!("{segment};p=1"),
             _ => segment.to_owned(),
