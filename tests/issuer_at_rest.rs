@@ -3,6 +3,7 @@
 //! with the command that fixes it, a copied database does not give up its signing key without
 //! the project secret, and a database written by the previous version (plaintext keys) is
 //! sealed on open without losing its keys.
+#![cfg(feature = "issuer")]
 
 mod common;
 
