@@ -26,6 +26,7 @@ pub struct AdminState {
     /// Set when shutdown begins: not ready for new traffic while in-flight checks drain.
     pub draining: Arc<AtomicBool>,
     /// `cache.shared`, for `/readyz` detail: its trouble never makes the pod not ready.
+    #[cfg(feature = "shared-cache")]
     pub shared_cache: Option<Arc<crate::shared_cache::SharedTier>>,
 }
 
@@ -79,6 +80,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    #[cfg_attr(not(feature = "shared-cache"), allow(unused_mut))]
     let (status, mut body) = match state.not_ready() {
         None => (StatusCode::OK, json!({ "ready": true })),
         Some(reason) => (
@@ -86,6 +88,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
             json!({ "ready": false, "reason": reason }),
         ),
     };
+    #[cfg(feature = "shared-cache")]
     if let Some(shared) = &state.shared_cache {
         body["shared_cache"] = shared.status();
     }

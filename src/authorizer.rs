@@ -28,6 +28,7 @@ use crate::policy::reload::LivePolicy;
 use crate::policy::{Action, UpstreamCredential};
 use crate::provider::{Provider, ProviderBuildError, TokenCheckError, unix_now};
 use crate::request::AuthRequest;
+#[cfg(feature = "shared-cache")]
 use crate::shared_cache::{CredentialRef, SharedEntry, SharedTier};
 use crate::stats::{Snapshot, Stats};
 use crate::verify::{Verified, VerifyError};
@@ -193,6 +194,7 @@ struct Inner {
     providers: Vec<Arc<Slot>>,
     cache: TokenCache,
     /// `cache.shared`: the fleet's tier on Redis, consulted inside a flight before exchanging.
+    #[cfg(feature = "shared-cache")]
     shared: Option<Arc<SharedTier>>,
     flights: SingleFlight<Loaded>,
     keys: KeyDeriver,
@@ -224,6 +226,7 @@ impl Authorizer {
         let flight_panics = stats.clone();
         let flights = SingleFlight::new(Arc::new(move || Stats::add(&flight_panics.flight_panics)));
         let c = &config.cache;
+        #[cfg(feature = "shared-cache")]
         let shared = match &c.shared {
             Some(s) => Some(Arc::new(
                 SharedTier::new(s, c.refresh_ahead, c.max_credential_age, stats.clone())
@@ -242,6 +245,7 @@ impl Authorizer {
                 extractor,
                 providers,
                 cache: TokenCache::new(c.settings(), stats.clone()),
+                #[cfg(feature = "shared-cache")]
                 shared,
                 flights,
                 keys: KeyDeriver::default(),
@@ -305,6 +309,7 @@ impl Authorizer {
     }
 
     /// The shared tier on Redis, when `cache.shared` is configured (for `/readyz` detail).
+    #[cfg(feature = "shared-cache")]
     pub fn shared_cache(&self) -> Option<&Arc<SharedTier>> {
         self.inner.shared.as_ref()
     }
@@ -593,6 +598,7 @@ impl Inner {
         // The shared tier first (before taking an exchange slot): a token another pod shared
         // ends the flight once verified; else this pod exchanges, holding the fleet lock if it
         // got it.
+        #[cfg(feature = "shared-cache")]
         let ticket = match &self.shared {
             Some(tier) => {
                 let shared_key = tier.key(CredentialRef {
@@ -672,6 +678,7 @@ impl Inner {
         }
         self.cache.insert(key, identity.clone(), lifetime);
         // Only verified tokens are shared; refusals and failures never are.
+        #[cfg(feature = "shared-cache")]
         if let Some(ticket) = ticket {
             ticket.store(&issued.access_token, lifetime).await;
         }
@@ -680,6 +687,7 @@ impl Inner {
 
     /// A token from the shared tier: verified with the provider's keys like a fresh exchange
     /// (Redis is never trusted), then cached locally. `None`: not usable, exchange instead.
+    #[cfg(feature = "shared-cache")]
     async fn adopt(
         &self,
         slot: &Slot,

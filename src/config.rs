@@ -11,6 +11,20 @@ use url::Url;
 
 use crate::defaults;
 
+/// `provider.embedded`: the embedded issuer's settings. Without the `issuer` feature any value is
+/// accepted by the parser and then refused by `validate`, naming the field and the feature.
+#[cfg(feature = "issuer")]
+pub type EmbeddedConfig = crate::issuer::IssuerConfig;
+#[cfg(not(feature = "issuer"))]
+pub type EmbeddedConfig = serde::de::IgnoredAny;
+
+/// `cache.shared`: the Redis tier's settings; without the `shared-cache` feature, refused by
+/// `validate` like `EmbeddedConfig`.
+#[cfg(feature = "shared-cache")]
+pub type SharedCacheConfig = crate::shared_cache::SharedCacheConfig;
+#[cfg(not(feature = "shared-cache"))]
+pub type SharedCacheConfig = serde::de::IgnoredAny;
+
 /// A configuration problem, always naming the field it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -231,7 +245,7 @@ pub struct ProviderConfig {
     pub project_id: Option<String>,
     pub base_url: Option<Url>,
     /// The embedded issuer's settings, for `kind: embedded` (see `m2m-authz issuer`).
-    pub embedded: Option<crate::issuer::IssuerConfig>,
+    pub embedded: Option<EmbeddedConfig>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`; at most `MAX_LEEWAY`.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
@@ -415,7 +429,7 @@ pub struct CacheConfig {
     pub exchange_queue_timeout: Duration,
     /// The optional fleet-wide tier on Redis (issue 9); absent: off.
     #[serde(default)]
-    pub shared: Option<crate::shared_cache::SharedCacheConfig>,
+    pub shared: Option<SharedCacheConfig>,
 }
 
 fn default_max_entries() -> usize {
@@ -507,10 +521,18 @@ impl CacheConfig {
                 ),
             ));
         }
+        #[cfg(feature = "shared-cache")]
         if let Some(shared) = &self.shared {
             shared
                 .validate()
                 .map_err(|(field, problem)| ConfigError::invalid(field, problem))?;
+        }
+        #[cfg(not(feature = "shared-cache"))]
+        if self.shared.is_some() {
+            return Err(ConfigError::invalid(
+                "cache.shared",
+                crate::features::missing("the shared tier", crate::features::SHARED_CACHE),
+            ));
         }
         Ok(())
     }
@@ -532,14 +554,24 @@ impl Config {
     /// Reads, parses and validates a config file. One that holds the embedded issuer's project
     /// secret (the one in effect) is refused when other users can read or write it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let (text, meta) = crate::issuer::private_files::read_config(path).map_err(|source| {
-            ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            }
+        // The metadata of the file as opened, so a file swapped in meanwhile is not judged in
+        // its place.
+        let read = || -> std::io::Result<(String, std::fs::Metadata)> {
+            use std::io::Read as _;
+            let mut file = std::fs::File::open(path)?;
+            let meta = file.metadata()?;
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok((text, meta))
+        };
+        let (text, _meta) = read().map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
         })?;
         let config = Config::from_yaml_in(&text, path.parent())?;
+        #[cfg(feature = "issuer")]
         if let Some(embedded) = &config.provider.embedded {
+            let meta = _meta;
             embedded.check_file_access(path, &meta).map_err(|e| {
                 ConfigError::invalid("provider.embedded.project_secret", e.to_string())
             })?;
@@ -567,6 +599,7 @@ impl Config {
         })?;
         let mut config = config;
         config.dir = dir.map(Path::to_path_buf);
+        #[cfg(feature = "issuer")]
         if let Some(embedded) = config.provider.embedded.as_mut() {
             if let Some(dir) = dir
                 && embedded.database.is_relative()
@@ -785,6 +818,14 @@ impl ProviderConfig {
                     }
                 }
             }
+            #[cfg(not(feature = "issuer"))]
+            ProviderKind::Embedded => {
+                return Err(ConfigError::invalid(
+                    "provider.kind",
+                    crate::features::missing("embedded", crate::features::ISSUER),
+                ));
+            }
+            #[cfg(feature = "issuer")]
             ProviderKind::Embedded => {
                 let Some(embedded) = &self.embedded else {
                     return Err(ConfigError::invalid(
@@ -845,6 +886,13 @@ impl ProviderConfig {
                     ));
                 }
             }
+        }
+        #[cfg(not(feature = "issuer"))]
+        if self.embedded.is_some() {
+            return Err(ConfigError::invalid(
+                "provider.embedded",
+                crate::features::missing("the embedded issuer", crate::features::ISSUER),
+            ));
         }
         self.validate_issuers_and_audiences()?;
         for (field, url) in [
@@ -1016,16 +1064,14 @@ impl ProviderConfig {
     /// tokens, secrets and keys travel over them. Loopback (127.0.0.0/8, ::1, `localhost`) and
     /// the unspecified address (which reaches this host) are not listed.
     pub fn plain_http_urls(&self) -> Vec<(&'static str, String)> {
-        let derived_from = match &self.embedded {
-            Some(e) if self.kind == ProviderKind::Embedded => {
-                if e.issuer_base_url.is_some() {
-                    "provider.embedded.issuer_base_url"
-                } else {
-                    "provider.embedded.listen"
-                }
-            }
-            _ => "provider.base_url",
+        #[cfg(feature = "issuer")]
+        let derived_from = match self.embedded_issuer() {
+            Some(e) if e.issuer_base_url.is_some() => "provider.embedded.issuer_base_url",
+            Some(_) => "provider.embedded.listen",
+            None => "provider.base_url",
         };
+        #[cfg(not(feature = "issuer"))]
+        let derived_from = "provider.base_url";
         let mut out: Vec<(&'static str, String)> = Vec::new();
         for (explicit, field, url) in [
             (
@@ -1052,23 +1098,33 @@ impl ProviderConfig {
         out
     }
 
+    /// The embedded issuer's settings, when this provider is `kind: embedded`.
+    #[cfg(feature = "issuer")]
+    fn embedded_issuer(&self) -> Option<&crate::issuer::IssuerConfig> {
+        self.embedded
+            .as_ref()
+            .filter(|_| self.kind == ProviderKind::Embedded)
+    }
+
     /// The Stytch project id: configured, or the embedded issuer's.
     fn project(&self) -> Option<String> {
-        match &self.embedded {
-            Some(e) if self.kind == ProviderKind::Embedded => Some(e.project_id.clone()),
-            _ => self.project_id.clone(),
+        #[cfg(feature = "issuer")]
+        if let Some(e) = self.embedded_issuer() {
+            return Some(e.project_id.clone());
         }
+        self.project_id.clone()
     }
 
     /// The Stytch base URL: configured, or where the embedded issuer listens.
     fn base(&self) -> Option<Url> {
-        match &self.embedded {
-            Some(e) if self.kind == ProviderKind::Embedded => e
+        #[cfg(feature = "issuer")]
+        if let Some(e) = self.embedded_issuer() {
+            return e
                 .issuer_base_url
                 .clone()
-                .or_else(|| Url::parse(&format!("http://{}", e.listen)).ok()),
-            _ => self.base_url.clone(),
+                .or_else(|| Url::parse(&format!("http://{}", e.listen)).ok());
         }
+        self.base_url.clone()
     }
 
     /// The token endpoint, explicit or derived from the Stytch project.
@@ -1355,6 +1411,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "issuer")]
     #[test]
     fn embedded_kind_derives_the_stytch_profile_from_the_issuer() {
         let c = Config::from_yaml(
@@ -1472,7 +1529,11 @@ mod tests {
             ),
             (
                 "provider: {kind: embedded, skip_audience_check: true, embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789}}",
-                Some("provider.skip_audience_check"),
+                Some(if cfg!(feature = "issuer") {
+                    "provider.skip_audience_check"
+                } else {
+                    "provider.kind"
+                }),
             ),
             // The same rules for every named provider.
             (
@@ -1679,26 +1740,30 @@ mod tests {
         assert_eq!(w.matches("provider.base_url").count(), 1, "{w}");
         assert!(w.contains("providers.b.jwks_url (host b.internal)"), "{w}");
         // The embedded issuer: named by what set its address.
-        let embedded = |extra: &str| {
-            Config::from_yaml(&format!(
+        #[cfg(feature = "issuer")]
+        {
+            let embedded = |extra: &str| {
+                Config::from_yaml(&format!(
                 "provider: {{kind: embedded, embedded: {{project_secret: demo-project-secret-0123456789{extra}}}}}"
             ))
             .unwrap()
             .plain_http_warning()
-        };
-        assert_eq!(embedded(", listen: '127.0.0.1:9400'"), None);
-        assert_eq!(embedded(", listen: '0.0.0.0:9400'"), None);
-        let w = embedded(", listen: '10.1.2.3:9400'").unwrap();
-        assert!(
-            w.contains("provider.embedded.listen (host 10.1.2.3)"),
-            "{w}"
-        );
-        let w = embedded(", listen: '127.0.0.1:9400', issuer_base_url: 'http://issuer.internal'")
-            .unwrap();
-        assert!(
-            w.contains("provider.embedded.issuer_base_url (host issuer.internal)"),
-            "{w}"
-        );
+            };
+            assert_eq!(embedded(", listen: '127.0.0.1:9400'"), None);
+            assert_eq!(embedded(", listen: '0.0.0.0:9400'"), None);
+            let w = embedded(", listen: '10.1.2.3:9400'").unwrap();
+            assert!(
+                w.contains("provider.embedded.listen (host 10.1.2.3)"),
+                "{w}"
+            );
+            let w =
+                embedded(", listen: '127.0.0.1:9400', issuer_base_url: 'http://issuer.internal'")
+                    .unwrap();
+            assert!(
+                w.contains("provider.embedded.issuer_base_url (host issuer.internal)"),
+                "{w}"
+            );
+        }
     }
 
     #[test]
@@ -1710,5 +1775,63 @@ mod tests {
         assert_eq!(c.provider.resolved_issuers(), vec!["a", "b"]);
         assert_eq!(c.provider.resolved_audiences(), vec!["api"]);
         assert_eq!(c.provider.resolved_token_type(), None);
+    }
+
+    /// The lean build (no `issuer`, no `shared-cache`) refuses, in one line naming the field and
+    /// the feature, every setting that needs a part it was built without; it never ignores one.
+    #[test]
+    fn settings_of_parts_left_out_are_refused_naming_the_feature() {
+        let oauth2 = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: i, audience: api}\n";
+        let mut cases: Vec<(String, &str, &str)> = Vec::new();
+        if cfg!(not(feature = "issuer")) {
+            cases.extend([
+                (
+                    "provider:\n  kind: embedded\n  embedded:\n    listen: 127.0.0.1:9400\n    project_secret: demo-project-secret-0123456789\n".to_owned(),
+                    "provider.kind",
+                    "issuer",
+                ),
+                ("provider: {kind: embedded}".to_owned(), "provider.kind", "issuer"),
+                (
+                    "provider: {kind: stytch, project_id: p1, base_url: 'https://x', embedded: {listen: '127.0.0.1:9400'}}".to_owned(),
+                    "provider.embedded",
+                    "issuer",
+                ),
+            ]);
+        }
+        if cfg!(not(feature = "shared-cache")) {
+            cases.extend([
+                (
+                    format!("{oauth2}cache:\n  shared:\n    url: redis://127.0.0.1:6379\n"),
+                    "cache.shared",
+                    "shared-cache",
+                ),
+                (
+                    format!("{oauth2}cache: {{shared: {{}}}}"),
+                    "cache.shared",
+                    "shared-cache",
+                ),
+            ]);
+        }
+        for (yaml, field, feature) in &cases {
+            match Config::from_yaml(yaml) {
+                Err(ConfigError::Invalid { field: f, problem }) => {
+                    assert_eq!(&f, field, "{yaml}");
+                    assert!(
+                        problem.contains(&format!("needs the `{feature}` feature")),
+                        "{yaml}: {problem}"
+                    );
+                    assert!(!problem.contains('\n'), "{problem}");
+                }
+                other => panic!("{yaml}: {other:?}"),
+            }
+        }
+        // A named provider may never be embedded, with or without the feature.
+        let named = format!(
+            "{oauth2}providers: {{b: {{kind: embedded, embedded: {{listen: '127.0.0.1:9400'}}}}}}"
+        );
+        assert!(matches!(
+            Config::from_yaml(&named),
+            Err(ConfigError::Invalid { field, .. }) if field == "providers.b.kind"
+        ));
     }
 }

@@ -1,6 +1,10 @@
 //! m2m-authz: an Envoy ext_authz sidecar that turns machine client credentials into a verified
 //! identity for the upstream. The core (credentials, exchange, jwks, verify, cache, identity,
 //! decision, authorizer) knows nothing of gRPC; `ext_authz` and `server` are the edge.
+//!
+//! Optional parts are Cargo features, all on by default: `issuer` (the embedded issuer and the
+//! demo), `shared-cache` (the Redis tier) and `otel` (trace export). Without them the lean sidecar
+//! refuses, naming the field and the feature, any config that needs them (see `features`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -11,12 +15,15 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod defaults;
+#[cfg(feature = "issuer")]
 pub mod demo;
 pub mod exchange;
 pub mod ext_authz;
+pub mod features;
 pub mod flight;
 mod http_body;
 pub mod identity;
+#[cfg(feature = "issuer")]
 pub mod issuer;
 pub mod jwks;
 pub mod limits;
@@ -27,6 +34,7 @@ pub mod policy;
 pub mod provider;
 pub mod request;
 pub mod server;
+#[cfg(feature = "shared-cache")]
 pub mod shared_cache;
 pub mod stats;
 pub mod telemetry;

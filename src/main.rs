@@ -34,12 +34,25 @@ enum Command {
         config: PathBuf,
     },
     /// Run the embedded Stytch-compatible issuer, or manage its signing keys.
+    #[cfg(feature = "issuer")]
     Issuer(m2m_authz::issuer::IssuerArgs),
     /// Manage the embedded issuer's M2M clients (works on its database file).
+    #[cfg(feature = "issuer")]
     #[command(subcommand)]
     Clients(m2m_authz::issuer::ClientsCommand),
     /// Run the whole flow locally: Envoy, the sidecar with the embedded issuer, an echo upstream.
+    #[cfg(feature = "issuer")]
     Demo(m2m_authz::demo::DemoArgs),
+    /// Left out of this build (the `issuer` feature): hidden, and refused with a line saying so.
+    #[cfg(not(feature = "issuer"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Issuer(NotBuilt),
+    #[cfg(not(feature = "issuer"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Clients(NotBuilt),
+    #[cfg(not(feature = "issuer"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Demo(NotBuilt),
     /// Route policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -49,6 +62,14 @@ enum Command {
 enum PolicyCommand {
     /// Which rule a request matches and what the decision would be.
     Explain(m2m_authz::policy::explain::ExplainArgs),
+}
+
+/// Whatever follows a command this build left out; it is refused without being looked at.
+#[cfg(not(feature = "issuer"))]
+#[derive(clap::Args)]
+struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<std::ffi::OsString>,
 }
 
 fn main() -> ExitCode {
@@ -66,24 +87,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
+            refuse_missing_features()?;
             println!("{}", config.summary());
             if let Some(warning) = config.plain_http_warning() {
                 eprintln!("warning: {warning}");
             }
             Ok(())
         }
+        #[cfg(feature = "issuer")]
         Command::Issuer(args) => {
             telemetry::init();
             tokio::runtime::Runtime::new()?.block_on(m2m_authz::issuer::run_issuer_command(args))
         }
+        #[cfg(feature = "issuer")]
         Command::Clients(command) => m2m_authz::issuer::run_clients_command(command),
+        #[cfg(feature = "issuer")]
         Command::Demo(args) => m2m_authz::demo::run(args),
+        #[cfg(not(feature = "issuer"))]
+        Command::Issuer(_) => not_built("issuer"),
+        #[cfg(not(feature = "issuer"))]
+        Command::Clients(_) => not_built("clients"),
+        #[cfg(not(feature = "issuer"))]
+        Command::Demo(_) => not_built("demo"),
         Command::Policy(PolicyCommand::Explain(args)) => {
             print!("{}", m2m_authz::policy::explain::run(&args)?);
             Ok(())
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
+            refuse_missing_features()?;
             telemetry::init();
             if let Some(warning) = config.plain_http_warning() {
                 tracing::warn!("{warning}");
@@ -100,6 +132,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             served
         }
     }
+}
+
+/// Settings outside the config file that need a part this build left out (the `OTEL_*`
+/// variables); the file's own are refused by `Config::load`.
+fn refuse_missing_features() -> anyhow::Result<()> {
+    match m2m_authz::otel::missing_feature() {
+        Some(line) => Err(anyhow::anyhow!(line)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "issuer"))]
+fn not_built(command: &str) -> anyhow::Result<()> {
+    Err(anyhow::anyhow!(
+        "`m2m-authz {command}`: {}",
+        m2m_authz::features::missing("this command", m2m_authz::features::ISSUER)
+    ))
 }
 
 /// Completes on SIGTERM (Kubernetes, Envoy's supervisor) or ctrl-c.

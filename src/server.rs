@@ -13,8 +13,11 @@ use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
 use crate::authorizer::{Authorizer, BuildError};
-use crate::config::{Config, ListenAddr, ProviderKind, parse_admin_listen, parse_listen};
+#[cfg(feature = "issuer")]
+use crate::config::ProviderKind;
+use crate::config::{Config, ListenAddr, parse_admin_listen, parse_listen};
 use crate::ext_authz::ExtAuthz;
+#[cfg(feature = "issuer")]
 use crate::issuer::{Issuer, IssuerConfig};
 use crate::metrics::Metrics;
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -45,6 +48,7 @@ pub enum ServeError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[cfg(feature = "issuer")]
     #[error("embedded issuer: {0}")]
     Issuer(#[from] crate::issuer::IssuerError),
 }
@@ -139,6 +143,7 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    #[cfg(feature = "issuer")]
     let issuer = match &config.provider.embedded {
         Some(embedded) if config.provider.kind == ProviderKind::Embedded => {
             Some(start_embedded_issuer(embedded.clone()).await?)
@@ -147,6 +152,7 @@ pub async fn serve(
     };
     let authorizer = Arc::new(Authorizer::new(config)?);
     let result = serve_with(authorizer, listeners, config.listen.drain_timeout, shutdown).await;
+    #[cfg(feature = "issuer")]
     if let Some((stop, task)) = issuer {
         let _ = stop.send(());
         let _ = task.await;
@@ -154,11 +160,13 @@ pub async fn serve(
     result
 }
 
+#[cfg(feature = "issuer")]
 type IssuerHandle = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), crate::issuer::IssuerError>>,
 );
 
+#[cfg(feature = "issuer")]
 async fn start_embedded_issuer(config: IssuerConfig) -> Result<IssuerHandle, ServeError> {
     let addr = config.listen;
     let issuer = Issuer::open_async(config).await?;
@@ -230,6 +238,7 @@ pub async fn serve_with(
             metrics: metrics.clone(),
             keys_loaded,
             draining: draining.clone(),
+            #[cfg(feature = "shared-cache")]
             shared_cache: authorizer.shared_cache().cloned(),
         }),
         async move {

@@ -1,6 +1,7 @@
 //! The README's demo command, run the way a user runs it: `scripts/demo` from a scratch
 //! directory (ports passed as flags, since the defaults may be taken), until `ready`; then one
 //! allowed and one refused request through Envoy, and SIGTERM stops everything it started.
+#![cfg(feature = "issuer")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The embedded issuer's HTTP API, end to end: a real SQLite file in a temp
 //! directory, the real axum server on 127.0.0.1:0, reqwest as the client and
 //! jsonwebtoken verifying tokens against the served JWKS.
+#![cfg(feature = "issuer")]
 
 use std::path::PathBuf;
 use std::time::Duration;

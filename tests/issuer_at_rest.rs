@@ -4,6 +4,7 @@
 //! the project secret, and a database written by the previous version (plaintext keys) is
 //! sealed on open without losing its keys. A config file holding the project secret that other
 //! users can read or write, and a database folder its group or others can write, are refused.
+#![cfg(feature = "issuer")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The `issuer` and `clients` commands of the real binary, against a real
 //! database file, with the issuer server running as a separate process, as a
 //! person would use them.
+#![cfg(feature = "issuer")]
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The sidecar's `stytch` profile against the embedded issuer, through a real Envoy: the whole
 //! product on one machine, with secret rotation and signing-key rotation under traffic.
+#![cfg(feature = "issuer")]
 
 mod common;
 

