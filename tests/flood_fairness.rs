@@ -10,20 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::provider::{AUDIENCE, FakeProvider, ISSUER};
+use common::provider::FakeProvider;
 use m2m_authz::authorizer::{Authorizer, Unavailable};
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::request::{AuthRequest, Headers};
 
 fn request(id: &str, secret: &str) -> AuthRequest {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
     AuthRequest {
-        headers: [("authorization", basic)].into_iter().collect::<Headers>(),
+        headers: [("authorization", common::check::basic(id, secret))]
+            .into_iter()
+            .collect::<Headers>(),
         ..Default::default()
     }
 }
@@ -45,9 +42,8 @@ async fn a_flood_of_new_credentials_does_not_starve_a_known_clients_refresh() {
     p.set_lifetime(2);
     p.set_latency(Duration::from_millis(20));
     let yaml = format!(
-        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_min_refetch_interval: 1h\ncache:\n  refresh_ahead: 0.5\n  max_exchanges_per_second: 20\n  max_concurrent_exchanges: 4\n  exchange_queue_timeout: 100ms\n",
-        p.token_url(),
-        p.jwks_url()
+        "{}  jwks_min_refetch_interval: 1h\ncache:\n  refresh_ahead: 0.5\n  max_exchanges_per_second: 20\n  max_concurrent_exchanges: 4\n  exchange_queue_timeout: 100ms\n",
+        p.oauth2_provider_yaml()
     );
     let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"))).unwrap();
     a.provider().jwks().refresh().await.expect("JWKS");

@@ -99,11 +99,7 @@ async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &[
 }
 
 fn basic(id: &str, secret: &str) -> Vec<u8> {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
-    .into_bytes()
+    common::check::basic(id, secret).into_bytes()
 }
 
 fn bearer(token: &str) -> Vec<u8> {
@@ -129,9 +125,8 @@ impl Stack {
     /// `provider_extra` is appended inside `provider:`, `extra` at the top level.
     async fn start(provider: FakeProvider, provider_extra: &str, extra: &str) -> Stack {
         let sidecar = Sidecar::start(&format!(
-            "realm: {REALM}\nprovider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n{provider_extra}{extra}",
-            provider.token_url(),
-            provider.jwks_url()
+            "realm: {REALM}\n{}{provider_extra}{extra}",
+            provider.oauth2_provider_yaml()
         ))
         .await;
         let upstream = EchoUpstream::start().await;

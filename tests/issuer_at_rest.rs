@@ -73,18 +73,8 @@ async fn jwks(issuer: &IssuerProcess) -> Value {
 }
 
 async fn token(issuer: &IssuerProcess, id: &str, secret: &str) -> String {
-    let resp = common::http_client()
-        .post(issuer.token_url())
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", id),
-            ("client_secret", secret),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = issuer.token_response(id, secret).await;
+    assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
 }
 

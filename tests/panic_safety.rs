@@ -9,7 +9,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use common::check::check_request;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, TokenOverride, mint};
 use common::sidecar::Sidecar;
@@ -42,9 +41,8 @@ const FAR_EXPS: [u64; 2] = [
 
 fn provider_yaml(p: &FakeProvider, extra: &str) -> String {
     format!(
-        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_min_refetch_interval: 1h\n{extra}",
-        p.token_url(),
-        p.jwks_url()
+        "{}  jwks_min_refetch_interval: 1h\n{extra}",
+        p.oauth2_provider_yaml()
     )
 }
 
@@ -63,10 +61,7 @@ fn with_auth(value: String) -> AuthRequest {
 }
 
 fn basic(id: &str, secret: &str) -> AuthRequest {
-    with_auth(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    ))
+    with_auth(common::check::basic(id, secret))
 }
 
 /// A token signed with the provider's key, with `claims` over the usual ones.

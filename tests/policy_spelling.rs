@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use common::echo::EchoUpstream;
 use common::envoy::{Envoy, EnvoyOptions, EnvoyPorts};
-use common::provider::{AUDIENCE, FakeProvider, ISSUER};
+use common::provider::FakeProvider;
 use common::sidecar::Sidecar;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -199,9 +199,8 @@ async fn run(normalized: bool) {
     let dir = common::process::TempDir::new("policy-spelling");
     std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
     let sidecar = Sidecar::start(&format!(
-        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\npolicy:\n  file: {}\n",
-        p.token_url(),
-        p.jwks_url(),
+        "{}policy:\n  file: {}\n",
+        p.oauth2_provider_yaml(),
         dir.join("policy.yaml").display()
     ))
     .await;

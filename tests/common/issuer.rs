@@ -183,9 +183,10 @@ impl IssuerProcess {
         )
     }
 
-    /// Asks the token endpoint directly; returns the HTTP status.
-    pub async fn token_status(&self, id: &str, secret: &str) -> u16 {
-        super::http_client()
+    /// Asks the token endpoint directly; returns the HTTP status and the JSON body (`Null` when
+    /// the body is not JSON).
+    pub async fn token_response(&self, id: &str, secret: &str) -> (u16, Value) {
+        let resp = super::http_client()
             .post(self.token_url())
             .form(&[
                 ("grant_type", "client_credentials"),
@@ -194,8 +195,13 @@ impl IssuerProcess {
             ])
             .send()
             .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Asks the token endpoint directly; returns the HTTP status.
+    pub async fn token_status(&self, id: &str, secret: &str) -> u16 {
+        self.token_response(id, secret).await.0
     }
 }

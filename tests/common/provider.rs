@@ -110,6 +110,16 @@ impl FakeProvider {
         format!("http://{}/jwks", self.addr)
     }
 
+    /// The sidecar's provider section for this provider, with the `oauth2` profile, ending in a
+    /// newline: more `provider` fields (indented two spaces) or other sections may follow.
+    pub fn oauth2_provider_yaml(&self) -> String {
+        format!(
+            "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n",
+            self.token_url(),
+            self.jwks_url()
+        )
+    }
+
     /// Registers a client whose tokens carry `user_id`.
     pub fn add_client(&self, id: &str, secret: &str, user_id: &str) {
         self.add_client_with_claims(
