@@ -554,24 +554,19 @@ impl Config {
     /// Reads, parses and validates a config file. One that holds the embedded issuer's project
     /// secret (the one in effect) is refused when other users can read or write it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        // The metadata of the file as opened, so a file swapped in meanwhile is not judged in
-        // its place.
-        let read = || -> std::io::Result<(String, std::fs::Metadata)> {
-            use std::io::Read as _;
-            let mut file = std::fs::File::open(path)?;
-            let meta = file.metadata()?;
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            Ok((text, meta))
-        };
-        let (text, _meta) = read().map_err(|source| ConfigError::Read {
+        let unreadable = |source| ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        // With the issuer compiled in, the metadata of the very file read, to judge who else can
+        // read the project secret it may hold.
+        #[cfg(feature = "issuer")]
+        let (text, meta) = crate::issuer::private_files::read_config(path).map_err(unreadable)?;
+        #[cfg(not(feature = "issuer"))]
+        let text = std::fs::read_to_string(path).map_err(unreadable)?;
         let config = Config::from_yaml_in(&text, path.parent())?;
         #[cfg(feature = "issuer")]
         if let Some(embedded) = &config.provider.embedded {
-            let meta = _meta;
             embedded.check_file_access(path, &meta).map_err(|e| {
                 ConfigError::invalid("provider.embedded.project_secret", e.to_string())
             })?;
