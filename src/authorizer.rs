@@ -16,6 +16,7 @@ use crate::config::{Config, DEFAULT_PROVIDER};
 
 /// The `context_extensions` key with which an Envoy or Istio route may pick a provider.
 pub const PROVIDER_CONTEXT_KEY: &str = "provider";
+use crate::clock::unix_now;
 use crate::credentials::{BearerToken, Credential, Extractor, Secret};
 use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
@@ -26,7 +27,7 @@ use crate::jwks::JwksError;
 use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
 use crate::policy::{Action, UpstreamCredential};
-use crate::provider::{Provider, ProviderBuildError, TokenCheckError, unix_now};
+use crate::provider::{Provider, ProviderBuildError, TokenCheckError};
 use crate::request::AuthRequest;
 #[cfg(feature = "shared-cache")]
 use crate::shared_cache::{CredentialRef, SharedEntry, SharedTier};

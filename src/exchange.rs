@@ -176,7 +176,7 @@ pub fn parse_token_response(
     }
     if status == 429 {
         return Err(ExchangeError::RateLimited {
-            retry_after: parse_retry_after(retry_after, crate::provider::unix_now()),
+            retry_after: parse_retry_after(retry_after, crate::clock::unix_now()),
         });
     }
     let code = serde_json::from_slice::<ErrorResponse>(body)

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authorizer;
 pub mod cache;
 pub mod canonical;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod decision;

@@ -2,8 +2,8 @@
 //! its tokens must meet, resolved once from the `oauth2` or `stytch` profile.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::unix_now;
 use crate::config::ProviderConfig;
 use crate::credentials::Secret;
 use crate::exchange::{ExchangeError, Issued, TokenClient};
@@ -89,11 +89,4 @@ impl Provider {
             other => Ok(other?),
         }
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::time::Instant;
 
-use crate::provider::unix_now;
+use crate::clock::unix_now;
 use crate::stats::Stats;
 
 /// Where the fleet key comes from when `cache.shared.fleet_key` is not set (a Kubernetes

@@ -349,7 +349,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        crate::provider::unix_now()
+        crate::clock::unix_now()
     }
 
     fn claims() -> serde_json::Value {
