@@ -2,21 +2,17 @@
 //! warmed cache (credential parse, HMAC key, DashMap lookup, policy), and the `CheckResponse`
 //! built — everything a cached check costs except gRPC and HTTP/2.
 
-#[path = "common/check.rs"]
-mod check;
-#[path = "common/provider.rs"]
-mod provider;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use check::{basic, check_request};
+use common::check::Check;
+use common::provider::{FakeProvider, Minter};
 use criterion::{Criterion, criterion_group, criterion_main};
-use m2m_authz::authorizer::Authorizer;
-use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::ext_authz::{to_auth_request, to_check_response};
-use provider::{BenchProvider, Minter};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -25,20 +21,19 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let (authorizer, basic, bearer) = rt.block_on(async {
-        let p = BenchProvider::start("127.0.0.1:0".parse().expect("addr")).await;
-        let minter = Minter::default();
-        p.add_client(
+        let p = FakeProvider::start().await;
+        let minter = Minter;
+        p.add_client_with_token(
             "bench-client",
             "bench-secret",
             minter.mint("bench-client", "user-bench"),
         );
-        let config = Config::from_yaml(&p.sidecar_config("  max_entries: 1000\n")).expect("config");
-        let authorizer = Arc::new(Authorizer::new(&config).expect("authorizer"));
-        let (_tasks, mut loaded) = authorizer.start_key_refresh();
-        loaded.wait_for(|l| *l).await.expect("keys");
-        let basic = check_request(&[("authorization", &basic("bench-client", "bench-secret"))]);
-        let bearer = format!("Bearer {}", minter.mint("bench-client", "user-bench"));
-        let bearer = check_request(&[("authorization", &bearer)]);
+        let config = common::authz::config(&p.sidecar_config("  max_entries: 1000\n"));
+        let authorizer = Arc::new(common::authz::authorizer_for(&config).await);
+        let request = |c: Check| c.host("127.0.0.1:10000").scheme("http").build();
+        let basic = request(Check::get("/direct").basic("bench-client", "bench-secret"));
+        let bearer =
+            request(Check::get("/direct").bearer(&minter.mint("bench-client", "user-bench")));
         for r in [&basic, &bearer] {
             let d = authorizer
                 .check(&to_auth_request(r.clone()))

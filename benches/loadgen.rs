@@ -10,10 +10,8 @@
 //! Other subcommands: `floor` (the do-nothing server), `provider` (token endpoint + JWKS for
 //! scripts/bench's Envoy runs), `memory` (resident memory of the real `TokenCache`).
 
-#[path = "common/check.rs"]
-mod check;
-#[path = "common/provider.rs"]
-mod provider;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use check::{basic, check_request};
 use clap::{Parser, Subcommand};
+use common::check::{Check, basic};
+use common::provider::{FakeProvider, Minter, jwks_document};
 use hdrhistogram::Histogram;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_server::{
@@ -31,7 +30,6 @@ use m2m_authz::proto::envoy::service::auth::v3::authorization_server::{
 use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use m2m_authz::proto::google::rpc;
-use provider::{BenchProvider, Minter};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -159,13 +157,24 @@ async fn floor(listen: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CheckRequest the load tool sends: GET /direct (the `direct_response` route of
+/// scripts/bench) with this `Authorization`, as Envoy would ask for it.
+fn direct(authorization: Option<String>) -> CheckRequest {
+    let check = Check::get("/direct").host("127.0.0.1:10000").scheme("http");
+    match authorization {
+        Some(value) => check.header("authorization", value),
+        None => check,
+    }
+    .build()
+}
+
 // ---------------------------------------------------------------- provider for scripts/bench
 
 async fn serve_provider(listen: String, out: PathBuf) -> anyhow::Result<()> {
-    let p = BenchProvider::start(listen.parse()?).await;
-    let minter = Minter::default();
+    let p = FakeProvider::start_at(listen.parse()?).await;
+    let minter = Minter;
     let token = minter.mint("bench-client", "user-bench");
-    p.add_client("bench-client", "bench-secret", token.clone());
+    p.add_client_with_token("bench-client", "bench-secret", token.clone());
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("basic"), basic("bench-client", "bench-secret"))?;
     // A separately minted token for the Bearer runs (same claims, not the exchanged one).
@@ -175,7 +184,7 @@ async fn serve_provider(listen: String, out: PathBuf) -> anyhow::Result<()> {
     )?;
     std::fs::write(
         out.join("jwks.json"),
-        serde_json::to_string(&provider::jwks())?,
+        serde_json::to_string(&jwks_document())?,
     )?;
     std::fs::write(
         out.join("sidecar.yaml"),
@@ -212,7 +221,7 @@ fn memory(entries: usize, keep_tokens: bool) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         // A real token's length (one signature; the entries get copies of that length).
-        let template = Minter::default().mint("client-00000000", "user-client-00000000");
+        let template = Minter.mint("client-00000000", "user-client-00000000");
         let settings = CacheSettings {
             max_entries: entries + 1,
             max_negative_entries: 50_000,
@@ -485,7 +494,7 @@ async fn wait_ready(target: &Target, child: &mut Child, what: &str) -> anyhow::R
         if let Ok(ch) = connect(target).await {
             let mut c = AuthorizationClient::new(ch.clone());
             // Any answer that is not UNAVAILABLE (keys not loaded yet) means ready.
-            if c.check(check_request(&[])).await.is_ok() {
+            if c.check(direct(None)).await.is_ok() {
                 return Ok(ch);
             }
         }
@@ -596,8 +605,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     // The token endpoint, and every token minted up front.
-    let provider = BenchProvider::start("127.0.0.1:0".parse()?).await;
-    let minter = Arc::new(Minter::default());
+    let provider = FakeProvider::start().await;
+    let minter = Minter;
     let hit_ids: Vec<String> = (0..args.clients)
         .map(|i| format!("client-{i:06}"))
         .collect();
@@ -606,9 +615,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect();
     let t = Instant::now();
     let (hit_tokens, cold_tokens) = {
-        let m = minter.clone();
         let (h, c) = (hit_ids.clone(), cold_ids.clone());
-        tokio::task::spawn_blocking(move || (m.mint_all(&h), m.mint_all(&c))).await?
+        tokio::task::spawn_blocking(move || (minter.mint_all(&h), minter.mint_all(&c))).await?
     };
     println!(
         "# minted {} tokens in {:.1} s",
@@ -616,10 +624,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     for (id, token) in hit_ids.iter().zip(&hit_tokens) {
-        provider.add_client(id, &format!("secret-{id}"), token.clone());
+        provider.add_client_with_token(id, &format!("secret-{id}"), token.clone());
     }
     for (id, token) in cold_ids.iter().zip(&cold_tokens) {
-        provider.add_client(id, &format!("secret-{id}"), token.clone());
+        provider.add_client_with_token(id, &format!("secret-{id}"), token.clone());
     }
 
     let cache = format!(
@@ -668,19 +676,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let hits: Arc<Vec<CheckRequest>> = Arc::new(
         hit_ids
             .iter()
-            .map(|id| check_request(&[("authorization", &basic(id, &format!("secret-{id}")))]))
+            .map(|id| direct(Some(basic(id, &format!("secret-{id}")))))
             .collect(),
     );
     let bearers: Arc<Vec<CheckRequest>> = Arc::new(
         hit_tokens
             .iter()
-            .map(|t| check_request(&[("authorization", &format!("Bearer {t}"))]))
+            .map(|t| direct(Some(format!("Bearer {t}"))))
             .collect(),
     );
     let wrong: Arc<Vec<CheckRequest>> = Arc::new(
         hit_ids
             .iter()
-            .map(|id| check_request(&[("authorization", &basic(id, "not-the-secret"))]))
+            .map(|id| direct(Some(basic(id, "not-the-secret"))))
             .collect(),
     );
 
@@ -790,7 +798,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let ids = &cold_ids[round * args.cold..(round + 1) * args.cold];
         let reqs: Vec<CheckRequest> = ids
             .iter()
-            .map(|id| check_request(&[("authorization", &basic(id, &format!("secret-{id}")))]))
+            .map(|id| direct(Some(basic(id, &format!("secret-{id}")))))
             .collect();
         provider.set_latency(Duration::from_millis(args.cold_latency_ms));
         let calls0 = provider.token_calls();
@@ -800,7 +808,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let took = t.elapsed().as_secs_f64() * 1e3;
         let tick_ms = 1e3 / CLOCK_TICKS_PER_SECOND;
         let cold = ColdStart {
-            exchanges: provider.token_calls() - calls0,
+            exchanges: (provider.token_calls() - calls0) as u64,
             allowed,
             took_ms: took,
             sidecar_cpu_ms: (cpu_ticks(pid(1)) - sidecar0) as f64 * tick_ms,

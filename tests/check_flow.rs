@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use base64::Engine;
-use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
+use common::check::basic;
+use common::provider::{ClientAuth, FakeProvider, Mode};
 use m2m_authz::authorizer::{Authorizer, Unavailable};
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
@@ -25,29 +26,14 @@ type AllowCase<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
 type DenyCase<'a> = (&'a str, Vec<(&'a str, String)>, u16, Option<&'a str>);
 
 fn config(p: &FakeProvider, extra: &str) -> Config {
-    let yaml = format!(
-        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  jwks_min_refetch_interval: 1h\n{extra}",
-        p.token_url(),
-        p.jwks_url()
-    );
-    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    common::authz::config(&format!(
+        "{}  jwks_min_refetch_interval: 1h\n{extra}",
+        p.oauth2_provider_yaml()
+    ))
 }
 
 async fn authorizer(p: &FakeProvider, extra: &str) -> Authorizer {
-    let a = Authorizer::new(&config(p, extra)).unwrap();
-    a.provider()
-        .jwks()
-        .refresh()
-        .await
-        .expect("initial JWKS load");
-    a
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
+    common::authz::authorizer_for(&config(p, extra)).await
 }
 
 fn request(headers: &[(&str, &str)]) -> AuthRequest {
@@ -143,32 +129,107 @@ async fn each_credential_source_is_accepted() {
     );
 }
 
+/// The sidecar authenticates at the token endpoint exactly as `client_auth` says, with RFC 6749
+/// §2.3.1 encoding of an id and secret full of reserved characters; a provider that takes only
+/// another method refuses it (401 `invalid_client`, a denial), as a real one would.
 #[tokio::test]
-async fn client_secret_basic_sends_rfc_6749_encoded_credentials() {
-    let p = FakeProvider::start().await;
-    p.add_client("client:1", "p@ss w+rd", "user-1");
-    let a = authorizer(&p, "").await;
-    let ok = a
-        .check(&request(&[
-            ("x-client-id", "client:1"),
-            ("x-client-secret", "p@ss w+rd"),
-        ]))
-        .await
-        .unwrap();
-    allowed(&ok);
-    // The same through client_secret_basic at the token endpoint.
-    let mut c = config(&p, "");
-    c.provider.client_auth = m2m_authz::config::ClientAuth::ClientSecretBasic;
-    let b = Authorizer::new(&c).unwrap();
-    b.provider().jwks().refresh().await.unwrap();
-    let ok = b
-        .check(&request(&[
-            ("x-client-id", "client:1"),
-            ("x-client-secret", "p@ss w+rd"),
-        ]))
-        .await
-        .unwrap();
-    allowed(&ok);
+async fn client_auth_is_the_configured_method_and_nothing_else() {
+    let checked = request(&[
+        ("x-client-id", "client:1"),
+        ("x-client-secret", "p@ss w+rd"),
+    ]);
+    for sidecar in [ClientAuth::SecretPost, ClientAuth::SecretBasic] {
+        let setting = sidecar.sidecar_setting().expect("a sidecar setting");
+        for provider in [
+            ClientAuth::SecretPost,
+            ClientAuth::SecretBasic,
+            ClientAuth::StytchJson,
+        ] {
+            let p = FakeProvider::start_with(provider).await;
+            p.add_client("client:1", "p@ss w+rd", "user-1");
+            let a = authorizer(&p, &format!("  client_auth: {setting}\n")).await;
+            let d = a.check(&checked).await.unwrap();
+            let case = format!("sidecar {setting}, provider takes {provider:?}");
+            if sidecar == provider {
+                assert_eq!(
+                    header(allowed(&d).set(), "x-user-id"),
+                    Some("user-1"),
+                    "{case}"
+                );
+            } else {
+                assert_eq!(denied(&d).status, 401, "{case}");
+            }
+            assert_eq!(p.token_calls(), 1, "{case}");
+        }
+    }
+}
+
+/// The fake token endpoint itself: each way of sending client credentials is taken only by the
+/// endpoint configured for it, and sending two at once by none.
+#[tokio::test]
+async fn fake_token_endpoint_enforces_its_client_authentication() {
+    let http = common::http_client();
+    let form = "grant_type=client_credentials";
+    let in_form = "grant_type=client_credentials&client_id=c%3A1&client_secret=s%2B1";
+    let json = r#"{"grant_type":"client_credentials","client_id":"c:1","client_secret":"s+1"}"#;
+    // (name, Authorization, content type, body, the method that takes it)
+    let sent = [
+        (
+            "basic",
+            true,
+            "application/x-www-form-urlencoded",
+            form,
+            Some(ClientAuth::SecretBasic),
+        ),
+        (
+            "post",
+            false,
+            "application/x-www-form-urlencoded",
+            in_form,
+            Some(ClientAuth::SecretPost),
+        ),
+        (
+            "json",
+            false,
+            "application/json",
+            json,
+            Some(ClientAuth::StytchJson),
+        ),
+        (
+            "basic and post",
+            true,
+            "application/x-www-form-urlencoded",
+            in_form,
+            None,
+        ),
+        ("basic and json", true, "application/json", json, None),
+    ];
+    for endpoint in [
+        ClientAuth::SecretPost,
+        ClientAuth::SecretBasic,
+        ClientAuth::StytchJson,
+    ] {
+        let p = FakeProvider::start_with(endpoint).await;
+        p.add_client("c:1", "s+1", "user-1");
+        for (name, with_basic, content_type, body, takes) in sent {
+            let mut r = http
+                .post(p.token_url())
+                .header("content-type", content_type)
+                .body(body);
+            if with_basic {
+                r = r.header("authorization", common::check::basic("c%3A1", "s%2B1"));
+            }
+            let response = r.send().await.unwrap();
+            let status = response.status().as_u16();
+            let answer: serde_json::Value = response.json().await.unwrap();
+            if takes == Some(endpoint) {
+                assert_eq!(status, 200, "{name} to {endpoint:?}: {answer}");
+            } else {
+                assert_eq!(status, 401, "{name} to {endpoint:?}");
+                assert_eq!(answer["error"], "invalid_client", "{name} to {endpoint:?}");
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,11 +1,15 @@
-//! Test harness that drives the real third-party parts (Envoy, a real OIDC
-//! provider, an echo upstream) around m2m-authz. Independent of the crate's
-//! internals: integration tests use it with `mod common;`.
+//! The one test kit: a fake token endpoint + JWKS (`provider`), request builders (`check`), the
+//! core built from YAML (`authz`), a temp dir and child processes (`process`), the real binary
+//! (`sidecar`, `issuer`), and the real third-party parts (Envoy, a real OIDC provider, an echo
+//! upstream) with the tools they need (`tools`: a missing tool skips the test, or fails it under
+//! `M2M_AUTHZ_REQUIRE_TOOLS=1`). Integration tests use it with `mod common;`, the benchmarks and
+//! the load tool with `#[path = "../tests/common/mod.rs"] mod common;`.
 //!
-//! Every integration test compiles its own copy of this module and uses only
-//! part of it, hence the `dead_code` allowance.
+//! Every test binary compiles its own copy of this module and uses only part of it, hence the
+//! `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod authz;
 pub mod check;
 pub mod echo;
 pub mod envoy;

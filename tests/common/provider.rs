@@ -1,10 +1,17 @@
-//! A real OAuth2 token endpoint and JWKS endpoint on loopback, for tests: it counts every call,
-//! signs RS256 tokens with the fixture keys, and can be made slow, failing or unreachable.
+//! A real OAuth2 token endpoint and JWKS endpoint on loopback, for tests and benchmarks: it counts
+//! every call, signs RS256 tokens with the fixture keys, and can be made slow, failing or
+//! unreachable.
+//!
+//! Like a real authorization server it accepts client credentials only the way it was configured
+//! to ([`ClientAuth`], `client_secret_post` by default as the sidecar's default): a token request
+//! authenticated any other way — Basic to a `post` endpoint, a form body to a `basic` one, both at
+//! once (RFC 6749 §2.3) — is answered 401 `invalid_client`, so a test named for one method fails
+//! when the sidecar sends the other.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +35,30 @@ fn fixture(name: &str) -> String {
 /// request, after it is counted.
 pub type TokenOverride = Arc<dyn Fn() -> BoxFuture<'static, Response> + Send + Sync>;
 
+/// How the token endpoint wants clients to authenticate (RFC 6749 §2.3.1; Stytch's JSON body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body, no `Authorization` header.
+    #[default]
+    SecretPost,
+    /// `Authorization: Basic` with form-urlencoded id and secret, no secret in the body.
+    SecretBasic,
+    /// A JSON body `{"client_id", "client_secret", "grant_type"}` (`Content-Type:
+    /// application/json`), as Stytch's token endpoint takes it; no `Authorization` header.
+    StytchJson,
+}
+
+impl ClientAuth {
+    /// The sidecar's `provider.client_auth` value for this method (`None`: the sidecar has none).
+    pub fn sidecar_setting(self) -> Option<&'static str> {
+        match self {
+            ClientAuth::SecretPost => Some("client_secret_post"),
+            ClientAuth::SecretBasic => Some("client_secret_basic"),
+            ClientAuth::StytchJson => None,
+        }
+    }
+}
+
 /// What the token endpoint does with the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -38,13 +69,23 @@ pub enum Mode {
     JwksDown,
 }
 
+/// What a client's exchange answers.
+enum Issue {
+    /// A token minted at exchange time with these extra claims.
+    Claims(Value),
+    /// This token, minted ahead (benchmarks: RS256 signing costs about a millisecond, which would
+    /// otherwise be measured instead of the sidecar).
+    Token(String),
+}
+
 struct Client {
     secret: String,
-    claims: Value,
+    issue: Issue,
 }
 
 pub struct ProviderState {
-    clients: Mutex<HashMap<String, Client>>,
+    client_auth: Mutex<ClientAuth>,
+    clients: RwLock<HashMap<String, Client>>,
     /// kid of the key tokens are signed with.
     signing_kid: Mutex<String>,
     /// kids published in the JWKS.
@@ -69,15 +110,31 @@ pub struct FakeProvider {
 }
 
 impl FakeProvider {
+    /// Serves on a free loopback port; clients authenticate with `client_secret_post`.
     pub async fn start() -> FakeProvider {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().expect("loopback")).await
+    }
+
+    /// Serves on a free loopback port and takes client credentials only as `auth`.
+    pub async fn start_with(auth: ClientAuth) -> FakeProvider {
+        let p = Self::start().await;
+        p.set_client_auth(auth);
+        p
+    }
+
+    /// Serves on `addr` (the load tool's `provider --listen`).
+    pub async fn start_at(addr: SocketAddr) -> FakeProvider {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         Self::start_on(listener)
     }
 
     /// Serves on a listener the test prepared (e.g. one whose backlog it filled first).
     pub fn start_on(listener: tokio::net::TcpListener) -> FakeProvider {
         let state = Arc::new(ProviderState {
-            clients: Mutex::new(HashMap::new()),
+            client_auth: Mutex::new(ClientAuth::default()),
+            clients: RwLock::new(HashMap::new()),
             signing_kid: Mutex::new("rsa-a".into()),
             published: Mutex::new(vec!["rsa-a".into()]),
             token_calls: AtomicUsize::new(0),
@@ -95,7 +152,7 @@ impl FakeProvider {
             .route("/oauth2/token", post(token))
             .route("/jwks", get(jwks))
             .with_state(state.clone());
-        let addr = listener.local_addr().unwrap();
+        let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -120,6 +177,17 @@ impl FakeProvider {
         )
     }
 
+    /// The `oauth2` provider section plus a `cache:` section with `cache` (indented lines),
+    /// without `listen`: the load tool's sidecar config.
+    pub fn sidecar_config(&self, cache: &str) -> String {
+        format!("{}cache:\n{cache}", self.oauth2_provider_yaml())
+    }
+
+    /// From now on client credentials are accepted only as `auth`.
+    pub fn set_client_auth(&self, auth: ClientAuth) {
+        *self.state.client_auth.lock().unwrap() = auth;
+    }
+
     /// Registers a client whose tokens carry `user_id`.
     pub fn add_client(&self, id: &str, secret: &str, user_id: &str) {
         self.add_client_with_claims(
@@ -130,11 +198,21 @@ impl FakeProvider {
     }
 
     pub fn add_client_with_claims(&self, id: &str, secret: &str, claims: Value) {
-        self.state.clients.lock().unwrap().insert(
+        self.insert_client(id, secret, Issue::Claims(claims));
+    }
+
+    /// Registers a client whose every exchange answers `token` (minted ahead, e.g. by
+    /// [`Minter::mint_all`]).
+    pub fn add_client_with_token(&self, id: &str, secret: &str, token: String) {
+        self.insert_client(id, secret, Issue::Token(token));
+    }
+
+    fn insert_client(&self, id: &str, secret: &str, issue: Issue) {
+        self.state.clients.write().unwrap().insert(
             id.into(),
             Client {
                 secret: secret.into(),
-                claims,
+                issue,
             },
         );
     }
@@ -227,6 +305,64 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// The RSA fixture key `kid`, parsed once per process.
+fn rsa_key(kid: &str) -> EncodingKey {
+    static KEYS: LazyLock<Mutex<HashMap<String, EncodingKey>>> = LazyLock::new(Default::default);
+    KEYS.lock()
+        .unwrap()
+        .entry(kid.to_owned())
+        .or_insert_with(|| {
+            EncodingKey::from_rsa_pem(fixture(&format!("{kid}.pem")).as_bytes())
+                .unwrap_or_else(|e| panic!("fixture {kid}.pem: {e}"))
+        })
+        .clone()
+}
+
+/// The JWKS document the provider serves by default (also what Envoy's `jwt_authn` gets inline
+/// in scripts/bench).
+pub fn jwks_document() -> Value {
+    let key: Value = serde_json::from_str(&fixture("rsa-a.jwk.json")).expect("rsa-a.jwk.json");
+    json!({ "keys": [key] })
+}
+
+/// Mints one-hour `rsa-a` tokens ahead of time, as the provider would issue them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Minter;
+
+impl Minter {
+    /// A one-hour access token for client `sub` carrying `user_id` and scope `read:orders`.
+    pub fn mint(&self, sub: &str, user_id: &str) -> String {
+        mint(
+            "rsa-a",
+            sub,
+            json!({ "user_id": user_id, "scope": "read:orders" }),
+            3600,
+        )
+    }
+
+    /// Mints tokens for `ids` on every core (client id = sub, user id = `user-<id>`).
+    pub fn mint_all(&self, ids: &[String]) -> Vec<String> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = ids.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|id| self.mint(id, &format!("user-{id}")))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("minting thread"))
+                .collect()
+        })
+    }
+}
+
 pub fn mint(kid: &str, sub: &str, extra: Value, lifetime: u64) -> String {
     let mut claims = json!({
         "iss": ISSUER, "aud": [AUDIENCE], "sub": sub,
@@ -238,8 +374,7 @@ pub fn mint(kid: &str, sub: &str, extra: Value, lifetime: u64) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.into());
     header.typ = Some("JWT".into());
-    let key = EncodingKey::from_rsa_pem(fixture(&format!("{kid}.pem")).as_bytes()).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    jsonwebtoken::encode(&header, &claims, &rsa_key(kid)).unwrap()
 }
 
 fn oauth_error(status: StatusCode, code: &str) -> Response {
@@ -271,46 +406,105 @@ async fn token_inner(s: &ProviderState, headers: HeaderMap, body: String) -> Res
     if s.failing.load(Ordering::SeqCst) {
         return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable");
     }
-    let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
-    }
-    let (id, secret) = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(v) if v.starts_with("Basic ") => {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(&v[6..])
-                .unwrap_or_default();
-            let raw = String::from_utf8(raw).unwrap_or_default();
-            let (i, s) = raw.split_once(':').unwrap_or(("", ""));
-            let dec = |x: &str| {
-                form_urlencoded::parse(format!("v={x}").as_bytes())
-                    .next()
-                    .unwrap()
-                    .1
-                    .into_owned()
-            };
-            (dec(i), dec(s))
-        }
-        _ => (
-            form.get("client_id").cloned().unwrap_or_default(),
-            form.get("client_secret").cloned().unwrap_or_default(),
-        ),
+    let (id, secret) = match authenticate(*s.client_auth.lock().unwrap(), &headers, &body) {
+        Ok(credentials) => credentials,
+        Err((status, code)) => return oauth_error(status, code),
     };
+    let lifetime = s.lifetime_secs.load(Ordering::SeqCst);
     let claims = {
-        let clients = s.clients.lock().unwrap();
+        let clients = s.clients.read().unwrap();
         match clients.get(&id) {
-            Some(c) if c.secret == secret => c.claims.clone(),
+            Some(c) if c.secret == secret => match &c.issue {
+                Issue::Claims(claims) => claims.clone(),
+                Issue::Token(token) => {
+                    return axum::Json(json!({
+                        "access_token": token, "token_type": "Bearer", "expires_in": lifetime
+                    }))
+                    .into_response();
+                }
+            },
             _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
         }
     };
-    let lifetime = s.lifetime_secs.load(Ordering::SeqCst);
     let kid = s.signing_kid.lock().unwrap().clone();
     let token = mint(&kid, &id, claims, lifetime);
     s.issued.lock().unwrap().push(token.clone());
     axum::Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": lifetime }))
         .into_response()
+}
+
+/// The client id and secret of a `client_credentials` request authenticated exactly as `auth`
+/// says. Another grant: 400 `unsupported_grant_type`; any other way of authenticating (both Basic
+/// and a body secret included: RFC 6749 §2.3 allows one method per request): 401 `invalid_client`.
+fn authenticate(
+    auth: ClientAuth,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<(String, String), (StatusCode, &'static str)> {
+    let fields =
+        request_fields(headers, body).ok_or((StatusCode::BAD_REQUEST, "invalid_request"))?;
+    if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return Err((StatusCode::BAD_REQUEST, "unsupported_grant_type"));
+    }
+    client_credentials(auth, headers, &fields).ok_or((StatusCode::UNAUTHORIZED, "invalid_client"))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == "application/json")
+}
+
+/// The request's parameters: a JSON object's string members, or the form body.
+fn request_fields(headers: &HeaderMap, body: &str) -> Option<HashMap<String, String>> {
+    if is_json(headers) {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(body) else {
+            return None;
+        };
+        Some(
+            map.into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+                .collect(),
+        )
+    } else {
+        Some(
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+}
+
+fn client_credentials(
+    auth: ClientAuth,
+    headers: &HeaderMap,
+    fields: &HashMap<String, String>,
+) -> Option<(String, String)> {
+    let basic = headers.get("authorization").map(|v| v.to_str().ok());
+    let json = is_json(headers);
+    let in_body = || {
+        Some((
+            fields.get("client_id")?.clone(),
+            fields.get("client_secret")?.clone(),
+        ))
+    };
+    match auth {
+        ClientAuth::SecretPost if basic.is_none() && !json => in_body(),
+        ClientAuth::StytchJson if basic.is_none() && json => in_body(),
+        ClientAuth::SecretBasic if !json && !fields.contains_key("client_secret") => {
+            let raw = basic??.strip_prefix("Basic ")?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
+            let (id, secret) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
+            let decode = |x: &str| {
+                form_urlencoded::parse(format!("v={x}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((decode(id)?, decode(secret)?))
+        }
+        _ => None,
+    }
 }
 
 async fn jwks(State(s): State<Arc<ProviderState>>) -> Response {

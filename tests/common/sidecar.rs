@@ -30,8 +30,13 @@ pub struct Sidecar {
     pub dir: TempDir,
 }
 
+/// The binary under test. Cargo names it to tests and benches; the load tool (an example,
+/// which Cargo does not tell) finds it itself.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_m2m-authz")
+    match option_env!("CARGO_BIN_EXE_m2m-authz") {
+        Some(path) => path,
+        None => panic!("CARGO_BIN_EXE_m2m-authz: only tests and benches know the binary"),
+    }
 }
 
 impl Sidecar {
