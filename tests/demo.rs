@@ -142,6 +142,7 @@ async fn wait_exit(child: &mut ChildGuard, timeout: Duration) -> Option<ExitStat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_demo_command_reaches_ready_and_allows_a_request() {
+    crate::needs!(Envoy);
     let tmp = TempDir::new("demo");
     let state = tmp.join(".demo");
     let mut failures = Vec::new();
@@ -304,6 +305,7 @@ fn run_demo_binary(dir: &Path, envoy: &Path, ports: &Ports) -> (ExitStatus, Stri
 
 #[test]
 fn a_taken_port_gives_one_line_naming_its_flag() {
+    crate::needs!(Envoy);
     let tmp = TempDir::new("demo-port");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut ports = Ports::free();
@@ -342,6 +344,7 @@ fn a_missing_envoy_says_to_run_scripts_tools() {
 
 #[test]
 fn a_state_dir_others_can_read_is_refused_with_the_fix() {
+    crate::needs!(Envoy);
     use std::os::unix::fs::PermissionsExt as _;
     let tmp = TempDir::new("demo-state");
     let state = tmp.join(".demo");

@@ -14,7 +14,8 @@
 //!   with the shared Service.
 //!
 //! Needs `kubectl` on PATH (or `$KUBECTL`) and `scripts/tools` (Envoy and
-//! kubernetes-validate in .tools/venv); fails, never skips, without them.
+//! kubernetes-validate in .tools/venv): without them each test says what it
+//! needs and is skipped, or fails under `M2M_AUTHZ_REQUIRE_TOOLS=1`.
 
 mod common;
 
@@ -49,38 +50,7 @@ const M2M_AUTHZ_CONFIG_KEY: &str = "config.yaml";
 // ---------------------------------------------------------------------------
 // Tools
 
-fn kubectl() -> PathBuf {
-    let kubectl = std::env::var_os("KUBECTL")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"));
-    match Command::new(&kubectl)
-        .args(["version", "--client"])
-        .output()
-    {
-        Ok(out) if out.status.success() => kubectl,
-        Ok(out) => panic!(
-            "`{} version --client` failed: {}",
-            kubectl.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(err) => panic!(
-            "kubectl not runnable ({}: {err}): install kubectl (or set KUBECTL)",
-            kubectl.display()
-        ),
-    }
-}
-
-fn kubernetes_validate() -> PathBuf {
-    let path = common::tools::tools_dir().join("venv/bin/kubernetes-validate");
-    assert!(
-        path.exists(),
-        "kubernetes-validate not found at {}: run scripts/tools first (or set {} to the dir it installed into)",
-        path.display(),
-        common::tools::TOOLS_ENV
-    );
-    path
-}
+use common::tools::{kubectl, kubernetes_validate};
 
 struct Output {
     success: bool,
@@ -795,6 +765,7 @@ fn probe_port(container: &Value, probe: &Value, what: &str) -> u16 {
 
 #[test]
 fn every_kustomization_renders() {
+    crate::needs!(Kubectl);
     let found = kustomizations();
     let dirs: BTreeSet<&str> = found.iter().map(|(d, _)| d.as_str()).collect();
     for expected in [BASE, SHARED, SECRET_COMPONENT] {
@@ -828,6 +799,7 @@ fn every_kustomization_renders() {
 
 #[test]
 fn rendered_manifests_pass_kubernetes_validate_strict() {
+    crate::needs!(Kubectl, KubernetesValidate);
     let validate = kubernetes_validate();
     let dir = TempDir::new("kubernetes-validate");
     for r in rendered() {
@@ -854,6 +826,7 @@ fn rendered_manifests_pass_kubernetes_validate_strict() {
 
 #[test]
 fn envoy_configs_pass_envoy_validate() {
+    crate::needs!(Kubectl, Envoy);
     let envoy = common::tools::envoy_bin();
     let dir = TempDir::new("envoy-validate");
     let mut configs: Vec<(String, PathBuf)> = Vec::new();
@@ -915,6 +888,7 @@ fn envoy_configs_pass_envoy_validate() {
 
 #[test]
 fn m2m_authz_configs_pass_check_config() {
+    crate::needs!(Kubectl);
     let binary = env!("CARGO_BIN_EXE_m2m-authz");
     let dir = TempDir::new("check-config");
     let mut checked = 0;
@@ -968,6 +942,7 @@ fn m2m_authz_configs_pass_check_config() {
 /// covers the preStop sleeps and m2m-authz's drain.
 #[test]
 fn every_pod_is_locked_down() {
+    crate::needs!(Kubectl);
     let mut pods = 0;
     for r in rendered() {
         for kind in ["Deployment", "DaemonSet", "StatefulSet"] {
@@ -1102,6 +1077,7 @@ fn check_pod(r: &Rendered, pod: &Value, what: &str) {
 /// probes hit Envoy's probe listener.
 #[test]
 fn sidecar_pod_is_wired_together() {
+    crate::needs!(Kubectl);
     // The base Pod, and the base with each component (which may replace the config).
     let pods: Vec<&Rendered> = rendered()
         .iter()
@@ -1259,6 +1235,7 @@ fn sidecar_pod_wiring(r: &Rendered) {
 /// reaches it, the readiness probe is its gRPC health.
 #[test]
 fn shared_service_is_wired_together() {
+    crate::needs!(Kubectl);
     let r = rendered_dir(SHARED);
     let what = SHARED;
     let pod = pod_spec(r.deployment(), what);
@@ -1310,6 +1287,7 @@ fn shared_service_is_wired_together() {
 /// Istio's EnvoyExternalAuthorizationGrpcProvider has.
 #[test]
 fn istio_provider_policy_and_service_agree() {
+    crate::needs!(Kubectl);
     let dir = repo_path(ISTIO);
     let mut docs: Vec<(String, Value)> = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("read deploy/istio") {
@@ -1454,6 +1432,7 @@ fn istio_provider_policy_and_service_agree() {
 /// group-readable mode comes with an `fsGroup` so only the Pod's own group is meant.
 #[test]
 fn secret_and_config_volumes_are_owner_and_group_only() {
+    crate::needs!(Kubectl);
     let mut checked = 0;
     for r in rendered() {
         for workload in r.objects("Deployment") {

@@ -63,6 +63,7 @@ fn basic(id: &str, secret: &str) -> String {
 
 #[tokio::test]
 async fn the_whole_flow_through_envoy() {
+    crate::needs!(Envoy);
     let s = stack().await;
 
     // A valid Basic credential: the upstream sees the user's id and no credential.
@@ -159,6 +160,7 @@ async fn the_whole_flow_through_envoy() {
 
 #[tokio::test]
 async fn token_endpoint_down_fails_closed_and_the_sidecar_keeps_serving() {
+    crate::needs!(Envoy);
     let s = stack().await;
     s.provider.add_client("client-2", "s3cret-2", "user-2");
     assert_eq!(
@@ -199,6 +201,7 @@ async fn token_endpoint_down_fails_closed_and_the_sidecar_keeps_serving() {
 /// `pipe` address): the same answers as over TCP.
 #[tokio::test]
 async fn checks_over_a_unix_domain_socket() {
+    crate::needs!(Envoy);
     let provider = FakeProvider::start().await;
     provider.add_client("client-1", "s3cret-uds", "user-1");
     let (sidecar, socket) = Sidecar::start_unix(&format!(

@@ -295,6 +295,7 @@ async fn assert_admin_closed(s: &Stack, after: &str) {
 /// whole new file renamed into place is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reloads_through_envoy_never_weaken_the_policy() {
+    crate::needs!(Envoy);
     let provider = FakeProvider::start().await;
     provider.add_client("client-1", "s3cret", "user-1");
     let dir = common::process::TempDir::new("hardening-policy");
@@ -407,6 +408,7 @@ fn token_with(members: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confusing_claims_and_headers_are_refused_through_envoy() {
+    crate::needs!(Envoy);
     let provider = FakeProvider::start().await;
     provider.add_client("client-1", "s3cret", "user-1");
     provider.add_client_with_claims(
@@ -620,6 +622,7 @@ const YEAR_9999: u64 = 253_402_300_799;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_token_times_through_envoy_fail_closed_without_a_panic() {
+    crate::needs!(Envoy);
     let provider = FakeProvider::start().await;
     for id in ["client-1", "client-2", "client-3", "client-4"] {
         provider.add_client(id, "s3cret", "user-1");

@@ -561,6 +561,7 @@ fn line(name: &str, value: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn abusive_headers_end_to_end_through_envoy() {
+    crate::needs!(Envoy);
     let p = provider().await;
     let sidecar = Sidecar::start(&provider_yaml(&p)).await;
     let upstream = EchoUpstream::start().await;
@@ -721,6 +722,7 @@ impl Authorization for Recorder {
 /// ",", and only the allowed credential headers are sent at all.
 #[tokio::test]
 async fn what_envoy_sends_for_repeated_headers() {
+    crate::needs!(Envoy);
     let p = provider().await;
     let authorizer = Arc::new(authorizer(&p).await);
     let seen = Arc::new(Mutex::new(Vec::new()));

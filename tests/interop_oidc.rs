@@ -59,6 +59,7 @@ fn status(d: &Decision) -> u16 {
 
 #[tokio::test]
 async fn oidc_provider_tokens_are_exchanged_and_verified() {
+    crate::needs!(OidcProvider);
     for alg in ["RS256", "ES256"] {
         let op = OidcProvider::start(OidcOptions {
             alg: alg.into(),
@@ -119,6 +120,7 @@ async fn oidc_provider_tokens_are_exchanged_and_verified() {
 
 #[tokio::test]
 async fn a_profile_that_expects_stytch_tokens_refuses_rfc_9068_ones() {
+    crate::needs!(OidcProvider);
     // The `typ` check is per profile: `JWT` pinned, `at+jwt` presented → refused as invalid_token.
     let op = OidcProvider::start(OidcOptions::default()).await;
     let mut c = config(&op, "client_secret_post", "RS256");

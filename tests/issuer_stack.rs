@@ -66,6 +66,7 @@ impl Stack {
 
 #[tokio::test]
 async fn stytch_profile_end_to_end_with_secret_rotation() {
+    crate::needs!(Envoy);
     let s = stack().await;
     let (id, old) = s.issuer.create_client("user-42", "read:orders");
     assert_eq!(s.call(&id, &old).await, (200, Some("user-42".into())));
@@ -104,6 +105,7 @@ async fn stytch_profile_end_to_end_with_secret_rotation() {
 
 #[tokio::test]
 async fn signing_key_rotation_under_traffic_fails_no_request() {
+    crate::needs!(Envoy);
     let s = Arc::new(stack().await);
     let clients: Vec<(String, String)> = (0..4)
         .map(|i| s.issuer.create_client(&format!("user-{i}"), "read:orders"))

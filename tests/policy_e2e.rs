@@ -57,6 +57,7 @@ fn provider_yaml(p: &FakeProvider) -> String {
 
 #[tokio::test]
 async fn envoy_routes_pick_rules_with_context_extensions() {
+    crate::needs!(Envoy);
     let p = FakeProvider::start().await;
     p.add_client_with_claims(
         "reader",
@@ -199,6 +200,7 @@ async fn wait_until_a_open_is(c: &Client, want: bool) {
 
 #[tokio::test]
 async fn policy_reloads_under_traffic_atomically_and_survives_a_broken_file() {
+    crate::needs!(Envoy);
     let p = FakeProvider::start().await;
     p.add_client("client-1", "s3cret", "user-1");
     let dir = common::process::TempDir::new("policy-reload");

@@ -296,10 +296,12 @@ async fn run(normalized: bool) {
 
 #[tokio::test]
 async fn no_spelling_dodges_a_rule_with_envoy_normalizing() {
+    crate::needs!(Envoy);
     run(true).await;
 }
 
 #[tokio::test]
 async fn no_spelling_dodges_a_rule_with_envoy_passing_paths_through() {
+    crate::needs!(Envoy);
     run(false).await;
 }

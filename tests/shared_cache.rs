@@ -3,8 +3,9 @@
 //! burst across pods, Redis outages that fail no check, values that reveal nothing without the
 //! caller's secret, tampering, and a provider-load figure for N pods with and without the tier.
 //!
-//! `redis-server` (Debian package `redis-server`, installed by `scripts/tools`) must be on PATH:
-//! without it these tests fail, they are never skipped.
+//! Needs `redis-server` (Debian package `redis-server`, installed by `scripts/tools`) on PATH or
+//! at `$M2M_AUTHZ_REDIS_SERVER`: without it each test says so and is skipped, or fails under
+//! `M2M_AUTHZ_REQUIRE_TOOLS=1`.
 #![cfg(feature = "shared-cache")]
 
 mod common;
@@ -42,13 +43,6 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        match Command::new("redis-server").arg("--version").output() {
-            Ok(out) if out.status.success() => {}
-            _ => panic!(
-                "redis-server is not installed: run scripts/tools (it installs the Debian package \
-                 redis-server), or `apt-get install redis-server`"
-            ),
-        }
         let mut r = Redis {
             addr: free_addr(),
             dir: TempDir::new("redis"),
@@ -61,7 +55,7 @@ impl Redis {
     /// (Re)starts the server on the same port, empty.
     fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(common::tools::redis_server());
         cmd.args(["--port", &self.addr.port().to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -211,6 +205,7 @@ fn clients(p: &FakeProvider, n: usize) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_exchanged_by_one_pod_is_served_by_the_others() {
+    crate::needs!(RedisServer);
     let redis = Redis::start();
     let p = FakeProvider::start().await;
     p.add_client("client-1", "s3cret", "user-1");
@@ -238,6 +233,7 @@ async fn a_token_exchanged_by_one_pod_is_served_by_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_first_requests_across_pods_makes_one_exchange() {
+    crate::needs!(RedisServer);
     let redis = Redis::start();
     let p = FakeProvider::start().await;
     p.add_client("client-1", "s3cret", "user-1");
@@ -271,6 +267,7 @@ async fn a_burst_of_first_requests_across_pods_makes_one_exchange() {
 /// once after `lock_wait` (single flight keeps it to one per pod), so at most 1 + waiting pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lock_holder_costs_at_most_one_exchange_per_waiting_pod() {
+    crate::needs!(RedisServer);
     let redis = Redis::start();
     let p = FakeProvider::start().await;
     p.add_client("client-1", "s3cret", "user-1");
@@ -306,6 +303,7 @@ async fn a_killed_lock_holder_costs_at_most_one_exchange_per_waiting_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_trouble_fails_no_check_and_sharing_resumes() {
+    crate::needs!(RedisServer);
     let mut redis = Redis::start();
     let p = FakeProvider::start().await;
     let cs = clients(&p, 40);
@@ -393,6 +391,7 @@ async fn redis_trouble_fails_no_check_and_sharing_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_reveals_no_token_without_the_callers_secret_and_bad_values_are_replaced() {
+    crate::needs!(RedisServer);
     let redis = Redis::start();
     let p = FakeProvider::start().await;
     let cs = clients(&p, 3);
@@ -487,6 +486,7 @@ async fn redis_reveals_no_token_without_the_callers_secret_and_bad_values_are_re
 /// hour and to 1-hour tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchmark_provider_requests_per_hour() {
+    crate::needs!(RedisServer);
     const PODS: usize = 4;
     const CLIENTS: usize = 10;
     const LIFETIME_SECS: u64 = 6;

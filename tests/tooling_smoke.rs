@@ -152,6 +152,7 @@ async fn echoed(resp: reqwest::Response) -> EchoRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_allow_deny_and_identity_header() {
+    crate::needs!(Envoy);
     let upstream = EchoUpstream::start().await;
     let authz = TestAuthz::default();
     let authz_addr = authz.serve().await;
@@ -331,6 +332,7 @@ async fn envoy_ext_authz_allow_deny_and_identity_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_fails_closed_with_503_when_authz_is_down() {
+    crate::needs!(Envoy);
     let upstream = EchoUpstream::start().await;
     // Nothing listens there.
     let dead = common::process::free_addr();
@@ -413,6 +415,7 @@ async fn check_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_issues_verifiable_jwt_access_tokens() {
+    crate::needs!(OidcProvider);
     let oidc = OidcProvider::start(OidcOptions::default()).await;
     assert_eq!(oidc.token_url(), format!("{}/token", oidc.issuer()));
     assert_eq!(oidc.jwks_url(), format!("{}/jwks", oidc.issuer()));
@@ -513,6 +516,7 @@ async fn oidc_provider_issues_verifiable_jwt_access_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_es256_and_custom_options() {
+    crate::needs!(OidcProvider);
     let oidc = OidcProvider::start(OidcOptions {
         alg: "ES256".to_owned(),
         client_id: "svc-a".to_owned(),
