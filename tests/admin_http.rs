@@ -4,17 +4,18 @@
 
 mod common;
 
+use common::check::Check;
+
+use common::check::basic;
+
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
 use common::process::{ChildGuard, POLL_INTERVAL, TempDir, free_addr, log_file, tail};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use common::sidecar::binary;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use serde_json::Value;
 
 const CLIENT_ID: &str = "client-admin-1";
@@ -29,27 +30,10 @@ fn config(p: &FakeProvider, grpc: &str, admin: &str) -> String {
     )
 }
 
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
-}
-
 fn check(authorization: String) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders?page=1".into(),
-                    headers: [("authorization".to_owned(), authorization)].into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    Check::get("/v1/orders?page=1")
+        .header("authorization", authorization)
+        .build()
 }
 
 /// GET `url`: status, content type and body; `None` while nothing answers.

@@ -11,12 +11,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use m2m_authz::authorizer::{Authorizer, Unavailable};
-use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
-use m2m_authz::request::{AuthRequest, Headers};
+use m2m_authz::request::AuthRequest;
 use serde_json::json;
 
 async fn authorizer(p: &FakeProvider, cache: &str) -> Arc<Authorizer> {
@@ -25,29 +23,11 @@ async fn authorizer(p: &FakeProvider, cache: &str) -> Arc<Authorizer> {
         p.token_url(),
         p.jwks_url()
     );
-    let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"))).unwrap();
-    a.provider().jwks().refresh().await.expect("JWKS");
-    Arc::new(a)
+    Arc::new(common::authz::authorizer(&yaml).await)
 }
 
-fn request(id: &str, secret: &str) -> AuthRequest {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    AuthRequest {
-        headers: [("authorization", basic)].into_iter().collect::<Headers>(),
-        ..Default::default()
-    }
-}
-
-fn status(r: &Result<Decision, Unavailable>) -> u16 {
-    match r {
-        Ok(Decision::Allow(_)) => 200,
-        Ok(Decision::Deny(d)) => d.status,
-        Err(_) => 503,
-    }
-}
+use common::authz::status;
+use common::check::basic_request as request;
 
 async fn concurrently(a: &Arc<Authorizer>, n: usize, req: AuthRequest) -> Vec<u16> {
     let tasks: Vec<_> = (0..n)

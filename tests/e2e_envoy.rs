@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::check::basic;
+
 use std::time::Duration;
 
 use common::echo::EchoUpstream;
@@ -51,14 +53,6 @@ impl Stack {
         }
         r.send().await.expect("request through Envoy")
     }
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
 }
 
 #[tokio::test]

@@ -11,27 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::provider::FakeProvider;
-use m2m_authz::authorizer::{Authorizer, Unavailable};
-use m2m_authz::config::Config;
-use m2m_authz::decision::Decision;
-use m2m_authz::request::{AuthRequest, Headers};
+use m2m_authz::authorizer::Authorizer;
 
-fn request(id: &str, secret: &str) -> AuthRequest {
-    AuthRequest {
-        headers: [("authorization", common::check::basic(id, secret))]
-            .into_iter()
-            .collect::<Headers>(),
-        ..Default::default()
-    }
-}
-
-fn status(r: &Result<Decision, Unavailable>) -> u16 {
-    match r {
-        Ok(Decision::Allow(_)) => 200,
-        Ok(Decision::Deny(d)) => d.status,
-        Err(_) => 503,
-    }
-}
+use common::authz::status;
+use common::check::basic_request as request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_new_credentials_does_not_starve_a_known_clients_refresh() {
@@ -45,7 +28,7 @@ async fn a_flood_of_new_credentials_does_not_starve_a_known_clients_refresh() {
         "{}  jwks_min_refetch_interval: 1h\ncache:\n  refresh_ahead: 0.5\n  max_exchanges_per_second: 20\n  max_concurrent_exchanges: 4\n  exchange_queue_timeout: 100ms\n",
         p.oauth2_provider_yaml()
     );
-    let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"))).unwrap();
+    let a = Authorizer::new(&common::authz::config(&yaml)).unwrap();
     a.provider().jwks().refresh().await.expect("JWKS");
     let a = Arc::new(a);
     assert_eq!(status(&a.check(&request("known", "s3cret")).await), 200);

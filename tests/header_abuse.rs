@@ -11,10 +11,9 @@ use std::time::Duration;
 use base64::Engine;
 use common::echo::EchoUpstream;
 use common::envoy::{Envoy, EnvoyPorts};
-use common::provider::{AUDIENCE, FakeProvider, ISSUER};
+use common::provider::FakeProvider;
 use common::sidecar::Sidecar;
 use m2m_authz::authorizer::Authorizer;
-use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::ext_authz::ExtAuthz;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_server::{
@@ -41,18 +40,8 @@ async fn provider() -> FakeProvider {
     p
 }
 
-fn provider_yaml(p: &FakeProvider) -> String {
-    format!(
-        "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n",
-        p.token_url(),
-        p.jwks_url()
-    )
-}
-
 async fn authorizer(p: &FakeProvider) -> Authorizer {
-    let a = Authorizer::new(&Config::from_yaml(&provider_yaml(p)).unwrap()).unwrap();
-    a.provider().jwks().refresh().await.expect("JWKS");
-    a
+    common::authz::authorizer(&p.oauth2_provider_yaml()).await
 }
 
 /// Headers as the ext_authz adapter builds them; `None` is a value that was not UTF-8.
@@ -563,7 +552,7 @@ fn line(name: &str, value: &str) -> Vec<u8> {
 async fn abusive_headers_end_to_end_through_envoy() {
     crate::needs!(Envoy);
     let p = provider().await;
-    let sidecar = Sidecar::start(&provider_yaml(&p)).await;
+    let sidecar = Sidecar::start(&p.oauth2_provider_yaml()).await;
     let upstream = EchoUpstream::start().await;
     let envoy = Envoy::start(EnvoyPorts {
         ext_authz: sidecar.addr,

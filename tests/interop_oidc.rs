@@ -4,7 +4,8 @@
 
 mod common;
 
-use base64::Engine;
+use common::check::basic;
+
 use common::oidc::{OidcOptions, OidcProvider};
 use m2m_authz::authorizer::Authorizer;
 use m2m_authz::config::Config;
@@ -30,13 +31,6 @@ fn request(headers: &[(&str, String)]) -> AuthRequest {
             .collect::<Headers>(),
         ..Default::default()
     }
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
 }
 
 fn user(d: &Decision) -> Option<String> {

@@ -3,7 +3,10 @@
 //! jsonwebtoken verifying tokens against the served JWKS.
 #![cfg(feature = "issuer")]
 
-use std::path::PathBuf;
+mod common;
+
+use common::process::TempDir;
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -19,32 +22,9 @@ use tokio::task::JoinHandle;
 const PROJECT_ID: &str = "project-test-api";
 const PROJECT_SECRET: &str = "api-test-project-secret-0123456789";
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let mut bytes = [0u8; 12];
-        rand::fill(&mut bytes);
-        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("m2m-issuer-api-{name}"));
-        // Owner-only whatever the umask: the issuer refuses a database folder others can write.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&dir)
-            .expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn config_in(dir: &TempDir) -> IssuerConfig {
     let mut config = IssuerConfig::default();
-    config.database = dir.0.join("issuer.db");
+    config.database = dir.join("issuer.db");
     config.project_id = PROJECT_ID.into();
     config.project_secret = Some(PROJECT_SECRET.into());
     config.token_lifetime = Duration::from_secs(1800);
@@ -197,7 +177,7 @@ fn assert_oauth_error(status: StatusCode, body: &Value, want: StatusCode, error:
 
 #[tokio::test]
 async fn management_requires_project_credentials() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (id, secret) = server.user_client("u1", &["read"]).await;
     let token = server.token(&id, &secret).await;
@@ -275,7 +255,7 @@ async fn management_requires_project_credentials() {
 
 #[tokio::test]
 async fn client_create_get_update_delete() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
 
     let (status, created) = Server::send(
@@ -445,7 +425,7 @@ fn ids(body: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn client_search_filters_and_pagination() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let mut all = Vec::new();
     for i in 0..7 {
@@ -580,7 +560,7 @@ async fn client_search_filters_and_pagination() {
 
 #[tokio::test]
 async fn token_endpoint_accepts_form_json_body_and_basic_credentials() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (id, secret) = server.user_client("user-7", &["read:orders"]).await;
 
@@ -658,7 +638,7 @@ async fn token_endpoint_accepts_form_json_body_and_basic_credentials() {
 
 #[tokio::test]
 async fn token_endpoint_errors() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (id, secret) = server.user_client("user-1", &["read"]).await;
     let grant = ("grant_type", "client_credentials");
@@ -788,7 +768,7 @@ async fn token_endpoint_errors() {
 
 #[tokio::test]
 async fn tokens_carry_stytch_claims_and_narrowed_scopes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (id, secret) = server
         .user_client("user-42", &["read:orders", "write:orders", "admin"])
@@ -846,7 +826,7 @@ async fn tokens_carry_stytch_claims_and_narrowed_scopes() {
 
 #[tokio::test]
 async fn jwks_has_stytch_shape() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (status, body) = Server::send(
         server
@@ -881,7 +861,7 @@ async fn jwks_has_stytch_shape() {
 
 #[tokio::test]
 async fn secret_rotation_start_complete_cancel() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (id, old) = server.user_client("user-1", &[]).await;
     let base = format!("/v1/m2m/clients/{id}/secrets/rotate");
@@ -985,7 +965,7 @@ async fn secret_rotation_start_complete_cancel() {
 
 #[tokio::test]
 async fn key_rotation_retirement_and_restart() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let config = config_in(&dir);
     let server = Server::start(config.clone()).await;
     let (id, secret) = server.user_client("user-1", &["read"]).await;
@@ -1043,7 +1023,7 @@ async fn key_rotation_retirement_and_restart() {
 
 #[tokio::test]
 async fn configured_claims_template_is_applied() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let mut config = config_in(&dir);
     config.claims_template = Some(
         r#"{"user_id": {{ client.trusted_metadata.user_id }},
@@ -1073,7 +1053,7 @@ async fn configured_claims_template_is_applied() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
     let (status, body) = Server::send(server.http.get(server.url("/v1/nothing"))).await;
     assert_api_error(status, &body, StatusCode::NOT_FOUND, "route_not_found");

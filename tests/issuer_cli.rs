@@ -3,6 +3,10 @@
 //! person would use them.
 #![cfg(feature = "issuer")]
 
+mod common;
+
+use common::process::TempDir;
+
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,28 +19,6 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_m2m-authz");
 const PROJECT_ID: &str = "project-test-cli";
 const PROJECT_SECRET: &str = "cli-test-project-secret-0123456789";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let mut bytes = [0u8; 12];
-        rand::fill(&mut bytes);
-        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("m2m-issuer-cli-{name}"));
-        // Owner-only whatever the umask: the issuer refuses a database folder others can write.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&dir)
-            .expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Stops the server process we started, even when an assertion fails.
 struct ServerProcess(Child);
@@ -179,9 +161,9 @@ fn next_secret(output: &str) -> String {
 
 #[tokio::test]
 async fn clients_and_issuer_commands_with_a_running_server() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("issuer-cli");
     let port = free_port();
-    let config_path = write_config(&dir.0, port);
+    let config_path = write_config(dir.path(), port);
     let config = config_path.to_str().expect("UTF-8 path");
     let base = format!("http://127.0.0.1:{port}");
     let token_url = format!("{base}/v1/public/{PROJECT_ID}/oauth2/token");
@@ -208,10 +190,7 @@ async fn clients_and_issuer_commands_with_a_running_server() {
         .to_owned();
     assert_eq!(created["user_id"], "user-cli");
     assert_eq!(created["scopes"], serde_json::json!(["read:orders"]));
-    assert!(
-        dir.0.join("issuer.db").exists(),
-        "database beside the config"
-    );
+    assert!(dir.join("issuer.db").exists(), "database beside the config");
 
     let listed = run_ok(&["clients", "list", "--config", config]);
     assert!(
@@ -320,8 +299,8 @@ async fn clients_and_issuer_commands_with_a_running_server() {
 
 #[test]
 fn bad_config_is_reported_naming_the_field() {
-    let dir = TempDir::new();
-    let path = dir.0.join("issuer.yaml");
+    let dir = TempDir::new("issuer-cli");
+    let path = dir.join("issuer.yaml");
     write_private(&path, "project_secret: short\n");
     let err = run_err(&["clients", "list", "--config", path.to_str().expect("path")]);
     assert!(err.contains("project_secret"), "{err}");

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::check::basic_request as basic;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,7 +17,6 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use m2m_authz::authorizer::{Authorizer, Unavailable};
 use m2m_authz::config::Config;
 use m2m_authz::decision::{Decision, Deny};
-use m2m_authz::request::{AuthRequest, Headers};
 use serde_json::{Value, json};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -74,34 +75,10 @@ async fn authorizer(p: &FakeProvider, extra: &str) -> Authorizer {
         p.token_url(),
         p.jwks_url()
     );
-    let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"))).unwrap();
-    a.provider()
-        .jwks()
-        .refresh()
-        .await
-        .expect("initial JWKS load");
-    a
+    common::authz::authorizer(&yaml).await
 }
 
-fn bearer(token: &str) -> AuthRequest {
-    AuthRequest {
-        headers: [("authorization", format!("Bearer {token}"))]
-            .into_iter()
-            .collect::<Headers>(),
-        ..Default::default()
-    }
-}
-
-fn basic(id: &str, secret: &str) -> AuthRequest {
-    let value = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    AuthRequest {
-        headers: [("authorization", value)].into_iter().collect::<Headers>(),
-        ..Default::default()
-    }
-}
+use common::check::bearer_request as bearer;
 
 fn description(d: &Deny) -> String {
     let body: Value = serde_json::from_str(&d.body).unwrap();

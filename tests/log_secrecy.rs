@@ -7,13 +7,15 @@
 
 mod common;
 
+use common::check::Check;
+
+use common::check::basic;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use common::sidecar::Sidecar;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use serde_json::{Value, json};
 
 const ALLOWED_ID: &str = "client-logs-allowed";
@@ -34,27 +36,8 @@ fn provider_yaml(p: &FakeProvider) -> String {
     )
 }
 
-fn basic(id: &str, secret: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
-}
-
 fn check(path: &str, headers: &[(&str, String)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    Check::new("POST", path).headers(headers).build()
 }
 
 /// What a check came to, as the caller (Envoy) sees it.

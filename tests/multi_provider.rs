@@ -3,7 +3,8 @@
 
 mod common;
 
-use base64::Engine;
+use common::check::basic;
+
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use m2m_authz::authorizer::Authorizer;
 use m2m_authz::config::Config;
@@ -27,13 +28,6 @@ fn request(path: &str, ctx: &[(&str, &str)], authorization: &str) -> AuthRequest
             .collect(),
         ..Default::default()
     }
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
 }
 
 fn outcome(d: &Decision) -> String {

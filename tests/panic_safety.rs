@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::check::basic_request as basic;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,10 +49,7 @@ fn provider_yaml(p: &FakeProvider, extra: &str) -> String {
 }
 
 async fn authorizer(p: &FakeProvider, extra: &str) -> Arc<Authorizer> {
-    let config = Config::from_yaml(&provider_yaml(p, extra)).unwrap_or_else(|e| panic!("{e}"));
-    let a = Authorizer::new(&config).unwrap();
-    a.provider().jwks().refresh().await.expect("JWKS");
-    Arc::new(a)
+    Arc::new(common::authz::authorizer(&provider_yaml(p, extra)).await)
 }
 
 fn with_auth(value: String) -> AuthRequest {
@@ -58,10 +57,6 @@ fn with_auth(value: String) -> AuthRequest {
         headers: [("authorization", value)].into_iter().collect::<Headers>(),
         ..Default::default()
     }
-}
-
-fn basic(id: &str, secret: &str) -> AuthRequest {
-    with_auth(common::check::basic(id, secret))
 }
 
 /// A token signed with the provider's key, with `claims` over the usual ones.

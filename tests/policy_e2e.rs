@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::check::Check;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,9 +14,7 @@ use common::echo::EchoUpstream;
 use common::envoy::{Envoy, EnvoyOptions, EnvoyPorts};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use serde_json::json;
 
 const ROUTES: &str = r#"                        - match: { prefix: /v1/orders }
@@ -145,23 +145,7 @@ async fn envoy_routes_pick_rules_with_context_extensions() {
 }
 
 fn check(path: &str, headers: &[(&str, String)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "api.test".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    Check::get(path).host("api.test").headers(headers).build()
 }
 
 /// Version A opens /a and closes /b; version B the reverse. Any single check sees one whole

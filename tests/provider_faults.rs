@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::check::basic_request as basic;
+
 use common::check::check_request;
 
 use std::pin::Pin;
@@ -16,17 +18,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use base64::Engine;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, TokenOverride};
 use common::sidecar::Sidecar;
 use futures::Stream;
 use futures::future::BoxFuture;
 use m2m_authz::authorizer::{Authorizer, Unavailable};
-use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::exchange::ExchangeError;
 use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
-use m2m_authz::request::{AuthRequest, Headers};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -39,21 +38,7 @@ fn yaml(token_url: &str, jwks_url: &str) -> String {
 }
 
 async fn authorizer_for(token_url: &str, jwks_url: &str) -> Authorizer {
-    let config = Config::from_yaml(&yaml(token_url, jwks_url)).unwrap_or_else(|e| panic!("{e}"));
-    let a = Authorizer::new(&config).unwrap();
-    a.provider().jwks().refresh().await.expect("JWKS");
-    a
-}
-
-fn basic(id: &str, secret: &str) -> AuthRequest {
-    let value = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    );
-    AuthRequest {
-        headers: [("authorization", value)].into_iter().collect::<Headers>(),
-        ..Default::default()
-    }
+    common::authz::authorizer(&yaml(token_url, jwks_url)).await
 }
 
 /// What the caller (through Envoy) would notice.

@@ -3,16 +3,17 @@
 
 mod common;
 
+use common::check::Check;
+
+use common::check::basic;
+
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
 use common::process::TempDir;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use common::sidecar::{Sidecar, binary};
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn provider_yaml(p: &FakeProvider) -> String {
@@ -24,29 +25,7 @@ fn provider_yaml(p: &FakeProvider) -> String {
 }
 
 fn check_request(headers: &[(&str, String)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
+    Check::get("/").headers(headers).build()
 }
 
 #[test]

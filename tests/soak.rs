@@ -7,6 +7,10 @@
 
 mod common;
 
+use common::check::Check;
+
+use common::check::basic;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,9 +19,7 @@ use base64::Engine;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use common::sidecar::Sidecar;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -40,31 +42,13 @@ const CACHE_RACE_SLACK: u64 = 16 + WORKERS as u64;
 const RSS_LIMIT_KIB: u64 = 128 * 1024;
 const RSS_GROWTH_KIB: u64 = 64 * 1024;
 
-fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
-}
-
 fn check(authorization: Option<String>) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders".into(),
-                    headers: authorization
-                        .into_iter()
-                        .map(|v| ("authorization".to_owned(), v))
-                        .chain([("x-user-id".to_owned(), "forged".to_owned())])
-                        .collect(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
+    let check = Check::get("/v1/orders").header("x-user-id", "forged");
+    match authorization {
+        Some(value) => check.header("authorization", value),
+        None => check,
     }
+    .build()
 }
 
 /// What a check came to, as Envoy would see it.

@@ -13,13 +13,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use base64::Engine;
 use common::process::POLL_INTERVAL;
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
-use m2m_authz::proto::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
-};
+use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -95,27 +92,10 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 fn check_request() -> CheckRequest {
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{SECRET}"));
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/v1/orders".into(),
-                    headers: [
-                        ("authorization".to_owned(), format!("Basic {basic}")),
-                        (
-                            "traceparent".to_owned(),
-                            format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01"),
-                        ),
-                    ]
-                    .into(),
-                    ..Default::default()
-                }),
-            }),
-            ..Default::default()
-        }),
-    }
+    common::check::Check::get("/v1/orders")
+        .basic(CLIENT_ID, SECRET)
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01"))
+        .build()
 }
 
 #[tokio::test]
