@@ -8,7 +8,7 @@ use common::check::basic;
 use std::time::Duration;
 
 use common::echo::EchoUpstream;
-use common::envoy::{Envoy, EnvoyPorts};
+use common::envoy::{Envoy, EnvoyPorts, Front};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
 use serde_json::json;
@@ -24,17 +24,11 @@ struct Stack {
 async fn stack() -> Stack {
     let provider = FakeProvider::start().await;
     provider.add_client("client-1", "s3cret-e2e", "user-1");
-    let sidecar = Sidecar::start(&format!(
+    let (sidecar, Front { envoy, upstream }) = common::envoy::stack(&format!(
         "provider:\n  kind: oauth2\n  token_url: {}\n  jwks_url: {}\n  issuer: {ISSUER}\n  audience: {AUDIENCE}\n  request_timeout: 2s\n",
         provider.token_url(),
         provider.jwks_url()
     ))
-    .await;
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: sidecar.addr,
-        upstream: upstream.addr(),
-    })
     .await;
     Stack {
         provider,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::echo::{EchoRequest, EchoUpstream};
-use common::envoy::{Envoy, EnvoyPorts};
+use common::envoy::{Envoy, Front};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, TokenOverride, mint, now};
 use common::sidecar::Sidecar;
 use futures::future::BoxFuture;
@@ -124,16 +124,10 @@ struct Outcome {
 impl Stack {
     /// `provider_extra` is appended inside `provider:`, `extra` at the top level.
     async fn start(provider: FakeProvider, provider_extra: &str, extra: &str) -> Stack {
-        let sidecar = Sidecar::start(&format!(
+        let (sidecar, Front { envoy, upstream }) = common::envoy::stack(&format!(
             "realm: {REALM}\n{}{provider_extra}{extra}",
             provider.oauth2_provider_yaml()
         ))
-        .await;
-        let upstream = EchoUpstream::start().await;
-        let envoy = Envoy::start(EnvoyPorts {
-            ext_authz: sidecar.addr,
-            upstream: upstream.addr(),
-        })
         .await;
         Stack {
             provider,

@@ -9,10 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use common::echo::EchoUpstream;
-use common::envoy::{Envoy, EnvoyPorts};
+use common::envoy::Front;
 use common::provider::FakeProvider;
-use common::sidecar::Sidecar;
 use m2m_authz::authorizer::Authorizer;
 use m2m_authz::decision::Decision;
 use m2m_authz::ext_authz::ExtAuthz;
@@ -552,13 +550,8 @@ fn line(name: &str, value: &str) -> Vec<u8> {
 async fn abusive_headers_end_to_end_through_envoy() {
     crate::needs!(Envoy);
     let p = provider().await;
-    let sidecar = Sidecar::start(&p.oauth2_provider_yaml()).await;
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: sidecar.addr,
-        upstream: upstream.addr(),
-    })
-    .await;
+    let (sidecar, Front { envoy, upstream }) =
+        common::envoy::stack(&p.oauth2_provider_yaml()).await;
     let addr = envoy.listener_addr();
     let good = basic("client-1:s3cret");
 
@@ -726,12 +719,7 @@ async fn what_envoy_sends_for_repeated_headers() {
             .add_service(AuthorizationServer::new(recorder))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: grpc,
-        upstream: upstream.addr(),
-    })
-    .await;
+    let Front { envoy, upstream } = Front::start(grpc).await;
     let good = basic("client-1:s3cret");
     let other = basic("client-colon:a:b");
     let (status, _) = raw_request(

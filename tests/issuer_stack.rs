@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::echo::{EchoRequest, EchoUpstream};
-use common::envoy::{Envoy, EnvoyPorts};
+use common::envoy::{Envoy, Front};
 use common::issuer::IssuerProcess;
 use common::sidecar::Sidecar;
 use serde_json::Value;
@@ -25,13 +25,8 @@ struct Stack {
 
 async fn stack() -> Stack {
     let issuer = IssuerProcess::start().await;
-    let sidecar = Sidecar::start(&issuer.stytch_provider_yaml()).await;
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: sidecar.addr,
-        upstream: upstream.addr(),
-    })
-    .await;
+    let (sidecar, Front { envoy, upstream }) =
+        common::envoy::stack(&issuer.stytch_provider_yaml()).await;
     Stack {
         issuer,
         _sidecar: sidecar,

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use common::echo::EchoUpstream;
-use common::envoy::{Envoy, EnvoyOptions, EnvoyPorts};
+use common::envoy::{EnvoyOptions, Front};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
 use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, check_response::HttpResponse};
@@ -66,18 +65,12 @@ async fn envoy_routes_pick_rules_with_context_extensions() {
     );
     let policy_dir = common::process::TempDir::new("policy");
     std::fs::write(policy_dir.join("policy.yaml"), POLICY).unwrap();
-    let sidecar = Sidecar::start(&format!(
-        "{}policy:\n  file: {}\n",
-        provider_yaml(&p),
-        policy_dir.join("policy.yaml").display()
-    ))
-    .await;
-    let upstream = EchoUpstream::start().await;
-    let envoy = Envoy::start_with(
-        EnvoyPorts {
-            ext_authz: sidecar.addr,
-            upstream: upstream.addr(),
-        },
+    let (sidecar, Front { envoy, upstream }) = common::envoy::stack_with(
+        &format!(
+            "{}policy:\n  file: {}\n",
+            provider_yaml(&p),
+            policy_dir.join("policy.yaml").display()
+        ),
         EnvoyOptions {
             replacements: vec![(
                 "                        - match: { prefix: / }\n".into(),

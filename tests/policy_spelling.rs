@@ -8,10 +8,8 @@ mod common;
 use std::net::SocketAddr;
 
 use base64::Engine;
-use common::echo::EchoUpstream;
-use common::envoy::{Envoy, EnvoyOptions, EnvoyPorts};
+use common::envoy::{EnvoyOptions, Front};
 use common::provider::FakeProvider;
-use common::sidecar::Sidecar;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -198,13 +196,11 @@ async fn run(normalized: bool) {
     );
     let dir = common::process::TempDir::new("policy-spelling");
     std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
-    let sidecar = Sidecar::start(&format!(
+    let config = format!(
         "{}policy:\n  file: {}\n",
         p.oauth2_provider_yaml(),
         dir.join("policy.yaml").display()
-    ))
-    .await;
-    let upstream = EchoUpstream::start().await;
+    );
     let replacements = if normalized {
         Vec::new()
     } else {
@@ -213,11 +209,8 @@ async fn run(normalized: bool) {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
     };
-    let envoy = Envoy::start_with(
-        EnvoyPorts {
-            ext_authz: sidecar.addr,
-            upstream: upstream.addr(),
-        },
+    let (sidecar, Front { envoy, upstream }) = common::envoy::stack_with(
+        &config,
         EnvoyOptions {
             replacements,
             ..Default::default()

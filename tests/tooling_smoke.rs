@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use common::echo::{EchoRequest, EchoUpstream};
-use common::envoy::{Envoy, EnvoyPorts};
+use common::echo::EchoRequest;
+use common::envoy::Front;
 use common::oidc::{OidcOptions, OidcProvider};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -153,14 +153,9 @@ async fn echoed(resp: reqwest::Response) -> EchoRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_allow_deny_and_identity_header() {
     crate::needs!(Envoy);
-    let upstream = EchoUpstream::start().await;
     let authz = TestAuthz::default();
     let authz_addr = authz.serve().await;
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: authz_addr,
-        upstream: upstream.addr(),
-    })
-    .await;
+    let Front { envoy, upstream } = Front::start(authz_addr).await;
     let http = common::http_client();
 
     // Allowed: the forged identity is replaced by the authz server's.
@@ -333,14 +328,9 @@ async fn envoy_ext_authz_allow_deny_and_identity_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_fails_closed_with_503_when_authz_is_down() {
     crate::needs!(Envoy);
-    let upstream = EchoUpstream::start().await;
     // Nothing listens there.
     let dead = common::process::free_addr();
-    let envoy = Envoy::start(EnvoyPorts {
-        ext_authz: dead,
-        upstream: upstream.addr(),
-    })
-    .await;
+    let Front { envoy, upstream } = Front::start(dead).await;
     let resp = common::http_client()
         .get(envoy.url("/orders"))
         .header("authorization", "Bearer good")

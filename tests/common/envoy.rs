@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::echo::EchoUpstream;
 use super::process::{self, ChildGuard, TempDir};
+use super::sidecar::Sidecar;
 
 /// The bootstrap shipped for users, relative to the repository root.
 pub const CONFIG: &str = "deploy/envoy/envoy.yaml";
@@ -294,4 +296,39 @@ impl Envoy {
     pub fn stop(&mut self) {
         self.child.stop();
     }
+}
+
+/// An echo upstream behind a real Envoy whose ext_authz cluster points at `ext_authz` (the usual
+/// front of an end-to-end test). Fields are dropped in reverse order: Envoy first.
+pub struct Front {
+    pub envoy: Envoy,
+    pub upstream: EchoUpstream,
+}
+
+impl Front {
+    pub async fn start(ext_authz: SocketAddr) -> Front {
+        Front::start_with(ext_authz, EnvoyOptions::default()).await
+    }
+
+    pub async fn start_with(ext_authz: SocketAddr, options: EnvoyOptions) -> Front {
+        let upstream = EchoUpstream::start().await;
+        let ports = EnvoyPorts {
+            ext_authz,
+            upstream: upstream.addr(),
+        };
+        let envoy = Envoy::start_with(ports, options).await;
+        Front { envoy, upstream }
+    }
+}
+
+/// The whole stack: the real sidecar started with `config`, and a [`Front`] asking it.
+pub async fn stack(config: &str) -> (Sidecar, Front) {
+    stack_with(config, EnvoyOptions::default()).await
+}
+
+/// Like [`stack`], with Envoy options.
+pub async fn stack_with(config: &str, options: EnvoyOptions) -> (Sidecar, Front) {
+    let sidecar = Sidecar::start(config).await;
+    let front = Front::start_with(sidecar.addr, options).await;
+    (sidecar, front)
 }
