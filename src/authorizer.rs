@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::cache::{CacheKey, KeyDeriver, Lookup, TokenCache};
-use crate::config::{Config, DEFAULT_PROVIDER};
+use crate::config::{Config, ConfigError, DEFAULT_PROVIDER, ProviderConfig, ResolvedProvider};
 
 /// The `context_extensions` key with which an Envoy or Istio route may pick a provider.
 pub const PROVIDER_CONTEXT_KEY: &str = "provider";
@@ -22,13 +22,14 @@ use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
 use crate::exchange::ExchangeError;
 use crate::flight::SingleFlight;
-use crate::identity::{Identity, IdentityBuilder, IdentityError, IdentityMap};
+use crate::identity::{Identity, IdentityBuilder, IdentityError};
 use crate::jwks::JwksError;
 use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
 use crate::policy::{Action, UpstreamCredential};
-use crate::provider::{Provider, ProviderBuildError, TokenCheckError};
+use crate::provider::{Provider, TokenCheckError};
 use crate::request::AuthRequest;
+use crate::settings::Settings;
 #[cfg(feature = "shared-cache")]
 use crate::shared_cache::{CredentialRef, SharedEntry, SharedTier};
 use crate::stats::{Snapshot, Stats};
@@ -84,14 +85,12 @@ impl From<TokenCheckError> for Unavailable {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A part of the config its module's compiler refuses (`Settings::compile`), naming the
+    /// field.
     #[error(transparent)]
-    Provider(#[from] ProviderBuildError),
-    #[error("identity.headers: {0}")]
-    Identity(String),
+    Config(#[from] ConfigError),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
     /// `cache.shared`, naming the field: a URL or fleet key missing from file and environment.
     #[error("{0}")]
     SharedCache(String),
@@ -129,7 +128,8 @@ struct Slot {
 impl Slot {
     fn new(
         name: &str,
-        p: &crate::config::ProviderConfig,
+        p: &ProviderConfig,
+        resolved: &ResolvedProvider,
         c: &crate::config::CacheConfig,
     ) -> Result<Slot, BuildError> {
         let http = reqwest::Client::builder()
@@ -139,19 +139,15 @@ impl Slot {
             .user_agent(concat!("m2m-authz/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
-        let token_url = p
-            .resolved_token_url()
-            .map(|u| u.to_string())
-            .unwrap_or_default();
         Ok(Slot {
             name: name.to_owned(),
-            provider: Provider::new(http, p)?,
+            provider: Provider::new(http, resolved),
             limiter: ExchangeLimiter::new(
                 c.max_concurrent_exchanges,
                 c.max_exchanges_per_second,
                 c.exchange_queue_timeout,
             ),
-            id: format!("{name} {token_url}"),
+            id: format!("{name} {}", resolved.token_url),
             scope: p.scope.clone().unwrap_or_default(),
             max_token_age: p.max_token_age,
             max_token_lifetime: p.max_token_lifetime,
@@ -210,22 +206,18 @@ struct Inner {
 
 impl Authorizer {
     pub fn new(config: &Config) -> Result<Self, BuildError> {
-        let mut providers = vec![Arc::new(Slot::new(
-            DEFAULT_PROVIDER,
-            &config.provider,
-            &config.cache,
-        )?)];
-        for (name, p) in &config.providers {
-            providers.push(Arc::new(Slot::new(name, p, &config.cache)?));
-        }
+        let settings = Settings::compile(config)?;
+        let providers = settings
+            .providers
+            .iter()
+            .map(|p| Slot::new(&p.name, &p.config, &p.resolved, &config.cache).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let extractor = Extractor::new(&config.credentials);
-        let identity = IdentityBuilder::new(
-            IdentityMap::new(&config.identity).map_err(BuildError::Identity)?,
-            extractor.credential_headers(),
-        );
+        let identity = IdentityBuilder::new(settings.identity, extractor.credential_headers());
         let stats = Arc::new(Stats::default());
         let flight_panics = stats.clone();
         let flights = SingleFlight::new(Arc::new(move || Stats::add(&flight_panics.flight_panics)));
+        #[cfg(feature = "shared-cache")]
         let c = &config.cache;
         #[cfg(feature = "shared-cache")]
         let shared = match &c.shared {
@@ -235,17 +227,13 @@ impl Authorizer {
             )),
             None => None,
         };
-        let policy = Arc::new(LivePolicy::from_config(
-            config.policy.as_ref(),
-            config.dir.as_deref(),
-            &config.provider_names(),
-        )?);
+        let policy = Arc::new(settings.policy);
         let anonymous = Arc::new(identity.anonymous());
         Ok(Authorizer {
             inner: Arc::new(Inner {
                 extractor,
                 providers,
-                cache: TokenCache::new(c.settings(), stats.clone()),
+                cache: TokenCache::new(settings.cache, stats.clone()),
                 #[cfg(feature = "shared-cache")]
                 shared,
                 flights,

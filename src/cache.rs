@@ -18,6 +18,8 @@ use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+
+use crate::config::CacheConfig;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
@@ -90,6 +92,20 @@ pub struct CacheSettings {
     /// How long past `exp` an entry may still serve while the provider fails; zero: not at all.
     pub stale_if_error: Duration,
     pub max_credential_age: Option<Duration>,
+}
+
+impl From<&CacheConfig> for CacheSettings {
+    fn from(c: &CacheConfig) -> Self {
+        CacheSettings {
+            max_entries: c.max_entries,
+            max_negative_entries: c.max_negative_entries,
+            refresh_ahead: c.refresh_ahead,
+            expiry_margin: c.expiry_margin,
+            negative_ttl: c.negative_ttl,
+            stale_if_error: c.stale_if_error,
+            max_credential_age: c.max_credential_age,
+        }
+    }
 }
 
 /// How long a failed background refresh waits before a later hit may try again.

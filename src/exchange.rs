@@ -8,7 +8,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{ClientAuth, ProviderConfig};
+use crate::config::{ClientAuth, ResolvedProvider};
 use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::http_body::read_capped;
@@ -92,18 +92,14 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
-    pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Option<Self> {
-        Some(TokenClient {
+    pub fn new(http: reqwest::Client, config: &ResolvedProvider) -> Self {
+        TokenClient {
             http,
-            url: config.resolved_token_url()?,
+            url: config.token_url.clone(),
             auth: config.client_auth,
             scope: config.scope.clone(),
-            params: config
-                .token_params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        })
+            params: config.token_params.clone(),
+        }
     }
 
     /// One token request, as a trace span (never with the credential: `skip_all`).

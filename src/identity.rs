@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use crate::config::IdentityConfig;
+use crate::config::{ConfigError, IdentityConfig};
 use crate::credentials::BearerToken;
 use crate::defaults::MAX_IDENTITY_VALUE_BYTES;
 
@@ -116,16 +116,19 @@ pub struct IdentityMap {
 }
 
 impl IdentityMap {
-    /// Built from validated config: every claim path parses.
-    pub fn new(config: &IdentityConfig) -> Result<Self, String> {
+    /// Compiled from `identity`; a claim path that does not parse is refused, naming its header
+    /// (`identity.headers.NAME`).
+    pub fn new(config: &IdentityConfig) -> Result<Self, ConfigError> {
         let mut mappings = Vec::with_capacity(config.headers.len());
-        for (header, claim) in &config.headers {
-            let header = header.to_ascii_lowercase();
+        for (name, claim) in &config.headers {
+            let path = ClaimPath::parse(claim)
+                .map_err(|p| ConfigError::invalid(&format!("identity.headers.{name}"), p))?;
+            let header = name.to_ascii_lowercase();
             let required = config
                 .required
                 .iter()
                 .any(|r| r.eq_ignore_ascii_case(&header));
-            mappings.push((header.into(), ClaimPath::parse(claim)?, required));
+            mappings.push((header.into(), path, required));
         }
         Ok(IdentityMap { mappings })
     }

@@ -2,6 +2,11 @@
 //! identity for the upstream. The core (credentials, exchange, jwks, verify, cache, identity,
 //! decision, authorizer) knows nothing of gRPC; `ext_authz` and `server` are the edge.
 //!
+//! Dependencies point one way (checked by `tests/architecture.rs`): the config schema
+//! (`config`, which imports only leaves and the embedded issuer's own schema) → the settings each
+//! module compiles from its section (`settings` compiles them all before any port opens) → the
+//! core → the edges (gRPC, admin HTTP, CLI).
+//!
 //! Optional parts are Cargo features, all on by default: `issuer` (the embedded issuer and the
 //! demo), `shared-cache` (the Redis tier) and `otel` (trace export). Without them the lean sidecar
 //! refuses, naming the field and the feature, any config that needs them (see `features`).
@@ -35,6 +40,7 @@ pub mod policy;
 pub mod provider;
 pub mod request;
 pub mod server;
+pub mod settings;
 #[cfg(feature = "shared-cache")]
 pub mod shared_cache;
 pub mod stats;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use m2m_authz::config::Config;
 use m2m_authz::defaults::CONFIG_ENV;
 use m2m_authz::{server, telemetry};
 
@@ -86,7 +85,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
+            let config = m2m_authz::settings::load(&config)?;
             refuse_missing_features()?;
             println!("{}", config.summary());
             if let Some(warning) = config.plain_http_warning() {
@@ -114,7 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
+            let config = m2m_authz::settings::load(&config)?;
             refuse_missing_features()?;
             telemetry::init();
             if let Some(warning) = config.plain_http_warning() {
@@ -135,7 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Settings outside the config file that need a part this build left out (the `OTEL_*`
-/// variables); the file's own are refused by `Config::load`.
+/// variables); the file's own are refused by `settings::load`.
 fn refuse_missing_features() -> anyhow::Result<()> {
     match m2m_authz::otel::missing_feature() {
         Some(line) => Err(anyhow::anyhow!(line)),

@@ -1,10 +1,10 @@
 //! One identity provider as the request path sees it: its token endpoint, its keys and the rules
-//! its tokens must meet, resolved once from the `oauth2` or `stytch` profile.
+//! its tokens must meet, as its profile resolved them (`config::ResolvedProvider`).
 
 use std::sync::Arc;
 
 use crate::clock::unix_now;
-use crate::config::ProviderConfig;
+use crate::config::ResolvedProvider;
 use crate::credentials::Secret;
 use crate::exchange::{ExchangeError, Issued, TokenClient};
 use crate::jwks::{Jwks, JwksError};
@@ -29,38 +29,26 @@ pub struct Provider {
     rules: TokenRules,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderBuildError {
-    #[error("provider.token_url: cannot be derived")]
-    NoTokenUrl,
-    #[error("provider.jwks_url: cannot be derived")]
-    NoJwksUrl,
-}
-
 impl Provider {
-    pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Result<Self, ProviderBuildError> {
-        let token = TokenClient::new(http.clone(), config).ok_or(ProviderBuildError::NoTokenUrl)?;
-        let jwks_url = config
-            .resolved_jwks_url()
-            .ok_or(ProviderBuildError::NoJwksUrl)?;
+    pub fn new(http: reqwest::Client, config: &ResolvedProvider) -> Self {
         let pinned = config.algorithms.iter().map(|a| a.to_jwt()).collect();
-        Ok(Provider {
-            token,
+        Provider {
+            token: TokenClient::new(http.clone(), config),
             jwks: Arc::new(Jwks::new(
                 http,
-                jwks_url,
+                config.jwks_url.clone(),
                 pinned,
                 config.jwks_min_refetch_interval,
             )),
             rules: TokenRules {
-                issuers: config.resolved_issuers(),
-                audiences: config.resolved_audiences(),
+                issuers: config.issuers.clone(),
+                audiences: config.audiences.clone(),
                 leeway: config.leeway,
                 max_age: config.max_token_age,
-                token_type: config.resolved_token_type(),
+                token_type: config.token_type.clone(),
                 max_bytes: config.max_token_bytes,
             },
-        })
+        }
     }
 
     pub fn jwks(&self) -> &Arc<Jwks> {

@@ -27,7 +27,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
@@ -41,18 +40,11 @@ use tokio::time::Instant;
 use crate::clock::unix_now;
 use crate::stats::Stats;
 
-/// Where the fleet key comes from when `cache.shared.fleet_key` is not set (a Kubernetes
-/// Secret, in the shipped overlay).
-pub const FLEET_KEY_ENV: &str = "M2M_AUTHZ_FLEET_KEY";
-/// Where the Redis URL comes from when `cache.shared.url` is not set (it may hold a password).
-pub const URL_ENV: &str = "M2M_AUTHZ_REDIS_URL";
-
-pub const DEFAULT_KEY_PREFIX: &str = "m2m-authz:";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
-pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
-/// The shortest fleet key accepted, in bytes (after base64 decoding).
-pub const MIN_FLEET_KEY_BYTES: usize = 32;
+use crate::config::shared_cache::redact_url;
+pub use crate::config::shared_cache::{
+    DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_LOCK_WAIT, DEFAULT_TIMEOUT, FLEET_KEY_ENV,
+    MIN_FLEET_KEY_BYTES, SharedCacheConfig, URL_ENV,
+};
 
 /// After a failed connection, Redis is skipped for this long: an outage costs one timeout, not
 /// one per flight.
@@ -64,169 +56,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// The first byte of every sealed value: its format.
 const VALUE_VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
-
-/// `cache.shared`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SharedCacheConfig {
-    /// `redis://host:6379/0` or `rediss://` (TLS); else `$M2M_AUTHZ_REDIS_URL`.
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: String,
-    /// Base64 of at least 32 random bytes, the same on every pod; else `$M2M_AUTHZ_FLEET_KEY`.
-    #[serde(default)]
-    pub fleet_key: Option<String>,
-    /// Longest one Redis operation may take before the check goes on without it.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
-    pub timeout: Duration,
-    /// How long a pod's claim to exchange a credential for the fleet lasts.
-    #[serde(default = "default_lock_ttl", with = "crate::config::duration")]
-    pub lock_ttl: Duration,
-    /// Longest a pod waits for another pod's exchange before exchanging itself.
-    #[serde(default = "default_lock_wait", with = "crate::config::duration")]
-    pub lock_wait: Duration,
-}
-
-fn default_key_prefix() -> String {
-    DEFAULT_KEY_PREFIX.to_owned()
-}
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-fn default_lock_ttl() -> Duration {
-    DEFAULT_LOCK_TTL
-}
-fn default_lock_wait() -> Duration {
-    DEFAULT_LOCK_WAIT
-}
-
-impl fmt::Debug for SharedCacheConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedCacheConfig")
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("key_prefix", &self.key_prefix)
-            .field("fleet_key", &self.fleet_key.as_ref().map(|_| "<redacted>"))
-            .field("timeout", &self.timeout)
-            .field("lock_ttl", &self.lock_ttl)
-            .field("lock_wait", &self.lock_wait)
-            .finish()
-    }
-}
-
-/// The URL without its password, for logs and `/readyz`.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("redacted"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparsable>".to_owned(),
-    }
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-impl SharedCacheConfig {
-    /// `url`, else `$M2M_AUTHZ_REDIS_URL`.
-    pub fn resolved_url(&self) -> Result<String, String> {
-        self.url
-            .clone()
-            .or_else(|| env_nonempty(URL_ENV))
-            .ok_or_else(|| format!("required (or set {URL_ENV})"))
-    }
-
-    /// The decoded fleet key: `fleet_key`, else `$M2M_AUTHZ_FLEET_KEY`.
-    pub fn resolved_fleet_key(&self) -> Result<Vec<u8>, String> {
-        let text = self
-            .fleet_key
-            .clone()
-            .or_else(|| env_nonempty(FLEET_KEY_ENV))
-            .ok_or_else(|| format!("required (or set {FLEET_KEY_ENV})"))?;
-        let text = text.trim();
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
-            .map_err(|_| "expected base64".to_owned())?;
-        if key.len() < MIN_FLEET_KEY_BYTES {
-            return Err(format!(
-                "expected at least {MIN_FLEET_KEY_BYTES} bytes (`openssl rand -base64 32`), got {}",
-                key.len()
-            ));
-        }
-        Ok(key)
-    }
-
-    /// The field at fault (`cache.shared.*`) and what is wrong with it.
-    ///
-    /// A URL or fleet key given neither in the file nor in the environment is not an error here
-    /// (`check-config` runs where the Pod's Secret is not): `serve` refuses to start without
-    /// them (`SharedTier::new`), naming the field.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Ok(url) = self.resolved_url() {
-            Self::validate_url(&url)?;
-        }
-        self.validate_rest()
-    }
-
-    fn validate_url(url: &str) -> Result<(), (&'static str, String)> {
-        match url::Url::parse(url) {
-            Ok(u) if u.scheme() == "redis" || u.scheme() == "rediss" => {}
-            Ok(_) => {
-                return Err((
-                    "cache.shared.url",
-                    "expected a redis:// or rediss:// (TLS) URL".into(),
-                ));
-            }
-            Err(e) => return Err(("cache.shared.url", format!("not a URL: {e}"))),
-        }
-        redis::Client::open(url)
-            .map(|_| ())
-            .map_err(|e| ("cache.shared.url", format!("not a Redis URL: {e}")))
-    }
-
-    fn validate_rest(&self) -> Result<(), (&'static str, String)> {
-        if self.key_prefix.len() > 64 || self.key_prefix.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err((
-                "cache.shared.key_prefix",
-                "expected at most 64 printable ASCII characters, without spaces".into(),
-            ));
-        }
-        if self.fleet_key.is_some() || env_nonempty(FLEET_KEY_ENV).is_some() {
-            self.resolved_fleet_key()
-                .map_err(|p| ("cache.shared.fleet_key", p))?;
-        }
-        for (field, d, min, max) in [
-            (
-                "cache.shared.timeout",
-                self.timeout,
-                Duration::from_millis(1),
-                Duration::from_secs(5),
-            ),
-            (
-                "cache.shared.lock_ttl",
-                self.lock_ttl,
-                Duration::from_millis(100),
-                Duration::from_secs(300),
-            ),
-            (
-                "cache.shared.lock_wait",
-                self.lock_wait,
-                Duration::ZERO,
-                Duration::from_secs(60),
-            ),
-        ] {
-            if d < min || d > max {
-                return Err((field, format!("expected between {min:?} and {max:?}")));
-            }
-        }
-        Ok(())
-    }
-}
 
 fn length_prefixed<M: Mac>(mac: &mut M, parts: &[&[u8]]) {
     for part in parts {
@@ -812,38 +641,6 @@ mod tests {
         assert!(k.open(b"").is_none() && k.open(b"\x01short").is_none());
         // Two writes of the same entry use different nonces.
         assert_ne!(k.seal(&entry()), sealed);
-    }
-
-    #[test]
-    fn config_errors_name_the_field() {
-        let base = SharedCacheConfig {
-            url: Some("redis://127.0.0.1:6379".into()),
-            key_prefix: DEFAULT_KEY_PREFIX.into(),
-            fleet_key: Some(base64::engine::general_purpose::STANDARD.encode([1u8; 32])),
-            timeout: DEFAULT_TIMEOUT,
-            lock_ttl: DEFAULT_LOCK_TTL,
-            lock_wait: DEFAULT_LOCK_WAIT,
-        };
-        base.validate().unwrap();
-        let mut c = base.clone();
-        c.url = Some("http://x".into());
-        assert_eq!(c.validate().unwrap_err().0, "cache.shared.url");
-        let mut c = base.clone();
-        c.fleet_key = Some(base64::engine::general_purpose::STANDARD.encode([1u8; 16]));
-        assert_eq!(c.validate().unwrap_err().0, "cache.shared.fleet_key");
-        let mut c = base.clone();
-        c.fleet_key = Some("not base64!".into());
-        assert_eq!(c.validate().unwrap_err().0, "cache.shared.fleet_key");
-        let mut c = base.clone();
-        c.timeout = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().0, "cache.shared.timeout");
-        let mut c = base;
-        c.key_prefix = "has space".into();
-        assert_eq!(c.validate().unwrap_err().0, "cache.shared.key_prefix");
-        assert!(
-            !format!("{c:?}").contains("AQEB"),
-            "the fleet key is redacted"
-        );
     }
 
     #[test]

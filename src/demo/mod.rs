@@ -42,7 +42,6 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::Config;
 use crate::defaults::LOG_ENV;
 use crate::issuer::{ConfigArg, CreateArgs, MIN_PROJECT_SECRET_LEN, private_files};
 use crate::server::{self, ServeError};
@@ -440,7 +439,7 @@ async fn run_async(
     files: Files,
 ) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let config = Config::from_yaml(&files.sidecar_yaml)
+    let config = crate::settings::from_yaml(&files.sidecar_yaml)
         .map_err(|e| anyhow!("{}: {e}", state.shown("m2m-authz.yaml")))?;
 
     let echo_listener = TcpListener::bind(ports.upstream.addr())

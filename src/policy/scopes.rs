@@ -2,6 +2,8 @@
 //! required `action:resource` is met by the same action on the same resource or on `*`; a bare
 //! scope (including `*`) is met only by itself.
 
+pub use crate::config::policy::ScopeClaim;
+
 /// A well-formed scope: `action:resource` with both parts non-empty, or a bare word. No spaces,
 /// no control characters, at most one `:`.
 pub fn is_valid(scope: &str) -> bool {
@@ -63,17 +65,6 @@ pub fn from_claims(
         ScopeClaim::Auto => from_scope().or_else(from_scp),
     }
     .unwrap_or_default()
-}
-
-/// Which claim carries the token's scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScopeClaim {
-    /// `scope` if present, else `scp`.
-    #[default]
-    Auto,
-    Scope,
-    Scp,
 }
 
 #[cfg(test)]

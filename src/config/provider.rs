@@ -1,0 +1,614 @@
+//! One identity provider's section (`provider`, and each of `providers`) and its **profiles**:
+//! how each `kind` turns what was written into a token endpoint, a JWKS URL, accepted issuers
+//! and audiences, a required token type and a client authentication — the `ResolvedProvider`
+//! that `crate::provider` and `crate::exchange` consume. Everything a profile decides is in
+//! this file, which is why it is one file of this length.
+//!
+//! A new profile needs, here and in the README's provider table only:
+//! 1. a `ProviderKind` variant (its YAML name is the lower-cased variant name);
+//! 2. its fields, if it needs more than `token_url`, `jwks_url`, `issuer`, `audience`, or
+//!    `project_id` and `base_url` (each optional in `ProviderConfig`);
+//! 3. its rules in `validate` (which fields it requires or refuses, each error naming the
+//!    field) and in `validate_issuers_and_audiences`;
+//! 4. its derivations in `resolved_token_url`, `resolved_jwks_url`, `resolved_issuers`,
+//!    `resolved_audiences` and `resolved_token_type`, and which field a derived URL is named by
+//!    in `plain_http_urls`.
+//!
+//! The compiler points at every `match` on `ProviderKind` that must learn the new variant.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::ConfigError;
+use super::text::is_visible;
+use super::token::{
+    Algorithm, ClientAuth, JWKS_MIN_REFETCH_RANGE, MAX_LEEWAY, MAX_TOKEN_AGE_RANGE, OneOrMany,
+};
+use crate::defaults;
+
+/// `provider.embedded`: the embedded issuer's settings. Without the `issuer` feature any value is
+/// accepted by the parser and then refused by `validate`, naming the field and the feature.
+#[cfg(feature = "issuer")]
+pub type EmbeddedConfig = crate::issuer::IssuerConfig;
+#[cfg(not(feature = "issuer"))]
+pub type EmbeddedConfig = serde::de::IgnoredAny;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OAuth2 client-credentials server; every URL is given explicitly.
+    Oauth2,
+    /// Stytch M2M: `project_id` and `base_url` derive the endpoints, issuers and audience.
+    Stytch,
+    /// The embedded Stytch-compatible issuer, started in-process from `provider.embedded`;
+    /// verified with the `stytch` profile.
+    Embedded,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub token_url: Option<Url>,
+    pub jwks_url: Option<Url>,
+    /// The accepted `iss` values; never empty.
+    pub issuer: Option<OneOrMany>,
+    /// The accepted `aud` values; never empty. Required for `oauth2` unless
+    /// `skip_audience_check` says, in so many words, that the provider issues no audience.
+    pub audience: Option<OneOrMany>,
+    /// `oauth2` only: accept tokens whatever their `aud`. An explicit opt-out, so that a missing
+    /// `audience` line can never switch the check off unnoticed; the stytch profile always
+    /// checks its project's audience.
+    #[serde(default)]
+    pub skip_audience_check: bool,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Space-separated scopes requested at the token endpoint; omitted: the client's defaults.
+    pub scope: Option<String>,
+    /// Extra form parameters for the token request (`audience` for Auth0, `resource` per RFC 8707).
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// The JWT header `typ` every access token must carry (`JWT`, `at+jwt`), or `any`.
+    pub token_type: Option<String>,
+    pub project_id: Option<String>,
+    pub base_url: Option<Url>,
+    /// The embedded issuer's settings, for `kind: embedded` (see `m2m-authz issuer`).
+    pub embedded: Option<EmbeddedConfig>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`; at most `MAX_LEEWAY`.
+    #[serde(default = "default_leeway", with = "crate::config::duration")]
+    pub leeway: Duration,
+    /// Reject tokens issued longer ago than this (checked against `iat`), whatever their `exp`;
+    /// within `MAX_TOKEN_AGE_RANGE`.
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub max_token_age: Option<Duration>,
+    #[serde(default = "default_connect_timeout", with = "crate::config::duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_request_timeout", with = "crate::config::duration")]
+    pub request_timeout: Duration,
+    /// The longest an identity is cached, whatever the token's `exp` or `expires_in` say.
+    #[serde(
+        default = "default_max_token_lifetime",
+        with = "crate::config::duration"
+    )]
+    pub max_token_lifetime: Duration,
+    /// How often the JWKS is fetched again in the background.
+    #[serde(default = "default_jwks_refresh", with = "crate::config::duration")]
+    pub jwks_refresh_interval: Duration,
+    /// The least time between two fetches caused by tokens with an unknown `kid`; within
+    /// `JWKS_MIN_REFETCH_RANGE`.
+    #[serde(default = "default_jwks_min_refetch", with = "crate::config::duration")]
+    pub jwks_min_refetch_interval: Duration,
+    /// Tokens longer than this are refused before any parsing.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256]
+}
+fn default_leeway() -> Duration {
+    defaults::LEEWAY
+}
+fn default_connect_timeout() -> Duration {
+    defaults::CONNECT_TIMEOUT
+}
+fn default_request_timeout() -> Duration {
+    defaults::REQUEST_TIMEOUT
+}
+fn default_max_token_lifetime() -> Duration {
+    defaults::MAX_TOKEN_LIFETIME
+}
+fn default_jwks_refresh() -> Duration {
+    defaults::JWKS_REFRESH
+}
+fn default_jwks_min_refetch() -> Duration {
+    defaults::JWKS_MIN_REFETCH
+}
+fn default_max_token_bytes() -> usize {
+    defaults::MAX_TOKEN_BYTES
+}
+
+/// One provider as the token endpoint, the key source and the verifier use it: every URL,
+/// issuer, audience and rule resolved from its profile (`ProviderConfig::resolve`).
+#[derive(Debug, Clone)]
+pub struct ResolvedProvider {
+    pub kind: ProviderKind,
+    pub token_url: Url,
+    pub jwks_url: Url,
+    /// The accepted `iss` values; never empty.
+    pub issuers: Vec<String>,
+    /// The accepted `aud` values; empty only with `skip_audience_check` (then `aud` is not
+    /// checked).
+    pub audiences: Vec<String>,
+    /// The required JWT header `typ`, lower-cased; `None` accepts any.
+    pub token_type: Option<String>,
+    pub client_auth: ClientAuth,
+    /// Space-separated scopes requested at the token endpoint.
+    pub scope: Option<String>,
+    /// Extra form parameters for the token request.
+    pub token_params: Vec<(String, String)>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub max_token_age: Option<Duration>,
+    pub max_token_bytes: usize,
+    pub jwks_min_refetch_interval: Duration,
+}
+
+impl ProviderConfig {
+    /// This provider resolved from its profile; validates it first, so the error (named as for
+    /// `provider`) is the one `validate` gives.
+    pub fn resolve(&self) -> Result<ResolvedProvider, ConfigError> {
+        self.validate()?;
+        let underivable = |field: &str| ConfigError::invalid(field, "cannot be derived");
+        Ok(ResolvedProvider {
+            kind: self.kind,
+            token_url: self
+                .resolved_token_url()
+                .ok_or_else(|| underivable("provider.token_url"))?,
+            jwks_url: self
+                .resolved_jwks_url()
+                .ok_or_else(|| underivable("provider.jwks_url"))?,
+            issuers: self.resolved_issuers(),
+            audiences: self.resolved_audiences(),
+            token_type: self.resolved_token_type(),
+            client_auth: self.client_auth,
+            scope: self.scope.clone(),
+            token_params: self
+                .token_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            algorithms: self.algorithms.clone(),
+            leeway: self.leeway,
+            max_token_age: self.max_token_age,
+            max_token_bytes: self.max_token_bytes,
+            jwks_min_refetch_interval: self.jwks_min_refetch_interval,
+        })
+    }
+}
+
+impl ProviderConfig {
+    /// The whole provider section, as `provider`; `Config::validate` renames the path of a
+    /// named provider.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.kind {
+            ProviderKind::Oauth2 => {
+                for (field, v) in [
+                    ("provider.token_url", self.token_url.is_some()),
+                    ("provider.jwks_url", self.jwks_url.is_some()),
+                    ("provider.issuer", self.issuer.is_some()),
+                ] {
+                    if !v {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "required when provider.kind is oauth2",
+                        ));
+                    }
+                }
+                for (field, v) in [
+                    ("provider.project_id", self.project_id.is_some()),
+                    ("provider.base_url", self.base_url.is_some()),
+                    ("provider.embedded", self.embedded.is_some()),
+                ] {
+                    if v {
+                        return Err(ConfigError::invalid(field, "not for provider.kind oauth2"));
+                    }
+                }
+            }
+            #[cfg(not(feature = "issuer"))]
+            ProviderKind::Embedded => {
+                return Err(ConfigError::invalid(
+                    "provider.kind",
+                    crate::features::missing("embedded", crate::features::ISSUER),
+                ));
+            }
+            #[cfg(feature = "issuer")]
+            ProviderKind::Embedded => {
+                let Some(embedded) = &self.embedded else {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded",
+                        "required when provider.kind is embedded",
+                    ));
+                };
+                embedded
+                    .validate()
+                    .map_err(|e| ConfigError::invalid("provider.embedded", e.to_string()))?;
+                if embedded.project_secret.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded.project_secret",
+                        format!("required (or set {})", crate::issuer::PROJECT_SECRET_ENV),
+                    ));
+                }
+                if embedded.listen.port() == 0 {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded.listen",
+                        "expected a fixed port: the token and JWKS URLs are derived from it",
+                    ));
+                }
+                for (field, set) in [
+                    ("provider.project_id", self.project_id.is_some()),
+                    ("provider.base_url", self.base_url.is_some()),
+                    ("provider.token_url", self.token_url.is_some()),
+                    ("provider.jwks_url", self.jwks_url.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "derived from provider.embedded; remove it",
+                        ));
+                    }
+                }
+            }
+            ProviderKind::Stytch => {
+                let Some(project) = &self.project_id else {
+                    return Err(ConfigError::invalid(
+                        "provider.project_id",
+                        "required when provider.kind is stytch",
+                    ));
+                };
+                if project.is_empty()
+                    || !project
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(ConfigError::invalid(
+                        "provider.project_id",
+                        "expected letters, digits, '-' or '_'",
+                    ));
+                }
+                if self.base_url.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.base_url",
+                        "required when provider.kind is stytch (https://test.stytch.com, https://api.stytch.com or your custom domain)",
+                    ));
+                }
+            }
+        }
+        #[cfg(not(feature = "issuer"))]
+        if self.embedded.is_some() {
+            return Err(ConfigError::invalid(
+                "provider.embedded",
+                crate::features::missing("the embedded issuer", crate::features::ISSUER),
+            ));
+        }
+        self.validate_issuers_and_audiences()?;
+        for (field, url) in [
+            ("provider.token_url", self.resolved_token_url()),
+            ("provider.jwks_url", self.resolved_jwks_url()),
+            ("provider.base_url", self.base_url.clone()),
+        ] {
+            let Some(url) = url else { continue };
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(field, "expected an http(s) URL"));
+            }
+            // A password in a URL would be printed wherever the URL is (the start-up summary,
+            // JWKS fetch warnings); credentials for the provider never belong there.
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "expected a URL without user:password@",
+                ));
+            }
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "provider.algorithms",
+                "expected at least one algorithm",
+            ));
+        }
+        if let Some(t) = &self.token_type
+            && (t.is_empty() || !is_visible(t))
+        {
+            return Err(ConfigError::invalid(
+                "provider.token_type",
+                "expected a JWT typ such as JWT or at+jwt, or any",
+            ));
+        }
+        if let Some(scope) = &self.scope
+            && scope.split(' ').any(|s| s.is_empty() || !is_visible(s))
+        {
+            return Err(ConfigError::invalid(
+                "provider.scope",
+                "expected scopes separated by single spaces",
+            ));
+        }
+        for reserved in ["grant_type", "client_id", "client_secret", "scope"] {
+            if self.token_params.contains_key(reserved) {
+                return Err(ConfigError::invalid(
+                    &format!("provider.token_params.{reserved}"),
+                    "is set by m2m-authz itself",
+                ));
+            }
+        }
+        for (field, d) in [
+            ("provider.connect_timeout", self.connect_timeout),
+            ("provider.request_timeout", self.request_timeout),
+            ("provider.jwks_refresh_interval", self.jwks_refresh_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "expected a duration above zero",
+                ));
+            }
+        }
+        if self.max_token_lifetime < Duration::from_secs(1)
+            || self.max_token_lifetime > defaults::MAX_TOKEN_LIFETIME_CEILING
+        {
+            return Err(ConfigError::invalid(
+                "provider.max_token_lifetime",
+                "expected a duration from 1s to 365d",
+            ));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError::invalid(
+                "provider.leeway",
+                format!(
+                    "expected at most {} of clock skew",
+                    humantime::format_duration(MAX_LEEWAY)
+                ),
+            ));
+        }
+        if self
+            .max_token_age
+            .is_some_and(|a| !MAX_TOKEN_AGE_RANGE.contains(&a))
+        {
+            return Err(ConfigError::invalid(
+                "provider.max_token_age",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.start()),
+                    humantime::format_duration(*MAX_TOKEN_AGE_RANGE.end())
+                ),
+            ));
+        }
+        if !JWKS_MIN_REFETCH_RANGE.contains(&self.jwks_min_refetch_interval) {
+            return Err(ConfigError::invalid(
+                "provider.jwks_min_refetch_interval",
+                format!(
+                    "expected a duration from {} to {}",
+                    humantime::format_duration(*JWKS_MIN_REFETCH_RANGE.start()),
+                    humantime::format_duration(*JWKS_MIN_REFETCH_RANGE.end())
+                ),
+            ));
+        }
+        if !(256..=1 << 20).contains(&self.max_token_bytes) {
+            return Err(ConfigError::invalid(
+                "provider.max_token_bytes",
+                "expected a number from 256 to 1048576",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Neither list may be empty or hold an empty value: an empty list would quietly switch the
+    /// check off. `oauth2` needs an audience or the explicit `skip_audience_check`; the stytch
+    /// profile always checks its audience.
+    fn validate_issuers_and_audiences(&self) -> Result<(), ConfigError> {
+        for (field, values) in [
+            ("provider.issuer", &self.issuer),
+            ("provider.audience", &self.audience),
+        ] {
+            let Some(values) = values else { continue };
+            let values = values.clone().into_vec();
+            if values.is_empty() {
+                return Err(ConfigError::invalid(field, "expected at least one value"));
+            }
+            if let Some(i) = values.iter().position(|v| v.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    &format!("{field}[{i}]"),
+                    "expected a non-empty value",
+                ));
+            }
+        }
+        match (self.kind, self.skip_audience_check, self.audience.is_some()) {
+            (ProviderKind::Oauth2, false, false) => {
+                return Err(ConfigError::invalid(
+                    "provider.audience",
+                    "required when provider.kind is oauth2 (for a provider that issues no audience, set provider.skip_audience_check: true instead)",
+                ));
+            }
+            (ProviderKind::Oauth2, true, true) => {
+                return Err(ConfigError::invalid(
+                    "provider.skip_audience_check",
+                    "cannot be combined with provider.audience",
+                ));
+            }
+            (ProviderKind::Stytch | ProviderKind::Embedded, true, _) => {
+                return Err(ConfigError::invalid(
+                    "provider.skip_audience_check",
+                    "not for the stytch profile, which always checks the project's audience",
+                ));
+            }
+            _ => {}
+        }
+        if self.resolved_issuers().is_empty() {
+            return Err(ConfigError::invalid(
+                "provider.issuer",
+                "expected at least one value",
+            ));
+        }
+        if self.resolved_audiences().is_empty() && !self.skip_audience_check {
+            return Err(ConfigError::invalid(
+                "provider.audience",
+                "expected at least one value",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The provider URLs sent in clear text to a host off this machine, as (field, host):
+    /// tokens, secrets and keys travel over them. Loopback (127.0.0.0/8, ::1, `localhost`) and
+    /// the unspecified address (which reaches this host) are not listed.
+    pub fn plain_http_urls(&self) -> Vec<(&'static str, String)> {
+        #[cfg(feature = "issuer")]
+        let derived_from = match self.embedded_issuer() {
+            Some(e) if e.issuer_base_url.is_some() => "provider.embedded.issuer_base_url",
+            Some(_) => "provider.embedded.listen",
+            None => "provider.base_url",
+        };
+        #[cfg(not(feature = "issuer"))]
+        let derived_from = "provider.base_url";
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        for (explicit, field, url) in [
+            (
+                self.token_url.is_some(),
+                "provider.token_url",
+                self.resolved_token_url(),
+            ),
+            (
+                self.jwks_url.is_some(),
+                "provider.jwks_url",
+                self.resolved_jwks_url(),
+            ),
+        ] {
+            let Some(url) = url else { continue };
+            if url.scheme() != "http" || is_local_host(&url) {
+                continue;
+            }
+            let field = if explicit { field } else { derived_from };
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if !out.iter().any(|(f, h)| *f == field && *h == host) {
+                out.push((field, host));
+            }
+        }
+        out
+    }
+
+    /// The embedded issuer's settings, when this provider is `kind: embedded`.
+    #[cfg(feature = "issuer")]
+    fn embedded_issuer(&self) -> Option<&crate::issuer::IssuerConfig> {
+        self.embedded
+            .as_ref()
+            .filter(|_| self.kind == ProviderKind::Embedded)
+    }
+
+    /// The Stytch project id: configured, or the embedded issuer's.
+    fn project(&self) -> Option<String> {
+        #[cfg(feature = "issuer")]
+        if let Some(e) = self.embedded_issuer() {
+            return Some(e.project_id.clone());
+        }
+        self.project_id.clone()
+    }
+
+    /// The Stytch base URL: configured, or where the embedded issuer listens.
+    fn base(&self) -> Option<Url> {
+        #[cfg(feature = "issuer")]
+        if let Some(e) = self.embedded_issuer() {
+            return e
+                .issuer_base_url
+                .clone()
+                .or_else(|| Url::parse(&format!("http://{}", e.listen)).ok());
+        }
+        self.base_url.clone()
+    }
+
+    /// The token endpoint, explicit or derived from the Stytch project.
+    pub fn resolved_token_url(&self) -> Option<Url> {
+        if let Some(u) = &self.token_url {
+            return Some(u.clone());
+        }
+        let project = self.project()?;
+        stytch_url(&self.base()?, &format!("v1/public/{project}/oauth2/token"))
+    }
+
+    /// The JWKS endpoint, explicit or derived from the Stytch project.
+    pub fn resolved_jwks_url(&self) -> Option<Url> {
+        if let Some(u) = &self.jwks_url {
+            return Some(u.clone());
+        }
+        let project = self.project()?;
+        stytch_url(&self.base()?, &format!("v1/sessions/jwks/{project}"))
+    }
+
+    /// The accepted `iss` values. Stytch signs `stytch.com/{project_id}`, or the custom-domain
+    /// base URL when one is in use; both are accepted for the stytch kind.
+    pub fn resolved_issuers(&self) -> Vec<String> {
+        if let Some(i) = &self.issuer {
+            return i.clone().into_vec();
+        }
+        match (self.project(), self.base()) {
+            (Some(p), Some(base)) => vec![
+                format!("stytch.com/{p}"),
+                base.as_str().trim_end_matches('/').to_owned(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The accepted `aud` values; empty (only with `skip_audience_check`) means `aud` is not
+    /// checked.
+    pub fn resolved_audiences(&self) -> Vec<String> {
+        if let Some(a) = &self.audience {
+            return a.clone().into_vec();
+        }
+        match self.kind {
+            ProviderKind::Stytch | ProviderKind::Embedded => self.project().into_iter().collect(),
+            ProviderKind::Oauth2 => Vec::new(),
+        }
+    }
+
+    /// The required `typ` header, lower-cased; `None` accepts any.
+    pub fn resolved_token_type(&self) -> Option<String> {
+        match self.token_type.as_deref() {
+            Some(t) if t.eq_ignore_ascii_case("any") => None,
+            Some(t) => Some(t.to_ascii_lowercase()),
+            None => match self.kind {
+                ProviderKind::Stytch | ProviderKind::Embedded => Some("jwt".to_owned()),
+                ProviderKind::Oauth2 => None,
+            },
+        }
+    }
+}
+
+fn stytch_url(base: &Url, path: &str) -> Option<Url> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    base.join(path).ok()
+}
+
+/// Whether a URL's host is this machine: loopback or the unspecified address.
+fn is_local_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d.eq_ignore_ascii_case("localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
