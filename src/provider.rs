@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::config::ProviderConfig;
 use crate::credentials::Secret;
-use crate::exchange::{ExchangeError, Issued, TokenClient};
-use crate::jwks::{Jwks, JwksError};
+use crate::exchange::http::HttpTokenEndpoint;
+use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
+use crate::jwks::http::HttpKeySource;
+use crate::jwks::{Jwks, JwksError, KeySource};
 use crate::verify::{TokenRules, Verified, VerifyError, verify};
 
 /// Why a token could not be checked or was refused.
@@ -24,9 +26,41 @@ pub enum TokenCheckError {
 }
 
 pub struct Provider {
-    token: TokenClient,
+    token: Arc<dyn TokenEndpoint>,
     jwks: Arc<Jwks>,
     rules: TokenRules,
+    /// The time the token rules (`exp`, `nbf`, `iat`, maximum age) are checked against.
+    clock: SharedClock,
+}
+
+/// What a provider reaches across the network, and the clock it reads: the endpoints its
+/// config names over HTTP ([`ProviderParts::http`]), or in-memory ones in tests.
+#[derive(Clone)]
+pub struct ProviderParts {
+    pub token: Arc<dyn TokenEndpoint>,
+    pub keys: Arc<dyn KeySource>,
+    pub clock: SharedClock,
+}
+
+impl ProviderParts {
+    /// The real parts: the token endpoint and JWKS URL the config gives or its profile derives,
+    /// reached with `http`.
+    pub fn http(
+        http: reqwest::Client,
+        config: &ProviderConfig,
+        clock: SharedClock,
+    ) -> Result<Self, ProviderBuildError> {
+        let token = HttpTokenEndpoint::new(http.clone(), config, clock.clone())
+            .ok_or(ProviderBuildError::NoTokenUrl)?;
+        let jwks_url = config
+            .resolved_jwks_url()
+            .ok_or(ProviderBuildError::NoJwksUrl)?;
+        Ok(ProviderParts {
+            token: Arc::new(token),
+            keys: Arc::new(HttpKeySource::new(http, jwks_url)),
+            clock,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +72,22 @@ pub enum ProviderBuildError {
 }
 
 impl Provider {
+    /// The real provider: its endpoints over HTTP, the system clock.
     pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Result<Self, ProviderBuildError> {
-        let token = TokenClient::new(http.clone(), config).ok_or(ProviderBuildError::NoTokenUrl)?;
-        let jwks_url = config
-            .resolved_jwks_url()
-            .ok_or(ProviderBuildError::NoJwksUrl)?;
+        let parts = ProviderParts::http(http, config, crate::clock::system())?;
+        Ok(Provider::with_parts(config, parts))
+    }
+
+    /// A provider with the rules `config` gives and the given parts.
+    pub fn with_parts(config: &ProviderConfig, parts: ProviderParts) -> Self {
         let pinned = config.algorithms.iter().map(|a| a.to_jwt()).collect();
-        Ok(Provider {
-            token,
+        Provider {
+            token: parts.token,
             jwks: Arc::new(Jwks::new(
-                http,
-                jwks_url,
+                parts.keys,
                 pinned,
                 config.jwks_min_refetch_interval,
+                parts.clock.clone(),
             )),
             rules: TokenRules {
                 issuers: config.resolved_issuers(),
@@ -60,7 +97,8 @@ impl Provider {
                 token_type: config.resolved_token_type(),
                 max_bytes: config.max_token_bytes,
             },
-        })
+            clock: parts.clock,
+        }
     }
 
     pub fn jwks(&self) -> &Arc<Jwks> {
@@ -79,12 +117,12 @@ impl Provider {
     /// rate-limited JWKS refetch (RFC 7517 key rotation) before it is refused.
     pub async fn verify(&self, token: &str) -> Result<Verified, TokenCheckError> {
         let keys = self.jwks.snapshot().ok_or(TokenCheckError::KeysNotLoaded)?;
-        match verify(token, &keys, &self.rules, unix_now()) {
+        match verify(token, &keys, &self.rules, self.clock.unix_now()) {
             Err(VerifyError::UnknownKey) => {
                 let Some(fresh) = self.jwks.refetch_for_unknown_kid(&keys).await? else {
                     return Err(VerifyError::UnknownKey.into());
                 };
-                Ok(verify(token, &fresh, &self.rules, unix_now())?)
+                Ok(verify(token, &fresh, &self.rules, self.clock.unix_now())?)
             }
             other => Ok(other?),
         }

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod echo;
 pub mod envoy;
+pub mod fakes;
 pub mod issuer;
 pub mod oidc;
 pub mod process;
