@@ -277,7 +277,8 @@ impl Jwks {
         let mut last = self.fetch_gate.lock().await;
         if let Some(current) = self.snapshot()
             && !Arc::ptr_eq(&current, seen)
-            && current.fetched_at > seen.fetched_at
+            // `>=`: a clock held still (a test's) dates two fetches alike.
+            && current.fetched_at >= seen.fetched_at
         {
             return Ok(Some(current));
         }
