@@ -1,7 +1,11 @@
 //! The core of a check, independent of any transport: credential → cached identity, or one
 //! (coalesced, limited) exchange and a verification → identity headers → a `Decision`. Only
 //! infrastructure failures are errors.
+//!
+//! What crosses the network (token endpoints, key sources, the shared store) and the clock come
+//! in as [`Parts`]: the real ones by default, in-memory ones when a test wants no sockets.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -16,22 +20,22 @@ use crate::config::{Config, ConfigError, DEFAULT_PROVIDER, ProviderConfig, Resol
 
 /// The `context_extensions` key with which an Envoy or Istio route may pick a provider.
 pub const PROVIDER_CONTEXT_KEY: &str = "provider";
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::credentials::{BearerToken, Credential, Extractor, Secret};
 use crate::decision::{Allow, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
-use crate::exchange::ExchangeError;
+use crate::exchange::{ExchangeError, TokenEndpoint};
 use crate::flight::SingleFlight;
 use crate::identity::{Identity, IdentityBuilder, IdentityError};
-use crate::jwks::JwksError;
+use crate::jwks::{JwksError, KeySource};
 use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
 use crate::policy::{Action, UpstreamCredential};
-use crate::provider::{Provider, TokenCheckError};
+use crate::provider::{Provider, ProviderParts, TokenCheckError};
 use crate::request::AuthRequest;
 use crate::settings::Settings;
 #[cfg(feature = "shared-cache")]
-use crate::shared_cache::{CredentialRef, SharedEntry, SharedTier};
+use crate::shared_cache::{CredentialRef, SharedEntry, SharedStore, SharedTier};
 use crate::stats::{Snapshot, Stats};
 use crate::verify::{Verified, VerifyError};
 
@@ -94,6 +98,78 @@ pub enum BuildError {
     /// `cache.shared`, naming the field: a URL or fleet key missing from file and environment.
     #[error("{0}")]
     SharedCache(String),
+    /// A part given for something the config does not have (a misspelt provider name would
+    /// otherwise silently leave the real part in place).
+    #[error("a {0} was given for `{1}`, which the config does not define")]
+    UnknownPart(&'static str, String),
+}
+
+/// What the authorizer reaches across the network, and the clock it reads. `Parts::default()`
+/// is the real sidecar: each provider's token endpoint and JWKS over HTTP, Redis for
+/// `cache.shared`, the system clock. A test swaps in in-memory parts, per provider by name.
+#[derive(Clone)]
+pub struct Parts {
+    clock: SharedClock,
+    token_endpoints: HashMap<String, Arc<dyn TokenEndpoint>>,
+    key_sources: HashMap<String, Arc<dyn KeySource>>,
+    #[cfg(feature = "shared-cache")]
+    shared_store: Option<Arc<dyn SharedStore>>,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            clock: crate::clock::system(),
+            token_endpoints: HashMap::new(),
+            key_sources: HashMap::new(),
+            #[cfg(feature = "shared-cache")]
+            shared_store: None,
+        }
+    }
+}
+
+impl Parts {
+    /// The clock every expiry, age, rate and token time rule is read from.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The token endpoint of `provider` (`default`, or a name under `providers`).
+    pub fn token_endpoint(mut self, provider: &str, endpoint: Arc<dyn TokenEndpoint>) -> Self {
+        self.token_endpoints.insert(provider.to_owned(), endpoint);
+        self
+    }
+
+    /// Where `provider`'s signing keys come from.
+    pub fn key_source(mut self, provider: &str, source: Arc<dyn KeySource>) -> Self {
+        self.key_sources.insert(provider.to_owned(), source);
+        self
+    }
+
+    /// The store behind `cache.shared` (which must be configured; its URL is then not needed).
+    #[cfg(feature = "shared-cache")]
+    pub fn shared_store(mut self, store: Arc<dyn SharedStore>) -> Self {
+        self.shared_store = Some(store);
+        self
+    }
+
+    /// The provider's real parts, with any given for it in place of theirs.
+    fn for_provider(
+        &self,
+        name: &str,
+        http: reqwest::Client,
+        config: &ResolvedProvider,
+    ) -> ProviderParts {
+        let mut parts = ProviderParts::http(http, config, self.clock.clone());
+        if let Some(t) = self.token_endpoints.get(name) {
+            parts.token = t.clone();
+        }
+        if let Some(k) = self.key_sources.get(name) {
+            parts.keys = k.clone();
+        }
+        parts
+    }
 }
 
 /// What one exchange flight produced, shared by every check that waited for it.
@@ -123,6 +199,7 @@ struct Slot {
     jwks_refresh: Duration,
     /// Longest a check waits for an exchange flight (queue, exchange, key refetch).
     flight_wait: Duration,
+    clock: SharedClock,
 }
 
 impl Slot {
@@ -131,6 +208,7 @@ impl Slot {
         p: &ProviderConfig,
         resolved: &ResolvedProvider,
         c: &crate::config::CacheConfig,
+        parts: &Parts,
     ) -> Result<Slot, BuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(p.connect_timeout)
@@ -141,11 +219,12 @@ impl Slot {
             .map_err(|e| BuildError::Http(e.to_string()))?;
         Ok(Slot {
             name: name.to_owned(),
-            provider: Provider::new(http, resolved),
-            limiter: ExchangeLimiter::new(
+            provider: Provider::with_parts(resolved, parts.for_provider(name, http, resolved)),
+            limiter: ExchangeLimiter::with_clock(
                 c.max_concurrent_exchanges,
                 c.max_exchanges_per_second,
                 c.exchange_queue_timeout,
+                parts.clock.clone(),
             ),
             id: format!("{name} {}", resolved.token_url),
             scope: p.scope.clone().unwrap_or_default(),
@@ -156,13 +235,15 @@ impl Slot {
                 .exchange_queue_timeout
                 .saturating_add(p.request_timeout.saturating_mul(2))
                 .saturating_add(Duration::from_secs(1)),
+            clock: parts.clock.clone(),
         })
     }
 
     /// How long an identity whose token is valid until `until` (Unix seconds, from claims or
     /// the provider) may be cached: never negative, never past `max_token_lifetime`.
     fn lifetime(&self, until: u64) -> Duration {
-        Duration::from_secs(until.saturating_sub(unix_now())).min(self.max_token_lifetime)
+        Duration::from_secs(until.saturating_sub(self.clock.unix_now()))
+            .min(self.max_token_lifetime)
     }
 }
 
@@ -205,12 +286,32 @@ struct Inner {
 }
 
 impl Authorizer {
+    /// The real authorizer: providers over HTTP, Redis for `cache.shared`, the system clock.
     pub fn new(config: &Config) -> Result<Self, BuildError> {
+        Authorizer::with_parts(config, Parts::default())
+    }
+
+    /// An authorizer for `config` whose network parts and clock are `parts`.
+    pub fn with_parts(config: &Config, parts: Parts) -> Result<Self, BuildError> {
         let settings = Settings::compile(config)?;
+        for (kind, given) in [
+            (
+                "token endpoint",
+                parts.token_endpoints.keys().collect::<Vec<_>>(),
+            ),
+            ("key source", parts.key_sources.keys().collect()),
+        ] {
+            let known = |n: &String| settings.providers.iter().any(|p| p.name == *n);
+            if let Some(unknown) = given.into_iter().find(|n| !known(n)) {
+                return Err(BuildError::UnknownPart(kind, unknown.clone()));
+            }
+        }
         let providers = settings
             .providers
             .iter()
-            .map(|p| Slot::new(&p.name, &p.config, &p.resolved, &config.cache).map(Arc::new))
+            .map(|p| {
+                Slot::new(&p.name, &p.config, &p.resolved, &config.cache, &parts).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let extractor = Extractor::new(&config.credentials);
         let identity = IdentityBuilder::new(settings.identity, extractor.credential_headers());
@@ -220,10 +321,24 @@ impl Authorizer {
         #[cfg(feature = "shared-cache")]
         let c = &config.cache;
         #[cfg(feature = "shared-cache")]
+        if parts.shared_store.is_some() && c.shared.is_none() {
+            return Err(BuildError::UnknownPart(
+                "shared store",
+                "cache.shared".into(),
+            ));
+        }
+        #[cfg(feature = "shared-cache")]
         let shared = match &c.shared {
             Some(s) => Some(Arc::new(
-                SharedTier::new(s, c.refresh_ahead, c.max_credential_age, stats.clone())
-                    .map_err(BuildError::SharedCache)?,
+                SharedTier::with_parts(
+                    s,
+                    c.refresh_ahead,
+                    c.max_credential_age,
+                    stats.clone(),
+                    parts.shared_store.clone(),
+                    parts.clock.clone(),
+                )
+                .map_err(BuildError::SharedCache)?,
             )),
             None => None,
         };
@@ -233,7 +348,7 @@ impl Authorizer {
             inner: Arc::new(Inner {
                 extractor,
                 providers,
-                cache: TokenCache::new(settings.cache, stats.clone()),
+                cache: TokenCache::with_clock(settings.cache, stats.clone(), parts.clock.clone()),
                 #[cfg(feature = "shared-cache")]
                 shared,
                 flights,
@@ -295,6 +410,12 @@ impl Authorizer {
 
     pub fn cache(&self) -> &TokenCache {
         &self.inner.cache
+    }
+
+    /// How many credentials have an exchange running or queued now (background refreshes
+    /// included): a test waits for it to reach zero instead of sleeping.
+    pub fn exchanges_in_flight(&self) -> usize {
+        self.inner.flights.len()
     }
 
     /// The shared tier on Redis, when `cache.shared` is configured (for `/readyz` detail).
@@ -617,9 +738,11 @@ impl Inner {
                 return Loaded::Refused(Refusal::Limited { retry_after });
             }
         };
-        let started = tokio::time::Instant::now();
+        let started = slot.clock.now();
         let exchanged = slot.provider.exchange(&client_id, &secret).await;
-        self.stats.exchange_latency.record(started.elapsed());
+        self.stats
+            .exchange_latency
+            .record(slot.clock.now().saturating_duration_since(started));
         let issued = match exchanged {
             Ok(issued) => issued,
             // The provider's own rate limit: answered 429 like ours, never cached as a refusal.

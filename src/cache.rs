@@ -23,6 +23,7 @@ use crate::config::CacheConfig;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
+use crate::clock::SharedClock;
 use crate::identity::Identity;
 use crate::stats::Stats;
 
@@ -164,16 +165,24 @@ pub struct TokenCache {
     settings: CacheSettings,
     epoch: Instant,
     stats: Arc<Stats>,
+    /// Every expiry, refresh point and age is read from it.
+    clock: SharedClock,
 }
 
 impl TokenCache {
+    /// A cache on the system clock.
     pub fn new(settings: CacheSettings, stats: Arc<Stats>) -> Self {
+        TokenCache::with_clock(settings, stats, crate::clock::system())
+    }
+
+    pub fn with_clock(settings: CacheSettings, stats: Arc<Stats>, clock: SharedClock) -> Self {
         TokenCache {
             map: DashMap::new(),
             negative: DashMap::new(),
             settings,
-            epoch: Instant::now(),
+            epoch: clock.now(),
             stats,
+            clock,
         }
     }
 
@@ -184,7 +193,7 @@ impl TokenCache {
     /// The hit path: no I/O, no await, one shard read lock held only inside this call.
     /// `key_alive` says whether a bearer entry's signing key is still published.
     pub fn lookup(&self, key: &CacheKey, key_alive: impl Fn(&str) -> bool) -> Lookup {
-        let now = Instant::now();
+        let now = self.clock.now();
         let now_ms = self.millis(now);
         if let Some(e) = self.map.get(key) {
             let dead = now_ms >= e.hard_expiry || e.kid.as_deref().is_some_and(|k| !key_alive(k));
@@ -223,7 +232,7 @@ impl TokenCache {
     pub fn insert(&self, key: CacheKey, identity: Arc<Identity>, lifetime: Duration) {
         let s = &self.settings;
         let lifetime = lifetime.min(MAX_LIFETIME);
-        let now = self.millis(Instant::now());
+        let now = self.millis(self.clock.now());
         let exp = now.saturating_add(millis(lifetime));
         let mut soft = exp.saturating_sub(millis(s.expiry_margin.min(lifetime / 4)));
         if let Some(age) = s.max_credential_age {
@@ -261,7 +270,7 @@ impl TokenCache {
         lifetime: Duration,
         signing_key: &Arc<str>,
     ) {
-        let now = self.millis(Instant::now());
+        let now = self.millis(self.clock.now());
         let exp = now.saturating_add(millis(lifetime.min(MAX_LIFETIME)));
         self.put(
             key,
@@ -280,7 +289,7 @@ impl TokenCache {
     }
 
     fn put(&self, key: CacheKey, entry: Entry) {
-        if entry.hard_expiry <= self.millis(Instant::now()) {
+        if entry.hard_expiry <= self.millis(self.clock.now()) {
             return;
         }
         if self.map.len() >= self.settings.max_entries && !self.map.contains_key(&key) {
@@ -296,7 +305,7 @@ impl TokenCache {
         if self.settings.negative_ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         if self.negative.len() >= self.settings.max_negative_entries {
             self.negative.retain(|_, until| *until > now);
             if self.negative.len() >= self.settings.max_negative_entries {
@@ -320,7 +329,7 @@ impl TokenCache {
     pub fn refresh_failed(&self, key: &CacheKey) {
         if let Some(e) = self.map.get(key) {
             let next = self
-                .millis(Instant::now())
+                .millis(self.clock.now())
                 .saturating_add(millis(REFRESH_RETRY));
             e.refresh_not_before.store(next, Relaxed);
             e.refreshing.store(false, Relaxed);
@@ -329,7 +338,7 @@ impl TokenCache {
 
     /// Drops every expired identity and refusal; run periodically.
     pub fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let now_ms = self.millis(now);
         self.map.retain(|_, e| e.hard_expiry > now_ms);
         self.negative.retain(|_, until| *until > now);
@@ -349,7 +358,7 @@ impl TokenCache {
 
     /// Sweeps expired entries; if that frees too little, evicts the least recently used tenth.
     fn make_room(&self) {
-        let now = self.millis(Instant::now());
+        let now = self.millis(self.clock.now());
         let before = self.map.len();
         self.map.retain(|_, e| e.hard_expiry > now);
         if self.map.len() >= self.settings.max_entries {
@@ -375,6 +384,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::FakeClock;
 
     fn identity(id: &str) -> Arc<Identity> {
         Arc::new(Identity {
@@ -398,8 +408,11 @@ mod tests {
         }
     }
 
-    fn cache(s: CacheSettings) -> TokenCache {
-        TokenCache::new(s, Arc::new(Stats::default()))
+    /// A cache on a fake clock, which the test moves.
+    fn cache(s: CacheSettings) -> (TokenCache, Arc<FakeClock>) {
+        let clock = FakeClock::new();
+        let c = TokenCache::with_clock(s, Arc::new(Stats::default()), clock.clone());
+        (c, clock)
     }
 
     fn alive(_: &str) -> bool {
@@ -428,15 +441,15 @@ mod tests {
     }
 
     /// An entry's life: fresh, refresh due once (for one caller), stale in the margin, gone at exp.
-    #[tokio::test(start_paused = true)]
-    async fn entry_lifecycle() {
-        let c = cache(settings());
+    #[test]
+    fn entry_lifecycle() {
+        let (c, clock) = cache(settings());
         let k = KeyDeriver::default().derive(&[b"k"]);
         c.insert(k, identity("u"), Duration::from_secs(3600));
         assert_eq!(state(&c, &k), "fresh");
-        tokio::time::advance(Duration::from_secs(2831)).await;
+        clock.advance(Duration::from_secs(2831));
         assert_eq!(state(&c, &k), "fresh");
-        tokio::time::advance(Duration::from_secs(1)).await; // 0.8 of the usable 3540 s
+        clock.advance(Duration::from_secs(1)); // 0.8 of the usable 3540 s
         assert_eq!(state(&c, &k), "refresh");
         assert_eq!(state(&c, &k), "fresh", "only one caller starts the refresh");
         c.refresh_failed(&k);
@@ -445,64 +458,64 @@ mod tests {
             "fresh",
             "a failed refresh pauses before the next try"
         );
-        tokio::time::advance(REFRESH_RETRY).await;
+        clock.advance(REFRESH_RETRY);
         assert_eq!(state(&c, &k), "refresh");
-        tokio::time::advance(Duration::from_secs(3540 - 2837)).await; // exp - margin
+        clock.advance(Duration::from_secs(3540 - 2837)); // exp - margin
         assert_eq!(state(&c, &k), "stale");
-        tokio::time::advance(Duration::from_secs(60)).await; // exp
+        clock.advance(Duration::from_secs(60)); // exp
         assert_eq!(state(&c, &k), "miss");
         assert!(c.is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn stale_if_error_grace_and_credential_age() {
+    #[test]
+    fn stale_if_error_grace_and_credential_age() {
         let mut s = settings();
         s.stale_if_error = Duration::from_secs(300);
         s.max_credential_age = Some(Duration::from_secs(600));
-        let c = cache(s);
+        let (c, clock) = cache(s);
         let k = KeyDeriver::default().derive(&[b"k"]);
         c.insert(k, identity("u"), Duration::from_secs(3600));
-        tokio::time::advance(Duration::from_secs(479)).await;
+        clock.advance(Duration::from_secs(479));
         assert_eq!(state(&c, &k), "fresh");
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(
             state(&c, &k),
             "refresh",
             "refreshed ahead of the credential age"
         );
-        tokio::time::advance(Duration::from_secs(120)).await;
+        clock.advance(Duration::from_secs(120));
         assert_eq!(
             state(&c, &k),
             "stale",
             "max_credential_age forces a re-exchange"
         );
-        tokio::time::advance(Duration::from_secs(3000 + 299)).await;
+        clock.advance(Duration::from_secs(3000 + 299));
         assert_eq!(state(&c, &k), "stale", "within the stale_if_error grace");
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(state(&c, &k), "miss", "never past the grace");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn short_lifetimes_keep_a_usable_window() {
-        let c = cache(settings());
+    #[test]
+    fn short_lifetimes_keep_a_usable_window() {
+        let (c, clock) = cache(settings());
         let k = KeyDeriver::default().derive(&[b"k"]);
         // 60 s tokens with a 60 s margin: the margin shrinks to a quarter of the lifetime.
         c.insert(k, identity("u"), Duration::from_secs(60));
         assert_eq!(state(&c, &k), "fresh");
-        tokio::time::advance(Duration::from_secs(36)).await;
+        clock.advance(Duration::from_secs(36));
         assert_eq!(state(&c, &k), "refresh");
-        tokio::time::advance(Duration::from_secs(9)).await;
+        clock.advance(Duration::from_secs(9));
         assert_eq!(state(&c, &k), "stale");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn refusals_are_remembered_for_the_negative_ttl_and_bounded() {
-        let c = cache(settings());
+    #[test]
+    fn refusals_are_remembered_for_the_negative_ttl_and_bounded() {
+        let (c, clock) = cache(settings());
         let d = KeyDeriver::default();
         let k = d.derive(&[b"wrong"]);
         c.refuse(k);
         assert_eq!(state(&c, &k), "refused");
-        tokio::time::advance(Duration::from_secs(30)).await;
+        clock.advance(Duration::from_secs(30));
         assert_eq!(state(&c, &k), "miss");
         for i in 0..100u32 {
             c.refuse(d.derive(&[&i.to_be_bytes()]));
@@ -510,14 +523,14 @@ mod tests {
         assert_eq!(c.negative_len(), 10);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn eviction_keeps_hot_entries() {
-        let c = cache(settings());
+    #[test]
+    fn eviction_keeps_hot_entries() {
+        let (c, clock) = cache(settings());
         let d = KeyDeriver::default();
         let hot = d.derive(&[b"hot"]);
         c.insert(hot, identity("hot"), Duration::from_secs(3600));
         for i in 0..1000u32 {
-            tokio::time::advance(Duration::from_millis(10)).await;
+            clock.advance(Duration::from_millis(10));
             c.insert(
                 d.derive(&[&i.to_be_bytes()]),
                 identity("cold"),
@@ -533,9 +546,9 @@ mod tests {
         assert!(c.stats.snapshot().evictions >= 900);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn bearer_entries_die_with_their_key() {
-        let c = cache(settings());
+    #[test]
+    fn bearer_entries_die_with_their_key() {
+        let (c, clock) = cache(settings());
         let k = KeyDeriver::default().derive(&[b"bearer"]);
         c.insert_bearer(
             k,
@@ -555,20 +568,20 @@ mod tests {
             Duration::from_secs(600),
             &Arc::from("kid-1"),
         );
-        tokio::time::advance(Duration::from_secs(600)).await;
+        clock.advance(Duration::from_secs(600));
         assert!(matches!(c.lookup(&k, |_| true), Lookup::Miss));
     }
 
     /// Lifetimes and settings at their extremes never panic: the entry is cached for at most
     /// `MAX_LIFETIME` (a token claiming `exp` near `u64::MAX` is not cached for ever).
-    #[tokio::test(start_paused = true)]
-    async fn extreme_lifetimes_and_settings_never_panic() {
+    #[test]
+    fn extreme_lifetimes_and_settings_never_panic() {
         let mut s = settings();
         s.stale_if_error = Duration::MAX;
         s.max_credential_age = Some(Duration::MAX);
         s.negative_ttl = Duration::MAX;
         s.expiry_margin = Duration::MAX;
-        let c = cache(s);
+        let (c, clock) = cache(s);
         let d = KeyDeriver::default();
         for (i, lifetime) in [
             Duration::MAX,
@@ -589,30 +602,30 @@ mod tests {
         }
         assert_eq!(state(&c, &d.derive(&[b"client", &[0]])), "fresh");
         assert_eq!(state(&c, &d.derive(&[b"bearer", &[0]])), "fresh");
-        tokio::time::advance(MAX_LIFETIME).await;
+        clock.advance(MAX_LIFETIME);
         c.sweep();
         for i in 0..5u8 {
             assert_eq!(state(&c, &d.derive(&[b"bearer", &[i]])), "miss");
             // Within the stale grace (itself clamped), never fresh again.
             assert_ne!(state(&c, &d.derive(&[b"client", &[i]])), "fresh");
         }
-        tokio::time::advance(MAX_LIFETIME).await;
+        clock.advance(MAX_LIFETIME);
         for i in 0..5u8 {
             assert_eq!(state(&c, &d.derive(&[b"client", &[i]])), "miss");
         }
     }
 
     /// A clamped lifetime keeps the usual shape: refresh, then stale, then gone at the clamp.
-    #[tokio::test(start_paused = true)]
-    async fn a_huge_lifetime_is_cached_for_at_most_the_ceiling() {
-        let c = cache(settings());
+    #[test]
+    fn a_huge_lifetime_is_cached_for_at_most_the_ceiling() {
+        let (c, clock) = cache(settings());
         let k = KeyDeriver::default().derive(&[b"k"]);
         c.insert(k, identity("u"), Duration::from_secs(u64::MAX));
-        tokio::time::advance(MAX_LIFETIME - Duration::from_secs(61)).await;
+        clock.advance(MAX_LIFETIME - Duration::from_secs(61));
         assert_eq!(state(&c, &k), "refresh");
-        tokio::time::advance(Duration::from_secs(60)).await;
+        clock.advance(Duration::from_secs(60));
         assert_eq!(state(&c, &k), "stale");
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(state(&c, &k), "miss");
     }
 }

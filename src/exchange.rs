@@ -1,17 +1,30 @@
 //! The OAuth2 client-credentials grant (RFC 6749 §4.4) at the provider's token endpoint, with the
 //! outcome sorted into "the caller is wrong" and "the provider is unavailable".
+//!
+//! The core sees a [`TokenEndpoint`]: the provider's endpoint over HTTP ([`http`]) in the
+//! sidecar, an in-memory one in tests. What a token endpoint's answer means (this file) is the
+//! same for both.
+
+pub mod http;
 
 use std::time::Duration;
 
-use base64::Engine;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use futures::future::BoxFuture;
 use serde::Deserialize;
-use url::Url;
 
-use crate::config::{ClientAuth, ResolvedProvider};
 use crate::credentials::Secret;
-use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::read_capped;
+
+/// Where client credentials are exchanged for an access token (RFC 6749 §4.4). One call is one
+/// token request; retries, coalescing and limits are the caller's.
+pub trait TokenEndpoint: Send + Sync + 'static {
+    /// Exchanges `client_id` and `secret` for an access token, or says whose fault it is that
+    /// there is none.
+    fn exchange<'a>(
+        &'a self,
+        client_id: &'a str,
+        secret: &'a Secret,
+    ) -> BoxFuture<'a, Result<Issued, ExchangeError>>;
+}
 
 /// An access token fresh from the token endpoint. `Debug` is redacted.
 pub struct Issued {
@@ -76,103 +89,21 @@ struct ErrorResponse {
     error: Option<String>,
 }
 
-/// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
-const FORM: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'*');
-
-pub struct TokenClient {
-    http: reqwest::Client,
-    url: Url,
-    auth: ClientAuth,
-    scope: Option<String>,
-    params: Vec<(String, String)>,
-}
-
-impl TokenClient {
-    pub fn new(http: reqwest::Client, config: &ResolvedProvider) -> Self {
-        TokenClient {
-            http,
-            url: config.token_url.clone(),
-            auth: config.client_auth,
-            scope: config.scope.clone(),
-            params: config.token_params.clone(),
-        }
-    }
-
-    /// One token request, as a trace span (never with the credential: `skip_all`).
-    #[tracing::instrument(name = "token.exchange", skip_all, fields(otel.kind = "client"))]
-    pub async fn exchange(
-        &self,
-        client_id: &str,
-        secret: &Secret,
-    ) -> Result<Issued, ExchangeError> {
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
-        if let Some(scope) = &self.scope {
-            form.push(("scope", scope));
-        }
-        for (k, v) in &self.params {
-            form.push((k, v));
-        }
-        let mut request = self
-            .http
-            .post(self.url.clone())
-            .header("accept", "application/json");
-        match self.auth {
-            ClientAuth::ClientSecretPost => {
-                form.push(("client_id", client_id));
-                form.push(("client_secret", secret.expose()));
-            }
-            ClientAuth::ClientSecretBasic => {
-                let joined = format!(
-                    "{}:{}",
-                    utf8_percent_encode(client_id, FORM),
-                    utf8_percent_encode(secret.expose(), FORM)
-                );
-                let value = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(joined)
-                );
-                request = request.header("authorization", value);
-            }
-        }
-        let response = request.form(&form).send().await.map_err(classify_send)?;
-        let status = response.status();
-        let retry_after = response_retry_after(response.headers());
-        let body = read_capped(response, MAX_PROVIDER_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                crate::http_body::BodyError::TooLarge => {
-                    ExchangeError::BadResponse("body too large")
-                }
-                crate::http_body::BodyError::Transport(e) => classify_send(e),
-            })?;
-        parse_token_response(status.as_u16(), retry_after.as_deref(), &body)
-    }
-}
-
-fn response_retry_after(headers: &reqwest::header::HeaderMap) -> Option<String> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 /// A token endpoint's answer, as status, `Retry-After` header value and body, sorted into an
-/// access token or an `ExchangeError`. Pure, so it is unit-tested and fuzzed on its own.
+/// access token or an `ExchangeError`; `now` (Unix seconds) dates a `Retry-After` given as an
+/// HTTP-date. Pure, so it is unit-tested and fuzzed on its own.
 pub fn parse_token_response(
     status: u16,
     retry_after: Option<&str>,
     body: &[u8],
+    now: u64,
 ) -> Result<Issued, ExchangeError> {
     if (200..300).contains(&status) {
         return parse_success(body);
     }
     if status == 429 {
         return Err(ExchangeError::RateLimited {
-            retry_after: parse_retry_after(retry_after, crate::clock::unix_now()),
+            retry_after: parse_retry_after(retry_after, now),
         });
     }
     let code = serde_json::from_slice::<ErrorResponse>(body)
@@ -246,16 +177,6 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-fn classify_send(e: reqwest::Error) -> ExchangeError {
-    if e.is_timeout() {
-        ExchangeError::Timeout
-    } else if e.is_connect() {
-        ExchangeError::Connect
-    } else {
-        ExchangeError::BadResponse("transport error")
-    }
 }
 
 /// RFC 6749 §5.2 error codes, by whose fault they are.
@@ -392,6 +313,7 @@ mod tests {
             429,
             retry_after,
             body,
+            0,
         ) {
             Err(ExchangeError::RateLimited { retry_after }) => retry_after.as_secs(),
             other => panic!("{retry_after:?}: {other:?}"),
@@ -415,7 +337,7 @@ mod tests {
         // Whatever the body says, a 429 is a rate limit, never a refused credential (which
         // would be cached as a refusal).
         assert_eq!(limited(Some("3"), br#"{"error":"invalid_client"}"#), 3);
-        let e = parse_token_response(429, None, b"").unwrap_err();
+        let e = parse_token_response(429, None, b"", 0).unwrap_err();
         assert!(!e.is_callers_fault());
     }
 

@@ -1,22 +1,37 @@
 //! The provider's signing keys (RFC 7517): fetched in the background, published as an immutable
 //! snapshot the request path only reads, refetched on an unknown `kid` at most once per interval,
 //! and kept serving when the endpoint is down.
+//!
+//! The document comes from a [`KeySource`]: the provider's JWKS URL over HTTP ([`http`]) in the
+//! sidecar, an in-memory one in tests. Caching, the refetch gate and parsing are here, whatever
+//! the source; every time they read comes from the injected [`Clock`](crate::clock::Clock).
+
+pub mod http;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures::future::BoxFuture;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tracing::field::Empty;
-use url::Url;
 
-use crate::defaults::{JWKS_RETRY, MAX_PROVIDER_BODY_BYTES};
-use crate::http_body::{BodyError, read_capped};
+use crate::clock::SharedClock;
+use crate::defaults::JWKS_RETRY;
+
+/// Where a provider's JWK set document comes from. One call is one fetch; how often to fetch,
+/// and what the document means, is [`Jwks`]'s.
+pub trait KeySource: Send + Sync + 'static {
+    /// The raw JWK set document (RFC 7517 §5), at most a bounded size.
+    fn fetch(&self) -> BoxFuture<'_, Result<Vec<u8>, JwksError>>;
+    /// Where the keys come from, for logs (a URL; never a secret).
+    fn describe(&self) -> String;
+}
 
 /// One usable verification key and the algorithms it may verify: the intersection of what its
 /// type allows, its own `alg` if it names one, and the configured pin list (RFC 8725 §3.1).
@@ -192,8 +207,8 @@ fn fingerprint(params: &AlgorithmParameters) -> Option<std::sync::Arc<str>> {
 
 /// The provider's JWKS, shared by every check.
 pub struct Jwks {
-    http: reqwest::Client,
-    url: Url,
+    source: Arc<dyn KeySource>,
+    clock: SharedClock,
     pinned: Vec<Algorithm>,
     min_refetch: Duration,
     current: ArcSwapOption<KeySet>,
@@ -214,14 +229,14 @@ pub struct FetchCounts {
 
 impl Jwks {
     pub fn new(
-        http: reqwest::Client,
-        url: Url,
+        source: Arc<dyn KeySource>,
         pinned: Vec<Algorithm>,
         min_refetch: Duration,
+        clock: SharedClock,
     ) -> Self {
         Jwks {
-            http,
-            url,
+            source,
+            clock,
             pinned,
             min_refetch,
             current: ArcSwapOption::empty(),
@@ -262,14 +277,16 @@ impl Jwks {
         let mut last = self.fetch_gate.lock().await;
         if let Some(current) = self.snapshot()
             && !Arc::ptr_eq(&current, seen)
-            && current.fetched_at > seen.fetched_at
+            // `>=`: a clock held still (a test's) dates two fetches alike.
+            && current.fetched_at >= seen.fetched_at
         {
             return Ok(Some(current));
         }
-        if last.is_some_and(|t| t.elapsed() < self.min_refetch) {
+        let now = self.clock.now();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < self.min_refetch) {
             return Ok(None);
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         self.fetch_and_publish().await.map(Some)
     }
 
@@ -303,24 +320,8 @@ impl Jwks {
     }
 
     async fn fetch_inner(&self) -> Result<KeySet, JwksError> {
-        let response = self
-            .http
-            .get(self.url.clone())
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(JwksError::Status(status.as_u16()));
-        }
-        let body = read_capped(response, MAX_PROVIDER_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => JwksError::BadDocument("body too large"),
-                BodyError::Transport(e) => classify(e),
-            })?;
-        parse(&body, &self.pinned, Instant::now())
+        let body = self.source.fetch().await?;
+        parse(&body, &self.pinned, self.clock.now())
     }
 
     /// Keeps the set fresh: every `interval` after a success, every few seconds (doubling up to
@@ -336,23 +337,13 @@ impl Jwks {
                         tokio::time::sleep(interval).await;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, url = %self.url, "JWKS fetch failed; keeping the last good key set");
+                        tracing::warn!(%error, url = %self.source.describe(), "JWKS fetch failed; keeping the last good key set");
                         tokio::time::sleep(retry).await;
                         retry = (retry * 2).min(interval);
                     }
                 }
             }
         })
-    }
-}
-
-fn classify(e: reqwest::Error) -> JwksError {
-    if e.is_timeout() {
-        JwksError::Timeout
-    } else if e.is_connect() {
-        JwksError::Connect
-    } else {
-        JwksError::BadDocument("transport error")
     }
 }
 

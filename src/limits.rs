@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::clock::SharedClock;
 pub use crate::defaults::KNOWN_CLIENT_SHARE;
 
 /// `Retry-After` when every exchange slot stayed busy for the whole queue timeout.
@@ -40,6 +41,8 @@ pub struct ExchangeLimiter {
     reserved_rate: Option<Mutex<Bucket>>,
     reserved_slots: Option<Slots>,
     queue_timeout: Duration,
+    /// The buckets refill by its readings; waits for a booked turn are tokio timers.
+    clock: SharedClock,
 }
 
 /// The part of the budget every caller may use.
@@ -137,8 +140,23 @@ fn lock(m: &Mutex<Bucket>) -> MutexGuard<'_, Bucket> {
 }
 
 impl ExchangeLimiter {
+    /// Limits on the system clock.
     pub fn new(max_concurrent: u32, per_second: u32, queue_timeout: Duration) -> Self {
-        let now = Instant::now();
+        ExchangeLimiter::with_clock(
+            max_concurrent,
+            per_second,
+            queue_timeout,
+            crate::clock::system(),
+        )
+    }
+
+    pub fn with_clock(
+        max_concurrent: u32,
+        per_second: u32,
+        queue_timeout: Duration,
+        clock: SharedClock,
+    ) -> Self {
+        let now = clock.now();
         let (rate, reserved_rate) = split(per_second);
         let (slots, reserved_slots) = split(max_concurrent);
         ExchangeLimiter {
@@ -149,18 +167,21 @@ impl ExchangeLimiter {
             reserved_rate: (reserved_rate > 0).then(|| Mutex::new(Bucket::new(reserved_rate, now))),
             reserved_slots: (reserved_slots > 0).then(|| Slots::new(reserved_slots)),
             queue_timeout,
+            clock,
         }
     }
 
     /// Waits for a slot, or says how long to wait before retrying (for `Retry-After`).
     pub async fn acquire(&self, class: Class) -> Result<ExchangePermit, Duration> {
-        let now = Instant::now();
+        let now = self.clock.now();
         // A queue timeout too large to add is as good as none.
         let deadline = now
             .checked_add(self.queue_timeout)
             .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
         let at = self.reserve(class, now, deadline)?;
-        tokio::time::sleep_until(at).await;
+        if at > now {
+            tokio::time::sleep(at - now).await;
+        }
         let permit = match self.try_slot(class) {
             Some(p) => p,
             None => {
@@ -173,7 +194,8 @@ impl ExchangeLimiter {
                         _ => self.general.slots.semaphore.clone().acquire_owned().await,
                     }
                 };
-                match tokio::time::timeout_at(deadline, wait).await {
+                let left = deadline.saturating_duration_since(self.clock.now());
+                match tokio::time::timeout(left, wait).await {
                     Ok(Ok(p)) => p,
                     // Every slot stayed busy for the whole queue timeout.
                     _ => return Err(BUSY_RETRY_AFTER),
@@ -354,6 +376,31 @@ mod tests {
         );
         drop(p);
         tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.acquire(Class::Known).await.is_ok());
+    }
+
+    /// The buckets refill by the injected clock alone: held still, nothing refills; moved, the
+    /// rate's worth comes back, with no timer involved (a zero queue timeout never waits).
+    #[tokio::test]
+    async fn buckets_refill_on_the_injected_clock() {
+        let clock = crate::clock::FakeClock::new();
+        let l = ExchangeLimiter::with_clock(100, 4, Duration::ZERO, clock.clone());
+        // 3 general + 1 reserved (idle, so a new credential may borrow it).
+        for _ in 0..4 {
+            assert!(l.acquire(Class::New).await.is_ok());
+        }
+        let refused = l.acquire(Class::New).await.err();
+        assert!(refused.is_some_and(|d| d > Duration::ZERO && d <= Duration::from_secs(1)));
+        clock.advance(Duration::from_millis(300));
+        assert!(l.acquire(Class::New).await.is_err(), "0.9 of a token");
+        clock.advance(Duration::from_millis(34));
+        assert!(
+            l.acquire(Class::New).await.is_ok(),
+            "one token of the 3 per second"
+        );
+        assert!(l.acquire(Class::New).await.is_err());
+        // The reserve refills at its own 1 per second, for known credentials first.
+        clock.advance(Duration::from_secs(1));
         assert!(l.acquire(Class::Known).await.is_ok());
     }
 

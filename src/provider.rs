@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::config::ResolvedProvider;
 use crate::credentials::Secret;
-use crate::exchange::{ExchangeError, Issued, TokenClient};
-use crate::jwks::{Jwks, JwksError};
+use crate::exchange::http::HttpTokenEndpoint;
+use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
+use crate::jwks::http::HttpKeySource;
+use crate::jwks::{Jwks, JwksError, KeySource};
 use crate::verify::{TokenRules, Verified, VerifyError, verify};
 
 /// Why a token could not be checked or was refused.
@@ -24,21 +26,51 @@ pub enum TokenCheckError {
 }
 
 pub struct Provider {
-    token: TokenClient,
+    token: Arc<dyn TokenEndpoint>,
     jwks: Arc<Jwks>,
     rules: TokenRules,
+    /// The time the token rules (`exp`, `nbf`, `iat`, maximum age) are checked against.
+    clock: SharedClock,
+}
+
+/// What a provider reaches across the network, and the clock it reads: the endpoints its
+/// config names over HTTP ([`ProviderParts::http`]), or in-memory ones in tests.
+#[derive(Clone)]
+pub struct ProviderParts {
+    pub token: Arc<dyn TokenEndpoint>,
+    pub keys: Arc<dyn KeySource>,
+    pub clock: SharedClock,
+}
+
+impl ProviderParts {
+    /// The real parts: the token endpoint and JWKS URL the config gives or its profile derives,
+    /// reached with `http`.
+    pub fn http(http: reqwest::Client, config: &ResolvedProvider, clock: SharedClock) -> Self {
+        ProviderParts {
+            token: Arc::new(HttpTokenEndpoint::new(http.clone(), config, clock.clone())),
+            keys: Arc::new(HttpKeySource::new(http, config.jwks_url.clone())),
+            clock,
+        }
+    }
 }
 
 impl Provider {
+    /// The real provider: its endpoints over HTTP, the system clock.
     pub fn new(http: reqwest::Client, config: &ResolvedProvider) -> Self {
+        let parts = ProviderParts::http(http, config, crate::clock::system());
+        Provider::with_parts(config, parts)
+    }
+
+    /// A provider with the rules `config` gives and the given parts.
+    pub fn with_parts(config: &ResolvedProvider, parts: ProviderParts) -> Self {
         let pinned = config.algorithms.iter().map(|a| a.to_jwt()).collect();
         Provider {
-            token: TokenClient::new(http.clone(), config),
+            token: parts.token,
             jwks: Arc::new(Jwks::new(
-                http,
-                config.jwks_url.clone(),
+                parts.keys,
                 pinned,
                 config.jwks_min_refetch_interval,
+                parts.clock.clone(),
             )),
             rules: TokenRules {
                 issuers: config.issuers.clone(),
@@ -48,6 +80,7 @@ impl Provider {
                 token_type: config.token_type.clone(),
                 max_bytes: config.max_token_bytes,
             },
+            clock: parts.clock,
         }
     }
 
@@ -67,12 +100,12 @@ impl Provider {
     /// rate-limited JWKS refetch (RFC 7517 key rotation) before it is refused.
     pub async fn verify(&self, token: &str) -> Result<Verified, TokenCheckError> {
         let keys = self.jwks.snapshot().ok_or(TokenCheckError::KeysNotLoaded)?;
-        match verify(token, &keys, &self.rules, unix_now()) {
+        match verify(token, &keys, &self.rules, self.clock.unix_now()) {
             Err(VerifyError::UnknownKey) => {
                 let Some(fresh) = self.jwks.refetch_for_unknown_kid(&keys).await? else {
                     return Err(VerifyError::UnknownKey.into());
                 };
-                Ok(verify(token, &fresh, &self.rules, unix_now())?)
+                Ok(verify(token, &fresh, &self.rules, self.clock.unix_now())?)
             }
             other => Ok(other?),
         }

@@ -22,6 +22,12 @@
 //! bounded by `timeout`, after a connection failure Redis is skipped for a moment, and the check
 //! goes on down the local path; it is counted (`m2m_authz_shared_cache_*`) and shown in
 //! `/readyz` detail.
+//!
+//! The store itself is a [`SharedStore`] (get, put with a TTL, a lock with a TTL, unlock): Redis
+//! ([`redis_store`]) in the sidecar, an in-memory map in tests. Keys, sealing, the lock protocol,
+//! backoff and ages are here, whatever the store; times are read from the injected clock.
+
+pub mod redis_store;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -29,15 +35,15 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use futures::future::BoxFuture;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::time::Instant;
 
-use crate::clock::unix_now;
+use crate::clock::SharedClock;
 use crate::stats::Stats;
 
 use crate::config::shared_cache::redact_url;
@@ -45,6 +51,45 @@ pub use crate::config::shared_cache::{
     DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_LOCK_WAIT, DEFAULT_TIMEOUT, FLEET_KEY_ENV,
     MIN_FLEET_KEY_BYTES, SharedCacheConfig, URL_ENV,
 };
+
+/// The fleet's key-value store for sealed tokens and exchange locks. Every operation is bounded
+/// in time by the store itself (the tier's `timeout`); a store that fails says whether it is
+/// unreachable (the tier then skips it for a moment) or answered with an error.
+pub trait SharedStore: Send + Sync + 'static {
+    /// The value under `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+    /// Stores `value` under `key` for `ttl` (replacing any value).
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Sets `key` to `token` for `ttl` only if it is not set: true when this caller now holds it.
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Deletes `key` only if it still holds `token` (a lock that expired and was taken by
+    /// another is left alone).
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Where the store is, for `/readyz` (no password).
+    fn describe(&self) -> String;
+}
+
+/// Why a store operation failed. Carries no key and no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Not reachable, the connection broke, or no answer within the timeout: the tier skips
+    /// the store for a moment.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store answered with an error; the connection stays usable.
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// After a failed connection, Redis is skipped for this long: an outage costs one timeout, not
 /// one per flight.
@@ -224,16 +269,14 @@ fn usable_at(
 enum OpError {
     /// Skipped: a recent connection failure.
     Backoff,
-    Timeout,
-    Redis(String),
+    Store(StoreError),
 }
 
 impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Backoff => f.write_str("unavailable (retrying shortly)"),
-            OpError::Timeout => f.write_str("operation timed out"),
-            OpError::Redis(e) => f.write_str(e),
+            OpError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -245,22 +288,21 @@ struct Health {
     last_ok: Option<u64>,
 }
 
-/// The Redis tier, shared by every provider slot of one authorizer.
+/// The shared tier, shared by every provider slot of one authorizer.
 pub struct SharedTier {
-    client: redis::Client,
-    url: String,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// Set after a connection failure: Redis is skipped until then.
+    store: Arc<dyn SharedStore>,
+    /// Set after a connection failure: the store is skipped until then.
     retry_at: Mutex<Option<Instant>>,
     health: Mutex<Health>,
     prefix: String,
     fleet_key: Vec<u8>,
-    timeout: Duration,
     lock_ttl: Duration,
     lock_wait: Duration,
     refresh_ahead: f64,
     max_credential_age: Option<Duration>,
     stats: Arc<Stats>,
+    /// Ages of shared values, the backoff and health times are read from it.
+    clock: SharedClock,
 }
 
 /// What `SharedTier::before_exchange` leaves the flight to do: exchange, then `store`. Holds
@@ -272,32 +314,56 @@ pub struct Ticket {
 }
 
 impl SharedTier {
-    /// `config` must have passed `SharedCacheConfig::validate`. No connection is made here.
+    /// The tier on Redis and the system clock. `config` must have passed
+    /// `SharedCacheConfig::validate`. No connection is made here.
     pub fn new(
         config: &SharedCacheConfig,
         refresh_ahead: f64,
         max_credential_age: Option<Duration>,
         stats: Arc<Stats>,
     ) -> Result<SharedTier, String> {
+        SharedTier::with_parts(
+            config,
+            refresh_ahead,
+            max_credential_age,
+            stats,
+            None,
+            crate::clock::system(),
+        )
+    }
+
+    /// The tier on `store` (Redis at the configured URL when `None`; the URL is then not
+    /// needed) and `clock`. Errors name the field.
+    pub fn with_parts(
+        config: &SharedCacheConfig,
+        refresh_ahead: f64,
+        max_credential_age: Option<Duration>,
+        stats: Arc<Stats>,
+        store: Option<Arc<dyn SharedStore>>,
+        clock: SharedClock,
+    ) -> Result<SharedTier, String> {
         fn field(f: &'static str) -> impl Fn(String) -> String {
             move |p| format!("cache.shared.{f}: {p}")
         }
-        let url = config.resolved_url().map_err(field("url"))?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| field("url")(e.to_string()))?;
+        let store = match store {
+            Some(s) => s,
+            None => {
+                let url = config.resolved_url().map_err(field("url"))?;
+                Arc::new(redis_store::RedisStore::open(&url, config.timeout).map_err(field("url"))?)
+            }
+        };
         Ok(SharedTier {
-            client,
-            url: redact_url(&url),
-            conn: tokio::sync::Mutex::new(None),
+            store,
             retry_at: Mutex::new(None),
             health: Mutex::new(Health::default()),
             prefix: config.key_prefix.clone(),
             fleet_key: config.resolved_fleet_key().map_err(field("fleet_key"))?,
-            timeout: config.timeout,
             lock_ttl: config.lock_ttl,
             lock_wait: config.lock_wait,
             refresh_ahead,
             max_credential_age,
             stats,
+            clock,
         })
     }
 
@@ -316,7 +382,7 @@ impl SharedTier {
         let s = self.stats.snapshot();
         let mut v = serde_json::json!({
             "status": if degraded { "degraded" } else { "ok" },
-            "url": self.url,
+            "url": self.store.describe(),
             "hits": s.shared_hits,
             "misses": s.shared_misses,
             "errors": s.shared_errors,
@@ -324,7 +390,8 @@ impl SharedTier {
         });
         if let Some((at, e)) = &h.last_error {
             v["last_error"] = serde_json::json!(e);
-            v["last_error_age_seconds"] = serde_json::json!(unix_now().saturating_sub(*at));
+            v["last_error_age_seconds"] =
+                serde_json::json!(self.clock.unix_now().saturating_sub(*at));
         }
         v
     }
@@ -333,7 +400,7 @@ impl SharedTier {
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last_ok = Some(unix_now());
+            .last_ok = Some(self.clock.unix_now());
     }
 
     /// Counts a failure and remembers it for `/readyz`.
@@ -344,68 +411,35 @@ impl SharedTier {
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last_error = Some((unix_now(), text));
+            .last_error = Some((self.clock.unix_now(), text));
     }
 
-    /// Runs one command within `timeout` (connecting first if needed).
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, OpError> {
-        if self
-            .retry_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| Instant::now() < at)
-        {
+    /// Runs one store operation, unless a recent failure says to skip the store; one that
+    /// finds the store unreachable starts that pause.
+    async fn run<'a, T>(
+        &'a self,
+        op: impl FnOnce() -> BoxFuture<'a, Result<T, StoreError>>,
+    ) -> Result<T, OpError> {
+        let skip = |at: &Option<Instant>| at.is_some_and(|at| self.clock.now() < at);
+        if skip(&self.retry_at.lock().unwrap_or_else(|e| e.into_inner())) {
             return Err(OpError::Backoff);
         }
-        let run = async {
-            let mut conn = {
-                let mut slot = self.conn.lock().await;
-                match &*slot {
-                    Some(c) => c.clone(),
-                    None => {
-                        let config = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout));
-                        let c = self
-                            .client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await
-                            .map_err(|e| (true, e))?;
-                        *slot = Some(c.clone());
-                        c
-                    }
+        match op().await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(self.clock.now() + RETRY_AFTER);
                 }
-            };
-            cmd.query_async::<T>(&mut conn)
-                .await
-                .map_err(|e| (false, e))
-        };
-        let result = match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err((connecting, e))) => {
-                // A server's answer to a well-formed command (e.g. WRONGTYPE) leaves the
-                // connection usable; anything else drops it, to reconnect next time.
-                let answered = matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
-                );
-                (connecting || !answered, OpError::Redis(e.to_string()))
+                Err(OpError::Store(e))
             }
-            Err(_) => (true, OpError::Timeout),
-        };
-        let (reset, err) = result;
-        if reset {
-            *self.conn.lock().await = None;
-            *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Instant::now() + RETRY_AFTER);
         }
-        Err(err)
     }
 
     /// The shared value for `key`, if Redis answers with one this caller can open and that is
     /// fresh enough to adopt. Failures are counted and read as a miss.
     async fn read(&self, key: &SharedKey) -> Option<SharedEntry> {
-        let value: Option<Vec<u8>> = match self.query(redis::cmd("GET").arg(&key.entry)).await {
+        let value = match self.run(|| self.store.get(&key.entry)).await {
             Ok(v) => v,
             Err(e) => {
                 self.record_error("read", e);
@@ -429,22 +463,24 @@ impl SharedTier {
     /// Saturating throughout: the times come from Redis, and a value that opened may still
     /// hold any numbers.
     fn usable(&self, e: &SharedEntry) -> bool {
-        usable_at(e, unix_now(), self.refresh_ahead, self.max_credential_age)
+        usable_at(
+            e,
+            self.clock.unix_now(),
+            self.refresh_ahead,
+            self.max_credential_age,
+        )
     }
 
     /// `Some(true)`: this pod holds the lock under `token`; `Some(false)`: another pod does;
     /// `None`: Redis did not answer.
     async fn try_lock(&self, key: &SharedKey, token: &str) -> Option<bool> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&key.lock)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.lock_ttl.as_millis() as u64);
-        match self.query::<Option<String>>(&cmd).await {
-            Ok(v) => {
+        match self
+            .run(|| self.store.try_lock(&key.lock, token, self.lock_ttl))
+            .await
+        {
+            Ok(taken) => {
                 self.record_ok();
-                Some(v.is_some())
+                Some(taken)
             }
             Err(e) => {
                 self.record_error("lock", e);
@@ -455,12 +491,7 @@ impl SharedTier {
 
     /// Releases the lock if this pod still holds it.
     async fn unlock(&self, key: &str, token: &str) {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
-            .arg(1)
-            .arg(key)
-            .arg(token);
-        if let Err(e) = self.query::<i64>(&cmd).await {
+        if let Err(e) = self.run(|| self.store.unlock(key, token)).await {
             self.record_error("unlock", e);
         }
     }
@@ -508,6 +539,8 @@ impl SharedTier {
             Some(true) => ticket.lock = Some(token.clone()),
             Some(false) => {
                 Stats::add(&self.stats.shared_lock_waits);
+                // A wait on another pod, timed by tokio rather than the injected clock: it must
+                // end even when a test holds that clock still.
                 let deadline = Instant::now() + self.lock_wait;
                 let pause = POLL_INTERVAL
                     .min(self.lock_wait / 4)
@@ -540,18 +573,18 @@ impl Ticket {
     /// Shares a freshly exchanged and verified token for `lifetime`, then releases the lock.
     pub async fn store(mut self, access_token: &str, lifetime: Duration) {
         if lifetime >= MIN_SHARED_LIFETIME {
-            let now = unix_now();
+            let now = self.tier.clock.unix_now();
             let entry = SharedEntry {
                 access_token: access_token.to_owned(),
                 issued_at: now,
                 expires_at: now.saturating_add(lifetime.as_secs()),
             };
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&self.key.entry)
-                .arg(self.key.seal(&entry))
-                .arg("PX")
-                .arg(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX));
-            match self.tier.query::<()>(&cmd).await {
+            let sealed = self.key.seal(&entry);
+            let tier = &self.tier;
+            match tier
+                .run(|| tier.store.put(&self.key.entry, sealed, lifetime))
+                .await
+            {
                 Ok(()) => self.tier.record_ok(),
                 Err(e) => self.tier.record_error("write", e),
             }

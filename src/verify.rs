@@ -381,6 +381,42 @@ mod tests {
         c
     }
 
+    /// Every time rule is judged at the `now` given, never at the system's time: a token that
+    /// expired in 2001 is valid at a `now` in 2000, and one not valid before 2033 is valid then.
+    #[test]
+    fn time_rules_use_the_given_clock_not_the_systems() {
+        let keys = keyset(&[Algorithm::RS256]);
+        let (y2000, y2001, y2033) = (946_684_800u64, 978_307_200u64, 2_000_000_000u64);
+        let mut r = rules();
+        r.max_age = Some(Duration::from_secs(3600));
+        let old = with(|c| {
+            c.insert("iat".into(), json!(y2000));
+            c.insert("nbf".into(), json!(y2000));
+            c.insert("exp".into(), json!(y2001));
+        });
+        let t = sign(Algorithm::RS256, Some("rsa-a"), Some("JWT"), &old);
+        assert!(verify(&t, &keys, &r, y2000 + 60).is_ok());
+        assert_eq!(
+            verify(&t, &keys, &r, y2001 + 31).err(),
+            Some(VerifyError::Expired)
+        );
+        let future = with(|c| {
+            c.insert("iat".into(), json!(y2033));
+            c.insert("nbf".into(), json!(y2033));
+            c.insert("exp".into(), json!(y2033 + 600));
+        });
+        let t = sign(Algorithm::RS256, Some("rsa-a"), Some("JWT"), &future);
+        assert!(verify(&t, &keys, &r, y2033).is_ok());
+        assert_eq!(
+            verify(&t, &keys, &r, y2033 - 31).err(),
+            Some(VerifyError::NotYetValid)
+        );
+        assert_eq!(
+            verify(&t, &keys, &r, y2033 + 3600 + 31).err(),
+            Some(VerifyError::Expired)
+        );
+    }
+
     #[test]
     fn accepts_each_pinned_algorithm() {
         let all = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];

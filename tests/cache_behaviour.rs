@@ -2,18 +2,21 @@
 //! can be made slow, failing or down: single flight, negative caching, exchange limits under a
 //! flood, refresh ahead, stale serving, JWKS outages and `max_credential_age`.
 //!
-//! These run in real time (the provider is a real HTTP server; tokio's paused clock would fire
-//! HTTP timeouts while sockets wait). The time rules themselves are unit-tested with a paused
-//! clock in `src/cache.rs`, `src/limits.rs` and `src/flight.rs`.
+//! The tests against the real endpoint run in real time and never wait for time to pass. The
+//! time rules (refresh ahead, expiry, negative TTL, stale-if-error, `max_credential_age`) run on
+//! the injected fake clock with the in-memory token endpoint and key source of
+//! `tests/common/fakes.rs`: decided to the second, in milliseconds.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fakes::{Fakes, settle};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER, Mode};
 use m2m_authz::authorizer::{Authorizer, Unavailable};
 use m2m_authz::decision::Decision;
+use m2m_authz::exchange::ExchangeError;
 use m2m_authz::request::AuthRequest;
 use serde_json::json;
 
@@ -162,39 +165,6 @@ async fn over_the_exchange_limit_is_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_client_never_waits_across_two_token_lifetimes() {
-    let p = FakeProvider::start().await;
-    p.add_client("client-1", "s3cret", "user-1");
-    p.set_lifetime(4);
-    let a = authorizer(&p, "  refresh_ahead: 0.5\n").await;
-    let deadline = Instant::now() + Duration::from_secs(9);
-    while Instant::now() < deadline {
-        assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let st = a.stats();
-    // Only the very first check waited for an exchange; the rest were refreshed ahead.
-    assert_eq!(st.misses, 1, "{st:?}");
-    assert!(
-        st.refreshes >= 2 && p.token_calls() >= 3,
-        "{st:?}, {} exchanges",
-        p.token_calls()
-    );
-    assert_eq!(st.stale_served, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_client_is_not_refreshed() {
-    let p = FakeProvider::start().await;
-    p.add_client("client-1", "s3cret", "user-1");
-    p.set_lifetime(4);
-    let a = authorizer(&p, "  refresh_ahead: 0.5\n").await;
-    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(p.token_calls(), 1, "no background exchange without use");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_down_serves_cached_clients_and_recovers_without_restart() {
     let p = FakeProvider::start().await;
     p.add_client("cached", "s3cret", "user-1");
@@ -207,26 +177,6 @@ async fn provider_down_serves_cached_clients_and_recovers_without_restart() {
     assert!(matches!(err, Unavailable::Exchange(_)), "{err:?}");
     p.set_mode(Mode::Normal);
     assert_eq!(status(&a.check(&request("new", "s3cret")).await), 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_refresh_keeps_serving_until_the_token_expires() {
-    let p = FakeProvider::start().await;
-    p.add_client("client-1", "s3cret", "user-1");
-    p.set_lifetime(3);
-    let a = authorizer(&p, "  refresh_ahead: 0.2\n").await;
-    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
-    p.set_mode(Mode::Failing);
-    // Past the refresh point and into the margin: served stale while the token is valid…
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // …and never after it expired (stale_if_error is off by default).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 503);
-    assert!(a.stats().exchanges_failed >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,33 +206,159 @@ async fn jwks_down_keeps_known_keys_verifying() {
     assert_eq!(a.stats().hits, hits + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_credential_age_bounds_a_rotated_out_secret() {
-    let p = FakeProvider::start().await;
-    p.add_client("client-1", "old-secret", "user-1");
-    let a = authorizer(&p, "  max_credential_age: 2s\n").await;
+// The time rules, on the fake clock with in-memory parts (tests/common/fakes.rs): decided to
+// the second, no sleeping.
+
+/// The refresh-ahead behaviour that once raced whole-second token lifetimes, decided exactly: a
+/// client checked every second for three token lifetimes waits for one exchange only (the
+/// first); every later token is fetched in the background ahead of its soft expiry.
+#[tokio::test]
+async fn a_busy_client_is_refreshed_ahead_and_never_waits_again() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "s3cret", "user-1");
+    f.token.set_lifetime(60);
+    let a = f.authorizer("cache:\n  refresh_ahead: 0.5\n").await;
+    for _ in 0..180 {
+        assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+        settle(&a).await;
+        f.clock.advance(Duration::from_secs(1));
+    }
+    let st = a.stats();
+    assert_eq!(st.misses, 1, "{st:?}");
+    assert_eq!(st.stale_served, 0, "{st:?}");
+    // 60 s tokens, 15 s margin, refreshed half-way through the 45 usable seconds: at 23 s
+    // after each exchange, so 180 s hold the first exchange and 7 refreshes.
+    assert_eq!(st.refreshes, 7, "{st:?}");
+    assert_eq!(f.token.calls(), 8);
+    assert_eq!(st.exchanges_ok, 8);
+}
+
+#[tokio::test]
+async fn an_idle_client_is_not_refreshed() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "s3cret", "user-1");
+    f.token.set_lifetime(60);
+    let a = f.authorizer("cache:\n  refresh_ahead: 0.5\n").await;
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    f.clock.advance(Duration::from_secs(3600));
+    settle(&a).await;
+    assert_eq!(f.token.calls(), 1, "no background exchange without use");
+    // Used again after expiry: one exchange, waited for.
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    assert_eq!((f.token.calls(), a.stats().misses), (2, 2));
+}
+
+/// A busy client's background refresh with a rotated-out secret ends its cached identity at
+/// once: the refusal replaces it.
+#[tokio::test]
+async fn a_refused_background_refresh_ends_the_cached_identity() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "old-secret", "user-1");
+    let a = f.authorizer("cache:\n  max_credential_age: 2m\n").await;
     assert_eq!(
         status(&a.check(&request("client-1", "old-secret")).await),
         200
     );
-    let rotated = Instant::now();
-    // The provider completes a rotation: only the new secret is valid from now on.
-    p.add_client("client-1", "new-secret", "user-1");
-    let mut denied_after = None;
-    while rotated.elapsed() < Duration::from_secs(6) {
-        if status(&a.check(&request("client-1", "old-secret")).await) == 401 {
-            denied_after = Some(rotated.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let after = denied_after.expect("the old secret kept working");
-    assert!(
-        after <= Duration::from_millis(3500),
-        "old secret worked for {after:?}"
+    f.token.add_client("client-1", "new-secret", "user-1");
+    f.clock.advance(Duration::from_secs(96));
+    assert_eq!(
+        status(&a.check(&request("client-1", "old-secret")).await),
+        200
     );
+    settle(&a).await;
+    assert_eq!((f.token.calls(), a.stats().refreshes), (2, 1));
+    assert_eq!(
+        status(&a.check(&request("client-1", "old-secret")).await),
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_remembered_for_the_negative_ttl_exactly() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "s3cret", "user-1");
+    let a = f.authorizer("cache:\n  negative_ttl: 30s\n").await;
+    for _ in 0..10 {
+        assert_eq!(status(&a.check(&request("client-1", "wrong")).await), 401);
+    }
+    assert_eq!(f.token.calls(), 1);
+    f.clock.advance(Duration::from_millis(29_999));
+    assert_eq!(status(&a.check(&request("client-1", "wrong")).await), 401);
+    assert_eq!(f.token.calls(), 1, "still remembered");
+    f.clock.advance(Duration::from_millis(1));
+    assert_eq!(status(&a.check(&request("client-1", "wrong")).await), 401);
+    assert_eq!(f.token.calls(), 2, "asked again once the refusal expired");
+    // The right secret is never blocked by the wrong one's refusal.
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_past_exp_only_while_the_provider_fails_and_only_so_long() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "s3cret", "user-1");
+    f.token.set_lifetime(600);
+    let a = f.authorizer("cache:\n  stale_if_error: 5m\n").await;
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    f.token.fail_with(Some(ExchangeError::Connect));
+    f.clock.advance(Duration::from_secs(600 + 299));
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 503);
+    // The provider recovers: the next check exchanges afresh.
+    f.token.fail_with(None);
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+}
+
+#[tokio::test]
+async fn max_credential_age_bounds_a_rotated_out_secret_to_the_second() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "old-secret", "user-1");
+    let a = f.authorizer("cache:\n  max_credential_age: 2m\n").await;
+    assert_eq!(
+        status(&a.check(&request("client-1", "old-secret")).await),
+        200
+    );
+    // The provider completes a rotation: only the new secret is valid from now on.
+    f.token.add_client("client-1", "new-secret", "user-1");
+    // Before the refresh point (0.8 of the 2 minutes) the cached identity is served as is.
+    f.clock.advance(Duration::from_secs(95));
+    assert_eq!(
+        status(&a.check(&request("client-1", "old-secret")).await),
+        200
+    );
+    assert_eq!(f.token.calls(), 1);
+    // At the age it is re-exchanged before answering, and the provider refuses the old secret.
+    f.clock.advance(Duration::from_secs(25));
+    assert_eq!(
+        status(&a.check(&request("client-1", "old-secret")).await),
+        401
+    );
+    assert_eq!(f.token.calls(), 2);
     assert_eq!(
         status(&a.check(&request("client-1", "new-secret")).await),
         200
     );
+}
+
+#[tokio::test]
+async fn a_failing_refresh_keeps_serving_until_the_token_expires() {
+    let f = Fakes::new();
+    f.token.add_client("client-1", "s3cret", "user-1");
+    f.token.set_lifetime(120);
+    let a = f.authorizer("cache:\n  refresh_ahead: 0.99\n").await;
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    f.token
+        .fail_with(Some(ExchangeError::Status { status: 503 }));
+    // The margin is a quarter of a short lifetime: 30 s before exp it is stale and re-exchanged;
+    // the provider fails, so it is served stale until exp…
+    f.clock.advance(Duration::from_secs(119));
+    assert_eq!(status(&a.check(&request("client-1", "s3cret")).await), 200);
+    assert_eq!(a.stats().stale_served, 1);
+    // …and not one second past it (stale_if_error is off by default).
+    f.clock.advance(Duration::from_secs(1));
+    let err = a.check(&request("client-1", "s3cret")).await.unwrap_err();
+    assert!(matches!(
+        err,
+        Unavailable::Exchange(ExchangeError::Status { status: 503 })
+    ));
 }

@@ -332,7 +332,12 @@ async fn redis_trouble_fails_no_check_and_sharing_resumes() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the load is under way (a condition, not a fixed pause).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checks.load(Ordering::SeqCst) < 20 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Slow: a frozen Redis accepts connections but never answers.
     redis.signal(SIGSTOP);

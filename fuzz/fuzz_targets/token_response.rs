@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             )
         }
     };
-    match parse_token_response(status, retry_after.as_deref(), body) {
+    match parse_token_response(status, retry_after.as_deref(), body, 1_700_000_000) {
         Ok(issued) => {
             assert!((200..300).contains(&status));
             assert!(!issued.access_token.is_empty());

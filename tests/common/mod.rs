@@ -13,6 +13,7 @@ pub mod authz;
 pub mod check;
 pub mod echo;
 pub mod envoy;
+pub mod fakes;
 pub mod issuer;
 pub mod oidc;
 pub mod process;
