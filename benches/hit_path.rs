@@ -24,7 +24,8 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (authorizer, basic, bearer) = rt.block_on(async {
+    // The supervisor keeps the JWKS refresh running for the whole benchmark.
+    let (authorizer, basic, bearer, _supervisor) = rt.block_on(async {
         let p = BenchProvider::start("127.0.0.1:0".parse().expect("addr")).await;
         let minter = Minter::default();
         p.add_client(
@@ -34,7 +35,8 @@ fn bench(c: &mut Criterion) {
         );
         let config = Config::from_yaml(&p.sidecar_config("  max_entries: 1000\n")).expect("config");
         let authorizer = Arc::new(Authorizer::new(&config).expect("authorizer"));
-        let (_tasks, mut loaded) = authorizer.start_key_refresh();
+        let supervisor = m2m_authz::supervisor::Supervisor::new(std::time::Duration::ZERO);
+        let mut loaded = authorizer.start_key_refresh(&supervisor);
         loaded.wait_for(|l| *l).await.expect("keys");
         let basic = check_request(&[("authorization", &basic("bench-client", "bench-secret"))]);
         let bearer = format!("Bearer {}", minter.mint("bench-client", "user-bench"));
@@ -46,7 +48,7 @@ fn bench(c: &mut Criterion) {
                 .expect("check");
             assert!(matches!(d, Decision::Allow(_)), "warm-up check allowed");
         }
-        (authorizer, basic, bearer)
+        (authorizer, basic, bearer, supervisor)
     });
     let mut g = c.benchmark_group("hit_path");
     for (name, req) in [("basic", &basic), ("bearer", &bearer)] {

@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::defaults::{JWKS_RETRY, MAX_PROVIDER_BODY_BYTES};
 use crate::http_body::{BodyError, read_capped};
+use crate::supervisor::{Stage, Supervisor};
 
 /// One usable verification key and the algorithms it may verify: the intersection of what its
 /// type allows, its own `alg` if it names one, and the configured pin list (RFC 8725 §3.1).
@@ -325,8 +326,8 @@ impl Jwks {
 
     /// Keeps the set fresh: every `interval` after a success, every few seconds (doubling up to
     /// `interval`) after a failure, so a provider outage at start-up heals without a restart.
-    pub fn spawn_refresher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    pub fn spawn_refresher(self: Arc<Self>, interval: Duration, supervisor: &Supervisor) {
+        supervisor.spawn(Stage::Background, "JWKS refresh", async move {
             let mut retry = JWKS_RETRY.min(interval);
             loop {
                 match self.refresh().await {
@@ -342,7 +343,7 @@ impl Jwks {
                     }
                 }
             }
-        })
+        });
     }
 }
 

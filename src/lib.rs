@@ -37,7 +37,9 @@ pub mod request;
 pub mod server;
 #[cfg(feature = "shared-cache")]
 pub mod shared_cache;
+pub mod shutdown;
 pub mod stats;
+pub mod supervisor;
 pub mod telemetry;
 pub mod verify;
 
