@@ -47,17 +47,18 @@ pub enum ServeError {
         field: &'static str,
         problem: String,
     },
-    #[error("{field}: cannot listen on {addr}: {source}")]
+    /// (`error` is shown in the line, so it is not also a `source`: `main` prints the chain.)
+    #[error("{field}: cannot listen on {addr}: {error}")]
     Bind {
         field: &'static str,
         addr: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[cfg(feature = "issuer")]
-    #[error("{field}: {source}")]
+    #[error("{field}: {error}")]
     Issuer {
         field: &'static str,
-        source: IssuerError,
+        error: IssuerError,
     },
 }
 
@@ -103,9 +104,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
         Some(embedded) if config.provider.kind == ProviderKind::Embedded => Some(
             Issuer::open_async(embedded.clone())
                 .await
-                .map_err(|source| ServeError::Issuer {
-                    field: embedded_field(&source),
-                    source,
+                .map_err(|error| ServeError::Issuer {
+                    field: embedded_field(&error),
+                    error,
                 })?,
         ),
         _ => None,
@@ -185,10 +186,10 @@ impl Prepared {
 async fn bind_tcp(field: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind {
+        .map_err(|error| ServeError::Bind {
             field,
             addr: addr.to_string(),
-            source,
+            error,
         })
 }
 
@@ -199,10 +200,10 @@ async fn bind_grpc(addr: &ListenAddr) -> Result<(Listener, Option<OurSocket>), S
         ListenAddr::Tcp(addr) => Ok((Listener::Tcp(bind_tcp(GRPC_FIELD, *addr).await?), None)),
         ListenAddr::Unix(path) => {
             use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-            let bind_error = |source| ServeError::Bind {
+            let bind_error = |error| ServeError::Bind {
                 field: GRPC_FIELD,
                 addr: format!("unix:{}", path.display()),
-                source,
+                error,
             };
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if !meta.file_type().is_socket() {

@@ -409,14 +409,14 @@ async fn run_async(
         .await
         .map_err(|e| ports.upstream.bind_error(&e))?;
     let bound = prepared.bind().await.map_err(|e| match e {
-        ServeError::Bind { field, source, .. } if field == server::GRPC_FIELD => {
-            ports.grpc.bind_error(&source)
+        ServeError::Bind { field, error, .. } if field == server::GRPC_FIELD => {
+            ports.grpc.bind_error(&error)
         }
-        ServeError::Bind { field, source, .. } if field == server::ADMIN_FIELD => {
-            ports.metrics.bind_error(&source)
+        ServeError::Bind { field, error, .. } if field == server::ADMIN_FIELD => {
+            ports.metrics.bind_error(&error)
         }
-        ServeError::Bind { field, source, .. } if field == server::ISSUER_LISTEN_FIELD => {
-            ports.issuer.bind_error(&source)
+        ServeError::Bind { field, error, .. } if field == server::ISSUER_LISTEN_FIELD => {
+            ports.issuer.bind_error(&error)
         }
         other => other.into(),
     })?;
