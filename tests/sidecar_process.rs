@@ -335,6 +335,7 @@ struct HeldPorts {
     _held: Vec<std::net::TcpListener>,
     grpc: String,
     admin: String,
+    #[cfg_attr(not(feature = "issuer"), allow(dead_code))]
     issuer: String,
 }
 
@@ -403,6 +404,10 @@ fn a_failing_construction_exits_before_any_port_is_bound() {
 
     // A config after `listen`, its environment, and the field its one error line names.
     type Case = (String, Vec<(&'static str, String)>, &'static str);
+    #[cfg_attr(
+        not(any(feature = "shared-cache", feature = "issuer")),
+        allow(unused_mut)
+    )]
     let mut cases: Vec<Case> = vec![
         (
             format!(
