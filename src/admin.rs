@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +13,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CONTENT_TYPE, Metrics};
 
@@ -23,8 +23,9 @@ pub struct AdminState {
     /// True once every provider's JWKS has been loaded (the condition that makes gRPC health
     /// SERVING).
     pub keys_loaded: watch::Receiver<bool>,
-    /// Set when shutdown begins: not ready for new traffic while in-flight checks drain.
-    pub draining: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins (the supervisor's Check stage): not ready for new
+    /// traffic while in-flight checks drain.
+    pub draining: CancellationToken,
     /// `cache.shared`, for `/readyz` detail: its trouble never makes the pod not ready.
     #[cfg(feature = "shared-cache")]
     pub shared_cache: Option<Arc<crate::shared_cache::SharedTier>>,
@@ -33,7 +34,7 @@ pub struct AdminState {
 impl AdminState {
     /// `None` when ready, else why not.
     fn not_ready(&self) -> Option<&'static str> {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.draining.is_cancelled() {
             Some("shutting down")
         } else if !*self.keys_loaded.borrow() {
             Some("signing keys not loaded yet")

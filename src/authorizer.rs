@@ -37,6 +37,7 @@ use crate::settings::Settings;
 #[cfg(feature = "shared-cache")]
 use crate::shared_cache::{CredentialRef, SharedEntry, SharedStore, SharedTier};
 use crate::stats::{Snapshot, Stats};
+use crate::supervisor::{Stage, Supervisor};
 use crate::verify::{Verified, VerifyError};
 
 /// An infrastructure failure: the check cannot be decided. The adapter answers gRPC
@@ -375,19 +376,15 @@ impl Authorizer {
             .map(|s| (s.name.as_str(), &s.provider))
     }
 
-    /// Keeps every provider's JWKS fresh; the receiver turns true once all of them have loaded.
-    pub fn start_key_refresh(
-        &self,
-    ) -> (
-        Vec<tokio::task::JoinHandle<()>>,
-        tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tasks: Vec<_> = self
-            .inner
-            .providers
-            .iter()
-            .map(|s| s.provider.jwks().clone().spawn_refresher(s.jwks_refresh))
-            .collect();
+    /// Keeps every provider's JWKS fresh, under `supervisor`; the receiver turns true once all
+    /// of them have loaded.
+    pub fn start_key_refresh(&self, supervisor: &Supervisor) -> tokio::sync::watch::Receiver<bool> {
+        for s in &self.inner.providers {
+            s.provider
+                .jwks()
+                .clone()
+                .spawn_refresher(s.jwks_refresh, supervisor);
+        }
         let (all_tx, all_rx) = tokio::sync::watch::channel(false);
         let mut each: Vec<_> = self
             .inner
@@ -395,7 +392,7 @@ impl Authorizer {
             .iter()
             .map(|s| s.provider.jwks().loaded())
             .collect();
-        tasks.push(tokio::spawn(async move {
+        supervisor.spawn(Stage::Background, "keys loaded", async move {
             for loaded in &mut each {
                 if loaded.wait_for(|l| *l).await.is_err() {
                     return;
@@ -404,8 +401,8 @@ impl Authorizer {
             all_tx.send_replace(true);
             // Keep the sender alive so receivers never see it closed.
             std::future::pending::<()>().await;
-        }));
-        (tasks, all_rx)
+        });
+        all_rx
     }
 
     pub fn cache(&self) -> &TokenCache {
@@ -447,16 +444,16 @@ impl Authorizer {
         }
     }
 
-    /// Sweeps expired cache entries periodically; stops when the returned handle is aborted.
-    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+    /// Sweeps expired cache entries periodically, until `supervisor` stops.
+    pub fn spawn_maintenance(&self, supervisor: &Supervisor) {
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        supervisor.spawn(Stage::Background, "cache sweep", async move {
             let mut tick = tokio::time::interval(CACHE_SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
                 inner.cache.sweep();
             }
-        })
+        });
     }
 
     /// Decides one check. A panic anywhere in it (a bug) is contained: the check is answered

@@ -32,6 +32,7 @@ pub trait KeySource: Send + Sync + 'static {
     /// Where the keys come from, for logs (a URL; never a secret).
     fn describe(&self) -> String;
 }
+use crate::supervisor::{Stage, Supervisor};
 
 /// One usable verification key and the algorithms it may verify: the intersection of what its
 /// type allows, its own `alg` if it names one, and the configured pin list (RFC 8725 §3.1).
@@ -326,8 +327,8 @@ impl Jwks {
 
     /// Keeps the set fresh: every `interval` after a success, every few seconds (doubling up to
     /// `interval`) after a failure, so a provider outage at start-up heals without a restart.
-    pub fn spawn_refresher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    pub fn spawn_refresher(self: Arc<Self>, interval: Duration, supervisor: &Supervisor) {
+        supervisor.spawn(Stage::Background, "JWKS refresh", async move {
             let mut retry = JWKS_RETRY.min(interval);
             loop {
                 match self.refresh().await {
@@ -343,7 +344,7 @@ impl Jwks {
                     }
                 }
             }
-        })
+        });
     }
 }
 

@@ -43,7 +43,9 @@ pub mod server;
 pub mod settings;
 #[cfg(feature = "shared-cache")]
 pub mod shared_cache;
+pub mod shutdown;
 pub mod stats;
+pub mod supervisor;
 pub mod telemetry;
 pub mod verify;
 

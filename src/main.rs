@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use m2m_authz::config::Config;
 use m2m_authz::defaults::CONFIG_ENV;
+use m2m_authz::shutdown::{Hangup, StopSignals};
+use m2m_authz::supervisor::Supervisor;
 use m2m_authz::{server, telemetry};
 
 #[derive(Parser)]
@@ -119,18 +122,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(warning) = config.plain_http_warning() {
                 tracing::warn!("{warning}");
             }
-            let runtime = tokio::runtime::Runtime::new()?;
-            let served = runtime.block_on(async {
-                let listeners = server::bind(&config).await?;
-                tracing::info!(summary = %config.summary(), "configuration loaded");
-                server::serve(&config, listeners, shutdown_signal()).await?;
-                Ok(())
-            });
-            // Export the last trace spans before the process ends.
-            telemetry::shutdown();
-            served
+            tokio::runtime::Runtime::new()?.block_on(serve(config))
         }
     }
+}
+
+/// `serve`: everything that can fail first, then the ports, then run until a stop signal.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let signals = StopSignals::install(Hangup::Ignored)?;
+    let prepared = server::prepare(&config).await?;
+    let bound = prepared.bind().await?;
+    tracing::info!(summary = %config.summary(), "configuration loaded");
+    let supervisor = Supervisor::new(config.listen.drain_timeout);
+    // Export the last trace spans once everything has stopped (before the socket goes).
+    supervisor.on_stop("flush telemetry", telemetry::shutdown);
+    bound.start(&supervisor).await;
+    supervisor
+        .run_until(signals.stopped())
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// Settings outside the config file that need a part this build left out (the `OTEL_*`
@@ -148,27 +158,4 @@ fn not_built(command: &str) -> anyhow::Result<()> {
         "`m2m-authz {command}`: {}",
         m2m_authz::features::missing("this command", m2m_authz::features::ISSUER)
     ))
-}
-
-/// Completes on SIGTERM (Kubernetes, Envoy's supervisor) or ctrl-c.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

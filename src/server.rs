@@ -1,11 +1,19 @@
-//! Serving Check and gRPC health on one port and the admin HTTP endpoints on another, and
-//! stopping gracefully: on shutdown new connections are refused while in-flight checks get up to
-//! the drain timeout to finish; the admin port answers (`/readyz` 503) until they have.
+//! Serving Check and gRPC health on one port and the admin HTTP endpoints on another, in three
+//! steps that `serve` and `demo` share:
+//!
+//! 1. [`prepare`]: everything that can fail, before any port is bound — the listen addresses
+//!    and the Unix socket path, the authorizer (providers, identity headers, the policy file,
+//!    the shared tier's URL and fleet key), the embedded issuer's database. A failure names the
+//!    field and nothing was ever listening.
+//! 2. [`Prepared::bind`]: the Check port, the admin port, the embedded issuer's port.
+//! 3. [`Bound::start`]: every server and loop, handed to the [`Supervisor`], which stops them in
+//!    order: new connections are refused while in-flight checks get up to the drain timeout to
+//!    finish; the admin port answers (`/readyz` 503) and the embedded issuer keeps issuing until
+//!    they have; then the loops stop, and the Unix socket is removed.
 
-use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -18,40 +26,48 @@ use crate::config::ProviderKind;
 use crate::config::{Config, ListenAddr, parse_admin_listen, parse_listen};
 use crate::ext_authz::ExtAuthz;
 #[cfg(feature = "issuer")]
-use crate::issuer::{Issuer, IssuerConfig};
+use crate::issuer::{Issuer, IssuerError};
 use crate::metrics::Metrics;
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::supervisor::{Stage, Supervisor};
 
 /// The gRPC service name health checks ask about, besides the empty (whole server) name.
 pub const CHECK_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
-/// How long the admin port may take to close once checks have drained.
-const ADMIN_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest Unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("listen.grpc: {0}")]
-    Listen(String),
-    #[error("cannot listen on {addr}: {source}")]
+    /// An address that cannot be listened on as written.
+    #[error("{field}: {problem}")]
+    Listen {
+        field: &'static str,
+        problem: String,
+    },
+    /// (`error` is shown in the line, so it is not also a `source`: `main` prints the chain.)
+    #[error("{field}: cannot listen on {addr}: {error}")]
     Bind {
+        field: &'static str,
         addr: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("listen.admin: {0}")]
-    AdminListen(String),
-    #[error("listen.admin: cannot listen on {addr}: {source}")]
-    AdminBind {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[cfg(feature = "issuer")]
-    #[error("embedded issuer: {0}")]
-    Issuer(#[from] crate::issuer::IssuerError),
+    #[error("{field}: {error}")]
+    Issuer {
+        field: &'static str,
+        error: IssuerError,
+    },
 }
+
+/// `listen.grpc`, the Check port.
+pub const GRPC_FIELD: &str = "listen.grpc";
+/// `listen.admin`, the admin port.
+pub const ADMIN_FIELD: &str = "listen.admin";
+/// `provider.embedded.listen`, the embedded issuer's port.
+pub const ISSUER_LISTEN_FIELD: &str = "provider.embedded.listen";
 
 /// A bound gRPC listener.
 pub enum Listener {
@@ -65,243 +81,300 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// Both bound ports: Check (and gRPC health), and the admin HTTP endpoints.
-pub struct Listeners {
-    pub grpc: Listener,
-    pub admin: TcpListener,
+/// Everything `serve` needs that can fail, built and checked; no port is bound yet.
+pub struct Prepared {
+    authorizer: Arc<Authorizer>,
+    grpc: ListenAddr,
+    admin: SocketAddr,
+    #[cfg(feature = "issuer")]
+    issuer: Option<Issuer>,
 }
 
-/// Binds `listen.grpc` and `listen.admin`. Separate from serving so callers can learn the bound
-/// addresses (port 0 in tests) and report a taken port before anything else starts.
-pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
-    let grpc = bind_grpc(config).await?;
-    let addr = parse_admin_listen(&config.listen.admin).map_err(ServeError::AdminListen)?;
-    let admin = TcpListener::bind(addr)
+/// Builds and checks everything `serve` needs (see the module docs), binding nothing.
+pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
+    let listen = |field, problem| ServeError::Listen { field, problem };
+    let grpc = parse_listen(&config.listen.grpc).map_err(|p| listen(GRPC_FIELD, p))?;
+    if let ListenAddr::Unix(path) = &grpc {
+        check_socket_path(path).map_err(|p| listen(GRPC_FIELD, p))?;
+    }
+    let admin = parse_admin_listen(&config.listen.admin).map_err(|p| listen(ADMIN_FIELD, p))?;
+    let authorizer = Arc::new(Authorizer::new(config)?);
+    #[cfg(feature = "issuer")]
+    let issuer = match &config.provider.embedded {
+        Some(embedded) if config.provider.kind == ProviderKind::Embedded => Some(
+            Issuer::open_async(embedded.clone())
+                .await
+                .map_err(|error| ServeError::Issuer {
+                    field: embedded_field(&error),
+                    error,
+                })?,
+        ),
+        _ => None,
+    };
+    Ok(Prepared {
+        authorizer,
+        grpc,
+        admin,
+        #[cfg(feature = "issuer")]
+        issuer,
+    })
+}
+
+/// The `provider.embedded` field an error opening the embedded issuer is about.
+#[cfg(feature = "issuer")]
+fn embedded_field(e: &IssuerError) -> &'static str {
+    match e {
+        IssuerError::Store(_) | IssuerError::Keys(_) => "provider.embedded.database",
+        _ => "provider.embedded",
+    }
+}
+
+/// What can be known about a socket path before binding it: the kernel's length limit, a
+/// directory to put it in, and nothing but a socket (a stale one, replaced) in the way.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes long; at most {MAX_SOCKET_PATH} fit",
+            path.as_os_str().len()
+        ));
+    }
+    match path.parent().map(std::fs::metadata) {
+        Some(Ok(m)) if m.is_dir() => {}
+        Some(Ok(_)) => return Err(format!("{} is not a directory", shown_parent(path))),
+        Some(Err(e)) => return Err(format!("cannot use directory {}: {e}", shown_parent(path))),
+        None => return Err("expected a socket path inside a directory".into()),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            Err("a file that is not a socket is in the way".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn shown_parent(path: &Path) -> String {
+    path.parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+impl Prepared {
+    /// Binds the Check port, then the admin port, then the embedded issuer's.
+    pub async fn bind(self) -> Result<Bound, ServeError> {
+        let (grpc, socket) = bind_grpc(&self.grpc).await?;
+        let admin = bind_tcp(ADMIN_FIELD, self.admin).await?;
+        #[cfg(feature = "issuer")]
+        let issuer = match self.issuer {
+            Some(issuer) => {
+                let listener = bind_tcp(ISSUER_LISTEN_FIELD, issuer.config().listen).await?;
+                Some((issuer, listener))
+            }
+            None => None,
+        };
+        Ok(Bound {
+            authorizer: self.authorizer,
+            grpc,
+            admin,
+            socket,
+            #[cfg(feature = "issuer")]
+            issuer,
+        })
+    }
+}
+
+async fn bind_tcp(field: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::AdminBind {
+        .map_err(|error| ServeError::Bind {
+            field,
             addr: addr.to_string(),
-            source,
-        })?;
-    Ok(Listeners { grpc, admin })
+            error,
+        })
 }
 
 /// Binds `listen.grpc`. A stale socket file left by an earlier run is replaced; any other file
-/// at that path is an error.
-async fn bind_grpc(config: &Config) -> Result<Listener, ServeError> {
-    match parse_listen(&config.listen.grpc).map_err(ServeError::Listen)? {
-        ListenAddr::Tcp(addr) => {
-            TcpListener::bind(addr)
-                .await
-                .map(Listener::Tcp)
-                .map_err(|source| ServeError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })
-        }
+/// at that path is an error. For a socket, also what identifies it, to remove it when stopping.
+async fn bind_grpc(addr: &ListenAddr) -> Result<(Listener, Option<OurSocket>), ServeError> {
+    match addr {
+        ListenAddr::Tcp(addr) => Ok((Listener::Tcp(bind_tcp(GRPC_FIELD, *addr).await?), None)),
         ListenAddr::Unix(path) => {
-            use std::os::unix::fs::FileTypeExt;
-            let bind_error = |source| ServeError::Bind {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+            let bind_error = |error| ServeError::Bind {
+                field: GRPC_FIELD,
                 addr: format!("unix:{}", path.display()),
-                source,
+                error,
             };
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if !meta.file_type().is_socket() {
                     return Err(bind_error(std::io::Error::new(
                         std::io::ErrorKind::AlreadyExists,
                         "a file that is not a socket is in the way",
                     )));
                 }
-                std::fs::remove_file(&path).map_err(bind_error)?;
+                std::fs::remove_file(path).map_err(bind_error)?;
             }
-            let listener = UnixListener::bind(&path).map_err(bind_error)?;
+            let listener = UnixListener::bind(path).map_err(bind_error)?;
             // Owner and group may connect (the process umask usually leaves the group without
             // write permission, which connecting needs): Envoy may run as another user of the
             // same group. Others may not. The socket's directory must be writable only by
             // trusted users (whoever can write there can replace the socket anyway); the check
             // below still refuses to change the mode through anything but our socket.
-            use std::os::unix::fs::PermissionsExt;
-            let ours = std::fs::symlink_metadata(&path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
-            if !ours {
-                return Err(bind_error(std::io::Error::other(
-                    "the socket was replaced right after it was bound",
-                )));
-            }
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            let ours = match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => OurSocket {
+                    path: path.clone(),
+                    dev: m.dev(),
+                    ino: m.ino(),
+                },
+                _ => {
+                    return Err(bind_error(std::io::Error::other(
+                        "the socket was replaced right after it was bound",
+                    )));
+                }
+            };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
                 .map_err(bind_error)?;
-            Ok(Listener::Unix(listener))
+            Ok((Listener::Unix(listener), Some(ours)))
         }
     }
 }
 
-/// Serves until `shutdown` completes, then drains for at most `config.listen.drain_timeout`.
-/// With `provider.kind: embedded`, the embedded issuer is opened and served first, and stopped
-/// after the last check has drained.
-pub async fn serve(
-    config: &Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    #[cfg(feature = "issuer")]
-    let issuer = match &config.provider.embedded {
-        Some(embedded) if config.provider.kind == ProviderKind::Embedded => {
-            Some(start_embedded_issuer(embedded.clone()).await?)
-        }
-        _ => None,
-    };
-    let authorizer = Arc::new(Authorizer::new(config)?);
-    let result = serve_with(authorizer, listeners, config.listen.drain_timeout, shutdown).await;
-    #[cfg(feature = "issuer")]
-    if let Some((stop, task)) = issuer {
-        let _ = stop.send(());
-        let _ = task.await;
-    }
-    result
+/// The socket file we bound: removed when we stop, unless it is no longer ours.
+struct OurSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
 }
 
-#[cfg(feature = "issuer")]
-type IssuerHandle = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), crate::issuer::IssuerError>>,
-);
-
-#[cfg(feature = "issuer")]
-async fn start_embedded_issuer(config: IssuerConfig) -> Result<IssuerHandle, ServeError> {
-    let addr = config.listen;
-    let issuer = Issuer::open_async(config).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(issuer.serve_on(listener, async move {
-        let _ = stopped.await;
-    }));
-    Ok((stop, task))
-}
-
-pub async fn serve_with(
-    authorizer: Arc<Authorizer>,
-    listeners: Listeners,
-    drain: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let Listeners {
-        grpc: listener,
-        admin,
-    } = listeners;
-    let local = match &listener {
-        Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        Listener::Unix(l) => l
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
-            .unwrap_or_default(),
-    };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(CHECK_SERVICE, ServingStatus::NotServing)
-        .await;
-
-    let maintenance = authorizer.spawn_maintenance();
-    let policy_watcher = authorizer.policy().clone().spawn_watcher();
-    let (refreshers, keys_loaded) = authorizer.start_key_refresh();
-    // Health reports SERVING only once every provider's keys are loaded: before that checks
-    // would fail.
-    let mut loaded = keys_loaded.clone();
-    let health_task = tokio::spawn(async move {
-        if loaded.wait_for(|l| *l).await.is_ok() {
-            health.set_service_status("", ServingStatus::Serving).await;
-            health
-                .set_service_status(CHECK_SERVICE, ServingStatus::Serving)
-                .await;
-            tracing::info!("signing keys loaded; serving");
-        }
-    });
-
-    let metrics = Arc::new(Metrics::new(authorizer.clone()));
-    let draining = Arc::new(AtomicBool::new(false));
-    let admin_addr = admin
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut admin_task = tokio::spawn(crate::admin::serve(
-        admin,
-        Arc::new(AdminState {
-            metrics: metrics.clone(),
-            keys_loaded,
-            draining: draining.clone(),
-            #[cfg(feature = "shared-cache")]
-            shared_cache: authorizer.shared_cache().cloned(),
-        }),
-        async move {
-            let _ = admin_stopped.await;
-        },
-    ));
-    tracing::info!(addr = %admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /version)");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = async move {
-        let mut stop_rx = stop_rx;
-        let _ = stop_rx.wait_for(|s| *s).await;
-    };
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AuthorizationServer::new(
-            ExtAuthz::new(authorizer).with_metrics(metrics),
-        ));
-    let mut server: std::pin::Pin<
-        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = match listener {
-        Listener::Tcp(l) => {
-            Box::pin(router.serve_with_incoming_shutdown(
-                // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm
-                // and delayed ACKs add tens of milliseconds to some of them.
-                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                stopped,
-            ))
-        }
-        Listener::Unix(l) => {
-            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped))
-        }
-    };
-    tracing::info!(addr = %local, "m2m-authz listening for ext_authz checks");
-    let result = tokio::select! {
-        r = &mut server => r,
-        () = shutdown => {
-            tracing::info!(drain_secs = drain.as_secs_f32(), "shutting down: draining in-flight checks");
-            draining.store(true, Ordering::Relaxed);
-            stop_tx.send_replace(true);
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("drain timeout reached; closing remaining connections");
-                    Ok(())
+impl OurSocket {
+    fn remove(&self) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(error) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(%error, path = %self.path.display(), "cannot remove the Check socket");
                 }
             }
+            _ => {}
         }
-    };
-    for r in refreshers {
-        r.abort();
     }
-    maintenance.abort();
-    if let Some(w) = policy_watcher {
-        w.abort();
+}
+
+/// Every port bound; nothing served yet.
+pub struct Bound {
+    authorizer: Arc<Authorizer>,
+    grpc: Listener,
+    admin: TcpListener,
+    socket: Option<OurSocket>,
+    #[cfg(feature = "issuer")]
+    issuer: Option<(Issuer, TcpListener)>,
+}
+
+impl Bound {
+    /// The Check port as `host:port` or `unix:/path`.
+    pub fn grpc_addr(&self) -> String {
+        Bound::addr_of(&self.grpc)
     }
-    health_task.abort();
-    let _ = admin_stop.send(());
-    if tokio::time::timeout(ADMIN_STOP_TIMEOUT, &mut admin_task)
-        .await
-        .is_err()
-    {
-        admin_task.abort();
+
+    /// The admin port.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
     }
-    result.map_err(ServeError::from)
+
+    /// Starts every server and loop under `supervisor`; they run until it stops them.
+    pub async fn start(self, supervisor: &Supervisor) {
+        let Bound {
+            authorizer,
+            grpc,
+            admin,
+            socket,
+            #[cfg(feature = "issuer")]
+            issuer,
+        } = self;
+        let grpc_addr = Bound::addr_of(&grpc);
+        #[cfg(feature = "issuer")]
+        if let Some((issuer, listener)) = issuer {
+            supervisor.spawn_server(Stage::Background, "embedded issuer", |stop| {
+                issuer.serve_on(listener, stop)
+            });
+        }
+
+        // Health reports SERVING only once every provider's keys are loaded: before that checks
+        // would fail. (The reporter starts with the whole server SERVING: say otherwise first.)
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(CHECK_SERVICE, ServingStatus::NotServing)
+            .await;
+        authorizer.spawn_maintenance(supervisor);
+        authorizer.policy().clone().spawn_watcher(supervisor);
+        let keys_loaded = authorizer.start_key_refresh(supervisor);
+        let mut loaded = keys_loaded.clone();
+        supervisor.spawn(Stage::Background, "health", async move {
+            if loaded.wait_for(|l| *l).await.is_ok() {
+                health.set_service_status("", ServingStatus::Serving).await;
+                health
+                    .set_service_status(CHECK_SERVICE, ServingStatus::Serving)
+                    .await;
+                tracing::info!("signing keys loaded; serving");
+            }
+            // Keep the reporter: the statuses it set stay until the supervisor stops.
+            std::future::pending::<()>().await;
+        });
+
+        let metrics = Arc::new(Metrics::new(authorizer.clone()));
+        let admin_addr = admin
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            keys_loaded,
+            draining: supervisor.token(Stage::Checks),
+            #[cfg(feature = "shared-cache")]
+            shared_cache: authorizer.shared_cache().cloned(),
+        });
+        supervisor.spawn_server(Stage::Background, "admin HTTP server", |stop| {
+            crate::admin::serve(admin, state, stop)
+        });
+        tracing::info!(addr = %admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /version)");
+
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(AuthorizationServer::new(
+                ExtAuthz::new(authorizer).with_metrics(metrics),
+            ));
+        match grpc {
+            Listener::Tcp(l) => {
+                supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
+                    router.serve_with_incoming_shutdown(
+                        // Checks are small request/response pairs: without TCP_NODELAY, Nagle's
+                        // algorithm and delayed ACKs add tens of milliseconds to some of them.
+                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                        stop,
+                    )
+                })
+            }
+            Listener::Unix(l) => supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
+                router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+            }),
+        }
+        if let Some(socket) = socket {
+            supervisor.on_stop("remove the Check socket", move || socket.remove());
+        }
+        tracing::info!(addr = %grpc_addr, "m2m-authz listening for ext_authz checks");
+    }
+
+    fn addr_of(l: &Listener) -> String {
+        match l {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_default(),
+        }
+    }
 }

@@ -167,3 +167,157 @@ async fn the_drain_timeout_bounds_the_exit() {
         .unwrap();
     assert!(r.is_err(), "{r:?}");
 }
+
+/// A gRPC channel to the Check socket at `path`.
+async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the Check socket")
+}
+
+/// On a Unix socket, SIGTERM goes in order: `/readyz` says 503 at once while the check in
+/// flight drains and is answered, new connections are refused, and once everything has stopped
+/// the socket file is removed and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_a_unix_socket_drains_then_removes_the_socket() {
+    use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let p = FakeProvider::start().await;
+    p.add_client("client-1", "s3cret", "user-1");
+    let (mut sidecar, socket) = Sidecar::start_unix(&config(&p, "5s")).await;
+    let readyz = format!("{}/readyz", sidecar.admin_url());
+    common::process::wait_for_http_ok(&readyz, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sidecar.logs()));
+
+    p.set_latency(Duration::from_millis(1500));
+    let mut client = AuthorizationClient::new(unix_channel(socket.clone()).await);
+    let check =
+        tokio::spawn(async move { client.check(check_request("client-1", "s3cret")).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.token_calls() < 1 {
+        assert!(Instant::now() < deadline, "the exchange never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    sidecar.child.signal(SIGTERM);
+    let signalled = Instant::now();
+
+    // Not ready any more, while the check is still in flight.
+    let http = common::http_client();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = http
+            .get(&readyz)
+            .send()
+            .await
+            .expect("the admin port answers while draining");
+        if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["reason"], "shutting down", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {} after SIGTERM",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !check.is_finished(),
+        "the check ended before the drain was seen"
+    );
+    // New connections are refused; the socket file is still there while the check drains.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let response = check.await.unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the check was dropped mid-answer: {e:?}\n{}",
+            sidecar.logs()
+        )
+    });
+    let Some(HttpResponse::OkResponse(ok)) = response.into_inner().http_response else {
+        panic!("not allowed")
+    };
+    assert!(
+        ok.headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .any(|h| h.key == "x-user-id" && h.value == "user-1")
+    );
+
+    let status = wait_exit(&mut sidecar, signalled + DRAIN + EXIT_MARGIN)
+        .await
+        .unwrap_or_else(|| panic!("still running:\n{}", sidecar.logs()));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        sidecar.logs()
+    );
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "the socket file was left behind"
+    );
+}
+
+/// SIGINT (ctrl-c) stops `serve` as SIGTERM does, also before it is SERVING (the JWKS endpoint
+/// is failing here): exit 0 through the same ordered stop, the signal named in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_serve_cleanly_before_keys_load() {
+    const SIGINT: i32 = 2;
+    let p = FakeProvider::start().await;
+    p.set_mode(common::provider::Mode::Failing);
+    let dir = common::process::TempDir::new("sigint");
+    let (grpc, admin) = (common::process::free_addr(), common::process::free_addr());
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: {{grpc: '{grpc}', admin: '{admin}', drain_timeout: 5s}}\n{}",
+            config(&p, "5s")
+        ),
+    )
+    .unwrap();
+    let child = common::process::ChildGuard::spawn(
+        "m2m-authz",
+        std::process::Command::new(common::sidecar::binary())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("M2M_AUTHZ_LOG_FORMAT", "json")
+            .stderr(common::process::log_file(&dir.join("stderr.log"))),
+    );
+    let mut sidecar = Sidecar {
+        child,
+        addr: grpc,
+        dir,
+    };
+    common::process::wait_for_tcp(admin, Duration::from_secs(10))
+        .await
+        .unwrap();
+    sidecar.child.signal(SIGINT);
+    let status = wait_exit(&mut sidecar, Instant::now() + DRAIN + EXIT_MARGIN)
+        .await
+        .unwrap_or_else(|| panic!("still running:\n{}", sidecar.logs()));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        sidecar.logs()
+    );
+    let logs = sidecar.full_logs();
+    assert!(logs.contains("SIGINT"), "{logs}");
+    assert!(logs.contains("shutting down"), "{logs}");
+}

@@ -308,3 +308,274 @@ async fn plain_http_provider_urls_are_warned_about_once() {
     assert!(!warnings[0].contains("hidden-query"), "{}", warnings[0]);
     child.stop();
 }
+
+/// Ports held by the test for the duration of a run: a bind attempt on any of them fails.
+struct HeldPorts {
+    _held: Vec<std::net::TcpListener>,
+    grpc: String,
+    admin: String,
+    #[cfg_attr(not(feature = "issuer"), allow(dead_code))]
+    issuer: String,
+}
+
+impl HeldPorts {
+    fn new() -> HeldPorts {
+        let hold = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = vec![hold(), hold(), hold()];
+        let addr = |i: usize| held[i].local_addr().unwrap().to_string();
+        HeldPorts {
+            grpc: addr(0),
+            admin: addr(1),
+            issuer: addr(2),
+            _held: held,
+        }
+    }
+}
+
+/// Runs the binary with `args` to its exit (within 30 s) and returns its stderr, asserting what
+/// every refused start has: a non-zero exit and one line naming `field`, no panic.
+fn refused(args: &[&str], config: &std::path::Path, env: &[(&str, &str)], field: &str) -> String {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("M2M_AUTHZ_REDIS_URL")
+        .env_remove("M2M_AUTHZ_FLEET_KEY")
+        .env_remove("M2M_ISSUER_PROJECT_SECRET")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let yaml = std::fs::read_to_string(config).unwrap_or_default();
+    assert!(!out.status.success(), "{args:?} started with\n{yaml}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: one line, got {stderr}\n{yaml}"
+    );
+    assert!(
+        stderr.starts_with(&format!("error: {field}")),
+        "{args:?}: {stderr} should name {field}\n{yaml}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Every construction that can fail comes before any port is bound: with every configured port
+/// held by the test, a failing construction is still what the one error line names — had `serve`
+/// tried to bind first, the line would name `listen.*`. Half-written, missing and misplaced files
+/// are among the failures.
+#[test]
+fn a_failing_construction_exits_before_any_port_is_bound() {
+    let dir = TempDir::new("early-failure");
+    let ports = HeldPorts::new();
+    let stytch = "provider: {kind: stytch, project_id: project-test-1, base_url: 'https://test.stytch.com'}\n";
+    let listen = format!(
+        "listen: {{grpc: '{}', admin: '{}'}}\n",
+        ports.grpc, ports.admin
+    );
+    let fleet_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+
+    let empty_policy = dir.join("empty-policy.yaml");
+    std::fs::write(&empty_policy, "").unwrap();
+    let half_policy = dir.join("half-policy.yaml");
+    std::fs::write(&half_policy, "rules:\n  - match: {path_prefix: \"/v1\n").unwrap();
+
+    // A config after `listen`, its environment, and the field its one error line names.
+    type Case = (String, Vec<(&'static str, String)>, &'static str);
+    #[cfg_attr(
+        not(any(feature = "shared-cache", feature = "issuer")),
+        allow(unused_mut)
+    )]
+    let mut cases: Vec<Case> = vec![
+        (
+            format!(
+                "{stytch}policy: {{file: '{}'}}\n",
+                dir.join("absent.yaml").display()
+            ),
+            vec![],
+            "policy.file",
+        ),
+        (
+            format!("{stytch}policy: {{file: '{}'}}\n", empty_policy.display()),
+            vec![],
+            "policy.file",
+        ),
+        (
+            format!("{stytch}policy: {{file: '{}'}}\n", half_policy.display()),
+            vec![],
+            "policy.file",
+        ),
+    ];
+    #[cfg(feature = "shared-cache")]
+    cases.extend([
+        (
+            format!("{stytch}cache: {{shared: {{url: 'redis://127.0.0.1:1'}}}}\n"),
+            vec![],
+            "cache.shared.fleet_key",
+        ),
+        (
+            format!("{stytch}cache: {{shared: {{fleet_key: '{fleet_key}'}}}}\n"),
+            vec![],
+            "cache.shared.url",
+        ),
+        (
+            format!("{stytch}cache: {{shared: {{url: 'redis://127.0.0.1:1'}}}}\n"),
+            vec![("M2M_AUTHZ_FLEET_KEY", "c2hvcnQ=".to_owned())],
+            "cache.shared.fleet_key",
+        ),
+    ]);
+    #[cfg(not(feature = "shared-cache"))]
+    let _ = &fleet_key;
+    #[cfg(feature = "issuer")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A database file that is not one (half-written, or something else at that path).
+        let garbage = dir.join("garbage.db");
+        std::fs::write(&garbage, "not an SQLite database").unwrap();
+        std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secret = (
+            "M2M_ISSUER_PROJECT_SECRET",
+            "deployment-project-secret-0123456789".to_owned(),
+        );
+        let embedded = |database: &std::path::Path| {
+            format!(
+                "provider:\n  kind: embedded\n  embedded: {{listen: '{}', database: '{}', project_id: project-test-early}}\n",
+                ports.issuer,
+                database.display()
+            )
+        };
+        // A directory where the database should be, and a database in a folder others may
+        // write to.
+        let a_dir = dir.join("a-dir.db");
+        std::fs::create_dir(&a_dir).unwrap();
+        std::fs::set_permissions(&a_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        cases.extend([
+            (
+                embedded(&garbage),
+                vec![secret.clone()],
+                "provider.embedded.database",
+            ),
+            (
+                embedded(&a_dir),
+                vec![secret.clone()],
+                "provider.embedded.database",
+            ),
+            (
+                embedded(&shared.join("issuer.db")),
+                vec![secret],
+                "provider.embedded.database",
+            ),
+        ]);
+    }
+
+    for (i, (body, env, field)) in cases.iter().enumerate() {
+        let path = dir.join(&format!("case-{i}.yaml"));
+        std::fs::write(&path, format!("{listen}{body}")).unwrap();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let stderr = refused(&["serve"], &path, &env, field);
+        assert!(!stderr.contains("listen"), "{stderr}");
+    }
+
+    // The Unix socket path is checked before the admin port is bound; what is in the way of
+    // the socket is left alone.
+    let in_the_way = dir.join("not-a-socket");
+    std::fs::write(&in_the_way, "keep me").unwrap();
+    let long = format!("/tmp/{}/grpc.sock", "d".repeat(120));
+    for socket in [
+        dir.join("missing-dir/grpc.sock").display().to_string(),
+        in_the_way.display().to_string(),
+        long,
+    ] {
+        let path = dir.join("unix.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: {{grpc: 'unix:{socket}', admin: '{}'}}\n{stytch}",
+                ports.admin
+            ),
+        )
+        .unwrap();
+        let stderr = refused(&["serve"], &path, &[], "listen.grpc");
+        assert!(!stderr.contains("cannot listen"), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&in_the_way).unwrap(), "keep me");
+}
+
+/// `issuer --config` opens its database before binding its port: a bad one is the error even
+/// with the port taken.
+#[cfg(feature = "issuer")]
+#[test]
+fn the_issuer_opens_its_database_before_binding() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("issuer-early");
+    let ports = HeldPorts::new();
+    let garbage = dir.join("garbage.db");
+    std::fs::write(&garbage, "half-written").unwrap();
+    std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.join("issuer.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: '{}'\ndatabase: '{}'\nproject_id: project-test-early\n",
+            ports.issuer,
+            garbage.display()
+        ),
+    )
+    .unwrap();
+    let stderr = refused(
+        &["issuer"],
+        &path,
+        &[(
+            "M2M_ISSUER_PROJECT_SECRET",
+            "deployment-project-secret-0123456789",
+        )],
+        "database",
+    );
+    assert!(!stderr.contains("listen"), "{stderr}");
+    // And with a good database, the taken port is what is named (quiet: creating the first
+    // signing key is logged at info).
+    std::fs::remove_file(&garbage).unwrap();
+    refused(
+        &["issuer"],
+        &path,
+        &[
+            (
+                "M2M_ISSUER_PROJECT_SECRET",
+                "deployment-project-secret-0123456789",
+            ),
+            ("M2M_AUTHZ_LOG", "warn"),
+        ],
+        "listen",
+    );
+}
+
+/// Once everything is built, a taken port is named by its field, and the ports bound before it
+/// are released: the process exits.
+#[test]
+fn a_taken_port_is_named_by_its_field() {
+    let dir = TempDir::new("taken-port");
+    let ports = HeldPorts::new();
+    let stytch = "provider: {kind: stytch, project_id: project-test-1, base_url: 'https://test.stytch.com'}\n";
+    let free = common::process::free_addr();
+    for (listen, field) in [
+        (
+            format!("listen: {{grpc: '{}', admin: '{free}'}}\n", ports.grpc),
+            "listen.grpc",
+        ),
+        (
+            format!("listen: {{grpc: '{free}', admin: '{}'}}\n", ports.admin),
+            "listen.admin",
+        ),
+    ] {
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, format!("{listen}{stytch}")).unwrap();
+        let stderr = refused(&["serve"], &path, &[], field);
+        assert!(stderr.contains("cannot listen"), "{stderr}");
+        // The port bound before the taken one was released with the exit.
+        std::net::TcpListener::bind(free).unwrap();
+    }
+}

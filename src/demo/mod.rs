@@ -31,8 +31,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -45,6 +43,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::defaults::LOG_ENV;
 use crate::issuer::{ConfigArg, CreateArgs, MIN_PROJECT_SECRET_LEN, private_files};
 use crate::server::{self, ServeError};
+use crate::shutdown::{Hangup, StopSignals};
+use crate::supervisor::{Stage, Supervisor};
 
 /// The shipped Envoy bootstrap; its ports are rewritten as `tests/common/envoy.rs` does.
 const ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
@@ -388,86 +388,48 @@ fn init_logging(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM and ctrl-c, registered at once so neither can kill the process with its children
-/// still running.
-struct StopSignals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(StopSignals {
-                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-                int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(StopSignals {})
-        }
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => {}
-                _ = self.int.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-type SidecarTask = JoinHandle<Result<(), ServeError>>;
-
 async fn run_async(
     args: DemoArgs,
     ports: Ports,
     state: StateDir,
     files: Files,
 ) -> anyhow::Result<()> {
-    let mut signals = StopSignals::install()?;
+    // Installed at once, so no stop signal can kill the process with Envoy still running; a
+    // terminal closing (SIGHUP) stops the demo too.
+    let mut signals = StopSignals::install(Hangup::Stops)?;
     let config = crate::settings::from_yaml(&files.sidecar_yaml)
+        .map_err(|e| anyhow!("{}: {e}", state.shown("m2m-authz.yaml")))?;
+    // Everything that can fail (the issuer's database above all) before any port is bound.
+    let prepared = server::prepare(&config)
+        .await
         .map_err(|e| anyhow!("{}: {e}", state.shown("m2m-authz.yaml")))?;
 
     let echo_listener = TcpListener::bind(ports.upstream.addr())
         .await
         .map_err(|e| ports.upstream.bind_error(&e))?;
-    let sidecar_listeners = server::bind(&config).await.map_err(|e| match e {
-        ServeError::Bind { source, .. } => ports.grpc.bind_error(&source),
-        ServeError::AdminBind { source, .. } => ports.metrics.bind_error(&source),
+    let bound = prepared.bind().await.map_err(|e| match e {
+        ServeError::Bind { field, error, .. } if field == server::GRPC_FIELD => {
+            ports.grpc.bind_error(&error)
+        }
+        ServeError::Bind { field, error, .. } if field == server::ADMIN_FIELD => {
+            ports.metrics.bind_error(&error)
+        }
+        ServeError::Bind { field, error, .. } if field == server::ISSUER_LISTEN_FIELD => {
+            ports.issuer.bind_error(&error)
+        }
         other => other.into(),
     })?;
 
-    let (echo_stop, echo_stopped) = oneshot::channel::<()>();
-    let echo_task = tokio::spawn(echo::serve(echo_listener, async move {
-        let _ = echo_stopped.await;
-    }));
-    let (sidecar_stop, sidecar_stopped) = oneshot::channel::<()>();
-    let mut sidecar: Option<SidecarTask> = Some(tokio::spawn(async move {
-        server::serve(&config, sidecar_listeners, async move {
-            let _ = sidecar_stopped.await;
-        })
-        .await
-    }));
+    let mut supervisor = Supervisor::new(DRAIN_TIMEOUT);
+    supervisor.spawn_server(Stage::Background, "echo upstream", |stop| {
+        echo::serve(echo_listener, stop)
+    });
+    bound.start(&supervisor).await;
 
     let mut envoy = match Envoy::spawn(&args.envoy, &files.envoy_config, &state) {
         Ok(envoy) => envoy,
         Err(e) => {
-            let _ = sidecar_stop.send(());
-            let _ = echo_stop.send(());
+            supervisor.shutdown().await;
             return Err(e);
         }
     };
@@ -478,38 +440,21 @@ async fn run_async(
         issuer_config: files.issuer_config.clone(),
     };
     let outcome = tokio::select! {
-        result = demo.run(&mut envoy, &mut sidecar) => result,
-        () = signals.recv() => Ok(()),
+        result = demo.run(&mut envoy, &mut supervisor) => result,
+        _ = signals.recv() => Ok(()),
     };
 
-    // Stop in order: no new requests (Envoy), then drain the checks, then the upstream.
+    // Stop in order: no new requests (Envoy), then the supervisor drains the checks, then stops
+    // the issuer and the upstream.
     envoy.stop().await;
-    let _ = sidecar_stop.send(());
     let mut outcome = outcome;
-    if let Some(task) = sidecar.take() {
-        let stopped = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(5), task).await;
-        if let Err(e) = sidecar_result(stopped.ok()) {
-            outcome = outcome.and(Err(e));
-        }
+    if let Some(failure) = supervisor.shutdown().await {
+        outcome = outcome.and(Err(anyhow!("sidecar: {failure}")));
     }
-    let _ = echo_stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), echo_task).await;
     if outcome.is_ok() {
         println!("stopped");
     }
     outcome
-}
-
-/// How the sidecar's task ended; `None`: it did not stop in time.
-fn sidecar_result(
-    stopped: Option<Result<Result<(), ServeError>, tokio::task::JoinError>>,
-) -> anyhow::Result<()> {
-    match stopped {
-        Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(anyhow!("sidecar: {e}")),
-        Some(Err(e)) => Err(anyhow!("sidecar task failed: {e}")),
-        None => Err(anyhow!("the sidecar did not stop in time")),
-    }
 }
 
 struct Demo<'a> {
@@ -520,12 +465,9 @@ struct Demo<'a> {
 
 impl Demo<'_> {
     /// Waits until everything is up, creates the demo client, proves the path with one request,
-    /// prints the banner, then runs until Envoy or the sidecar stops by itself (an error).
-    async fn run(
-        &self,
-        envoy: &mut Envoy,
-        sidecar: &mut Option<SidecarTask>,
-    ) -> anyhow::Result<()> {
+    /// prints the banner, then runs until Envoy or a part of the sidecar stops by itself (an
+    /// error).
+    async fn run(&self, envoy: &mut Envoy, sidecar: &mut Supervisor) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -561,11 +503,7 @@ impl Demo<'_> {
                 let status = status.context("cannot wait for envoy")?;
                 Err(envoy.exited("envoy stopped unexpectedly", status))
             }
-            stopped = async { sidecar.as_mut().expect("sidecar running").await } => {
-                sidecar.take();
-                sidecar_result(Some(stopped))
-                    .and_then(|()| Err(anyhow!("the sidecar stopped unexpectedly")))
-            }
+            failure = sidecar.failed() => Err(anyhow!("sidecar: {failure}")),
         }
     }
 
@@ -575,7 +513,7 @@ impl Demo<'_> {
         &self,
         http: &reqwest::Client,
         envoy: &mut Envoy,
-        sidecar: &mut Option<SidecarTask>,
+        sidecar: &mut Supervisor,
         deadline: Instant,
     ) -> anyhow::Result<()> {
         let ready_url = format!("http://{}/ready", self.ports.admin.addr());
@@ -584,10 +522,8 @@ impl Demo<'_> {
             if let Some(status) = envoy.child.try_wait().context("cannot wait for envoy")? {
                 return Err(envoy.exited("envoy exited during start-up", status));
             }
-            if sidecar.as_ref().is_some_and(JoinHandle::is_finished) {
-                let task = sidecar.take().expect("checked above");
-                sidecar_result(Some(task.await))?;
-                bail!("the sidecar stopped during start-up");
+            if let Some(failure) = sidecar.try_failed() {
+                bail!("the sidecar stopped during start-up: {failure}");
             }
             if !envoy_live {
                 envoy_live = envoy_is_live(http, &ready_url).await

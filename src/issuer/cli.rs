@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value, json};
@@ -19,6 +20,8 @@ use super::config::IssuerConfig;
 use super::keyring;
 use super::store::{ClientQuery, ClientRecord, ClientStatus, KeyState, Store};
 use super::{Issuer, IssuerError};
+use crate::shutdown::{Hangup, StopSignals};
+use crate::supervisor::{Stage, Supervisor};
 
 /// `--config FILE`: the issuer's YAML configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -171,13 +174,19 @@ pub async fn run_issuer_command(args: IssuerArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `issuer --config FILE`: the config and the database are opened before the port is bound,
+/// so a bad one leaves nothing listening; then serves until SIGTERM or ctrl-c.
 async fn serve_from_file(path: &Path) -> anyhow::Result<()> {
+    let signals = StopSignals::install(Hangup::Ignored)?;
     let config = IssuerConfig::load(path)?;
     let addr = config.listen;
-    let issuer = Issuer::open_async(config).await?;
+    let issuer = Issuer::open_async(config).await.map_err(|e| match e {
+        e @ (IssuerError::Store(_) | IssuerError::Keys(_)) => anyhow::anyhow!("database: {e}"),
+        e => e.into(),
+    })?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| IssuerError::Bind { addr, source })?;
+        .map_err(|source| anyhow::anyhow!("listen: {}", IssuerError::Bind { addr, source }))?;
     let bound = listener.local_addr()?;
     let endpoints = issuer.config().endpoints(bound);
     println!("embedded issuer listening on {bound}");
@@ -185,27 +194,16 @@ async fn serve_from_file(path: &Path) -> anyhow::Result<()> {
     println!("  JWKS URL:  {}", endpoints.jwks_url);
     println!("  issuer:    {}", endpoints.issuer);
     println!("  audience:  {}", endpoints.audience);
-    issuer.serve_on(listener, shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    // Without a handler, waiting forever is the only safe reading of a failed
-    // registration: the process still stops on the default signal action.
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    // No Check server here: nothing to drain before the issuer stops.
+    let supervisor = Supervisor::new(Duration::ZERO);
+    supervisor.on_stop("flush telemetry", crate::telemetry::shutdown);
+    supervisor.spawn_server(Stage::Background, "issuer HTTP server", |stop| {
+        issuer.serve_on(listener, stop)
+    });
+    supervisor
+        .run_until(signals.stopped())
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 fn open_store(config: &IssuerConfig) -> anyhow::Result<Store> {

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::{Policy, PolicyConfig, PolicyDocument, PolicyError, ScopeClaim};
+use crate::supervisor::{Stage, Supervisor};
 
 /// The largest policy file that is read. A policy of thousands of rules fits many times over;
 /// a bigger file is refused unread, so a mistaken path (a log, a device) costs nothing.
@@ -324,11 +325,14 @@ impl LivePolicy {
     }
 
     /// Polls the file every `policy.reload_interval` (and again after the settle time while a
-    /// change settles), and looks at once on SIGHUP. Returns `None` when there is no file.
-    pub fn spawn_watcher(self: Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        let file = self.file.as_ref()?;
+    /// change settles), and looks at once on SIGHUP, until `supervisor` stops. Does nothing
+    /// when there is no file.
+    pub fn spawn_watcher(self: Arc<Self>, supervisor: &Supervisor) {
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
         let (interval, settle) = (file.interval, file.settle());
-        Some(tokio::spawn(async move {
+        supervisor.spawn(Stage::Background, "policy reload", async move {
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut wait = interval;
@@ -360,7 +364,7 @@ impl LivePolicy {
                     }
                 }
             }
-        }))
+        });
     }
 }
 
