@@ -16,6 +16,7 @@ use common::provider::{AUDIENCE, FakeProvider, ISSUER, TokenOverride, mint};
 use common::sidecar::Sidecar;
 use futures::future::BoxFuture;
 use m2m_authz::authorizer::{Authorizer, Unavailable};
+use m2m_authz::clock::FakeClock;
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::request::{AuthRequest, Headers};
@@ -50,6 +51,13 @@ fn provider_yaml(p: &FakeProvider, extra: &str) -> String {
 
 async fn authorizer(p: &FakeProvider, extra: &str) -> Arc<Authorizer> {
     Arc::new(common::authz::authorizer(&provider_yaml(p, extra)).await)
+}
+
+/// An authorizer reading time from `clock`, so a test moves past `max_token_lifetime` without
+/// sleeping.
+async fn authorizer_on(p: &FakeProvider, extra: &str, clock: &Arc<FakeClock>) -> Arc<Authorizer> {
+    let yaml = provider_yaml(p, extra);
+    Arc::new(common::authz::authorizer_on_clock(&yaml, clock.clone()).await)
 }
 
 fn with_auth(value: String) -> AuthRequest {
@@ -115,7 +123,8 @@ async fn an_exchanged_token_with_an_extreme_exp_is_cached_no_longer_than_max_tok
     for exp in EXTREME_EXPS.into_iter().chain(FAR_EXPS) {
         issue_without_expires_in(&p, token(json!({ "exp": exp })));
         // Each round starts from an empty cache.
-        let a = authorizer(&p, "  max_token_lifetime: 1s\n").await;
+        let clock = FakeClock::new();
+        let a = authorizer_on(&p, "  max_token_lifetime: 1s\n", &clock).await;
         let calls = p.token_calls();
         let first = a.check(&basic("client-1", "s3cret")).await;
         if !allowed(&format!("exp {exp}"), &first) {
@@ -130,7 +139,7 @@ async fn an_exchanged_token_with_an_extreme_exp_is_cached_no_longer_than_max_tok
             calls + 1,
             "exp {exp}: the second check hit the cache"
         );
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        clock.advance(Duration::from_millis(1100));
         assert!(allowed(
             "after the clamp",
             &a.check(&basic("client-1", "s3cret")).await
@@ -148,7 +157,13 @@ async fn an_exchanged_token_with_an_extreme_exp_is_cached_no_longer_than_max_tok
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_with_extreme_times_never_panic_and_are_cached_no_longer_than_the_clamp() {
     let p = FakeProvider::start().await;
-    let a = authorizer(&p, "  max_token_lifetime: 1s\n  max_token_age: 1h\n").await;
+    let clock = FakeClock::new();
+    let a = authorizer_on(
+        &p,
+        "  max_token_lifetime: 1s\n  max_token_age: 1h\n",
+        &clock,
+    )
+    .await;
     let mut cases: Vec<Value> = EXTREME_EXPS
         .iter()
         .chain(&FAR_EXPS)
@@ -181,7 +196,7 @@ async fn bearer_tokens_with_extreme_times_never_panic_and_are_cached_no_longer_t
         ));
     }
     assert_eq!(a.stats().misses, misses, "served from the cache");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     for t in &allowed_tokens {
         assert!(allowed(
             "re-verified",
