@@ -4,6 +4,11 @@
 //!
 //! What crosses the network (token endpoints, key sources, the shared store) and the clock come
 //! in as [`Parts`]: the real ones by default, in-memory ones when a test wants no sockets.
+//!
+//! One file (about 830 lines, nearly all code): `check` and the exchange flight it starts share
+//! `Inner`'s private state (cache, flights, limits, shared tier) and its invariants — one
+//! exchange per credential at a time, a refusal cached only as a refusal — which are easier to
+//! keep when read together. `Parts` and `Slot` are the pieces that would move out first.
 
 use std::collections::HashMap;
 use std::future::Future;

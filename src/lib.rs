@@ -2,10 +2,17 @@
 //! identity for the upstream. The core (credentials, exchange, jwks, verify, cache, identity,
 //! decision, authorizer) knows nothing of gRPC; `ext_authz` and `server` are the edge.
 //!
-//! Dependencies point one way (checked by `tests/architecture.rs`): the config schema
-//! (`config`, which imports only leaves and the embedded issuer's own schema) → the settings each
-//! module compiles from its section (`settings` compiles them all before any port opens) → the
-//! core → the edges (gRPC, admin HTTP, CLI).
+//! Dependencies point one way (checked by `tests/architecture.rs`): leaves (`defaults`, `clock`,
+//! `canonical`, …) → the config schema (`config`, which imports only leaves and the embedded
+//! issuer's own schema) → the settings each module compiles from its section (`settings`
+//! compiles them all before any port opens) → the core → the edges (gRPC, admin HTTP, CLI).
+//!
+//! The core reaches the network only through three small traits — `exchange::TokenEndpoint`,
+//! `jwks::KeySource`, `shared_cache::SharedStore` — and reads time only from `clock::Clock`;
+//! `authorizer::Parts` gives it the real ones (reqwest, Redis, the system clock) or in-memory
+//! fakes. Start and stop are in one place: `server::prepare` builds everything that can fail
+//! before any port is bound, `supervisor` owns every background task under one cancellation
+//! token, and `shutdown` is the one stop-signal helper of `serve`, `issuer` and `demo`.
 //!
 //! Optional parts are Cargo features, all on by default: `issuer` (the embedded issuer and the
 //! demo), `shared-cache` (the Redis tier) and `otel` (trace export). Without them the lean sidecar

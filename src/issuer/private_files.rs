@@ -17,6 +17,9 @@
 //!   readable nor writable by others. Group access is allowed there: a
 //!   non-root container reads a Kubernetes Secret through `fsGroup`, so it is
 //!   legitimately group-readable (mode 0440), and it is often owned by root.
+//!
+//! One file (about 380 lines of code, the rest its unit tests): every rule above is one check on
+//! one opened file, and they must be read together to see that none is skipped.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;

@@ -15,6 +15,10 @@
 //! Private keys are stored sealed under the project secret ([`super::seal`]),
 //! and `secure_delete` is on so a replaced plaintext key does not linger in
 //! free space.
+//!
+//! One file (about 1,300 lines): every SQL statement on the issuer's database, so the schema,
+//! its migrations and the transactions that must not interleave are read in one place; no
+//! other file of the issuer speaks SQL.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

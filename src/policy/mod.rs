@@ -8,6 +8,10 @@
 //! Rules match the request's canonical path and host (`crate::canonical`), never its raw text:
 //! rule paths and hosts are brought to the same form when the policy is compiled, and a request
 //! whose path or host has no canonical form is refused before any rule is consulted.
+//!
+//! One file (about 520 lines of code, the rest its unit tests): compiling rules and matching
+//! them must agree on the canonical form, so both sit here; `explain`, `reload`, `scopes` and
+//! `template` are their own files.
 
 pub mod explain;
 pub mod reload;

@@ -12,6 +12,9 @@
 //!   is refused without being parsed;
 //! - a refused file leaves the previous policy in place, and is counted and logged once (not
 //!   on every poll) until the file changes again.
+//!
+//! One file (about 400 lines of code, the rest its unit tests): the settle-then-swap rules above
+//! are one state machine, and the tests drive its private steps.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
