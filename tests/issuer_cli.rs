@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::issuer::token_response_at;
+
 use common::process::TempDir;
 
 use std::net::TcpListener as StdListener;
@@ -114,21 +116,6 @@ async fn wait_until_up(http: &reqwest::Client, jwks_url: &str) {
     }
 }
 
-async fn token(http: &reqwest::Client, url: &str, id: &str, secret: &str) -> (u16, Value) {
-    let resp = http
-        .post(url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", id),
-            ("client_secret", secret),
-        ])
-        .send()
-        .await
-        .expect("token request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.expect("token body"))
-}
-
 async fn verify(http: &reqwest::Client, jwks_url: &str, token: &str) -> Value {
     let jwks: JwkSet = http
         .get(jwks_url)
@@ -211,7 +198,7 @@ async fn clients_and_issuer_commands_with_a_running_server() {
     );
     wait_until_up(&http, &jwks_url).await;
 
-    let (status, body) = token(&http, &token_url, &id, &secret).await;
+    let (status, body) = token_response_at(&token_url, &id, &secret).await;
     assert_eq!(status, 200, "{body}");
     let first = body["access_token"].as_str().expect("token").to_owned();
     let claims = verify(&http, &jwks_url, &first).await;
@@ -221,7 +208,7 @@ async fn clients_and_issuer_commands_with_a_running_server() {
 
     // Key rotation from the CLI reaches the running server.
     run_ok(&["issuer", "rotate-key", "--config", config]);
-    let (status, body) = token(&http, &token_url, &id, &secret).await;
+    let (status, body) = token_response_at(&token_url, &id, &secret).await;
     assert_eq!(status, 200, "{body}");
     let second = body["access_token"].as_str().expect("token").to_owned();
     assert_ne!(
@@ -234,19 +221,19 @@ async fn clients_and_issuer_commands_with_a_running_server() {
     // Secret rotation from the CLI: both secrets work meanwhile.
     let started = run_ok(&["clients", "rotate", "start", "--config", config, &id]);
     let new_secret = next_secret(&started);
-    assert_eq!(token(&http, &token_url, &id, &secret).await.0, 200);
-    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+    assert_eq!(token_response_at(&token_url, &id, &secret).await.0, 200);
+    assert_eq!(token_response_at(&token_url, &id, &new_secret).await.0, 200);
     run_ok(&["clients", "rotate", "complete", "--config", config, &id]);
-    assert_eq!(token(&http, &token_url, &id, &secret).await.0, 401);
-    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+    assert_eq!(token_response_at(&token_url, &id, &secret).await.0, 401);
+    assert_eq!(token_response_at(&token_url, &id, &new_secret).await.0, 200);
 
     // Deactivation from the CLI takes effect at once.
     run_ok(&["clients", "deactivate", "--config", config, &id]);
-    let (status, body) = token(&http, &token_url, &id, &new_secret).await;
+    let (status, body) = token_response_at(&token_url, &id, &new_secret).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "invalid_client");
     run_ok(&["clients", "activate", "--config", config, &id]);
-    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 200);
+    assert_eq!(token_response_at(&token_url, &id, &new_secret).await.0, 200);
 
     // Bad input: one line on stderr, non-zero exit.
     let err = run_err(&[
@@ -293,7 +280,7 @@ async fn clients_and_issuer_commands_with_a_running_server() {
     assert!(err.contains("not found"), "{err}");
 
     run_ok(&["clients", "delete", "--config", config, &id]);
-    assert_eq!(token(&http, &token_url, &id, &new_secret).await.0, 401);
+    assert_eq!(token_response_at(&token_url, &id, &new_secret).await.0, 401);
     drop(server);
 }
 

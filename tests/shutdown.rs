@@ -40,6 +40,19 @@ async fn wait_exit(sidecar: &mut Sidecar, deadline: Instant) -> Option<std::proc
     }
 }
 
+/// Waits for the process to exit by `deadline` and asserts that it exited 0 (with its logs if
+/// not).
+async fn assert_clean_exit(sidecar: &mut Sidecar, deadline: Instant) {
+    let status = wait_exit(sidecar, deadline)
+        .await
+        .unwrap_or_else(|| panic!("still running at the deadline:\n{}", sidecar.logs()));
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        sidecar.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_checks_and_refuses_new_connections() {
     const IN_FLIGHT: usize = 16;
@@ -116,14 +129,7 @@ async fn sigterm_drains_in_flight_checks_and_refuses_new_connections() {
         assert_eq!(user, Some(format!("user-{i}")));
     }
 
-    let status = wait_exit(&mut sidecar, signalled + DRAIN + EXIT_MARGIN)
-        .await
-        .unwrap_or_else(|| panic!("still running after the drain timeout:\n{}", sidecar.logs()));
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        sidecar.logs()
-    );
+    assert_clean_exit(&mut sidecar, signalled + DRAIN + EXIT_MARGIN).await;
     let logs = sidecar.full_logs();
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(
@@ -260,14 +266,7 @@ async fn sigterm_on_a_unix_socket_drains_then_removes_the_socket() {
             .any(|h| h.key == "x-user-id" && h.value == "user-1")
     );
 
-    let status = wait_exit(&mut sidecar, signalled + DRAIN + EXIT_MARGIN)
-        .await
-        .unwrap_or_else(|| panic!("still running:\n{}", sidecar.logs()));
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        sidecar.logs()
-    );
+    assert_clean_exit(&mut sidecar, signalled + DRAIN + EXIT_MARGIN).await;
     assert!(
         std::fs::symlink_metadata(&socket).is_err(),
         "the socket file was left behind"

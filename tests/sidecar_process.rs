@@ -190,6 +190,13 @@ async fn health_waits_for_keys_then_checks_are_answered() {
 /// Every sample config shipped under deploy/ passes `check-config`, given the project secret in
 /// the environment as a deployment would: a checked-out file is readable by others, and one whose
 /// own `project_secret` were in effect would be refused for that.
+/// Built without one of the optional parts.
+const LEAN: bool = !cfg!(all(
+    feature = "issuer",
+    feature = "shared-cache",
+    feature = "otel"
+));
+
 #[test]
 fn shipped_configs_are_valid() {
     let dir = common::repo_root().join("deploy/config");
@@ -206,16 +213,18 @@ fn shipped_configs_are_valid() {
                 )
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // A lean build (`--no-default-features`) refuses, naming the feature, a sample
+            // that needs a part it was built without; nothing else may fail.
+            if !out.status.success() && LEAN && stderr.contains("needs the `") {
+                eprintln!("{}: refused by this lean build: {stderr}", path.display());
+                continue;
+            }
+            assert!(out.status.success(), "{}: {stderr}", path.display());
             n += 1;
         }
     }
-    assert!(n >= 2, "found {n} configs");
+    assert!(n >= 2 || (LEAN && n >= 1), "found {n} configs");
 }
 
 /// A provider URL in plain http to another host is accepted, but never silently: one warning

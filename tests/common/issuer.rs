@@ -186,22 +186,28 @@ impl IssuerProcess {
     /// Asks the token endpoint directly; returns the HTTP status and the JSON body (`Null` when
     /// the body is not JSON).
     pub async fn token_response(&self, id: &str, secret: &str) -> (u16, Value) {
-        let resp = super::http_client()
-            .post(self.token_url())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", id),
-                ("client_secret", secret),
-            ])
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        token_response_at(&self.token_url(), id, secret).await
     }
 
     /// Asks the token endpoint directly; returns the HTTP status.
     pub async fn token_status(&self, id: &str, secret: &str) -> u16 {
         self.token_response(id, secret).await.0
     }
+}
+
+/// Asks the token endpoint at `url` for a client-credentials token (credentials in the form);
+/// returns the HTTP status and the JSON body (`Null` when the body is not JSON).
+pub async fn token_response_at(url: &str, id: &str, secret: &str) -> (u16, Value) {
+    let resp = super::http_client()
+        .post(url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .expect("token request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
