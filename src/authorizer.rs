@@ -299,7 +299,16 @@ impl Authorizer {
 
     /// An authorizer for `config` whose network parts and clock are `parts`.
     pub fn with_parts(config: &Config, parts: Parts) -> Result<Self, BuildError> {
-        let settings = Settings::compile(config)?;
+        Authorizer::from_settings(config, Settings::compile(config)?, parts)
+    }
+
+    /// An authorizer from `config` already compiled into `settings` (by `settings::load`, so
+    /// `serve` reads the files a config names once).
+    pub fn from_settings(
+        config: &Config,
+        settings: Settings,
+        parts: Parts,
+    ) -> Result<Self, BuildError> {
         for (kind, given) in [
             (
                 "token endpoint",

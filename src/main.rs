@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use m2m_authz::config::Config;
 use m2m_authz::defaults::CONFIG_ENV;
+use m2m_authz::settings::Settings;
 use m2m_authz::shutdown::{Hangup, StopSignals};
 use m2m_authz::supervisor::Supervisor;
 use m2m_authz::{server, telemetry};
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
-            let config = m2m_authz::settings::load(&config)?;
+            let (config, _) = m2m_authz::settings::load(&config)?;
             refuse_missing_features()?;
             println!("{}", config.summary());
             if let Some(warning) = config.plain_http_warning() {
@@ -116,21 +117,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            let config = m2m_authz::settings::load(&config)?;
+            let (config, settings) = m2m_authz::settings::load(&config)?;
             refuse_missing_features()?;
             telemetry::init();
             if let Some(warning) = config.plain_http_warning() {
                 tracing::warn!("{warning}");
             }
-            tokio::runtime::Runtime::new()?.block_on(serve(config))
+            tokio::runtime::Runtime::new()?.block_on(serve(config, settings))
         }
     }
 }
 
 /// `serve`: everything that can fail first, then the ports, then run until a stop signal.
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, settings: Settings) -> anyhow::Result<()> {
     let signals = StopSignals::install(Hangup::Ignored)?;
-    let prepared = server::prepare(&config).await?;
+    let prepared = server::prepare(&config, settings).await?;
     let bound = prepared.bind().await?;
     tracing::info!(summary = %config.summary(), "configuration loaded");
     let supervisor = Supervisor::new(config.listen.drain_timeout);

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminState;
-use crate::authorizer::{Authorizer, BuildError};
+use crate::authorizer::{Authorizer, BuildError, Parts};
 #[cfg(feature = "issuer")]
 use crate::config::ProviderKind;
 use crate::config::{Config, ListenAddr, parse_admin_listen, parse_listen};
@@ -29,6 +29,7 @@ use crate::ext_authz::ExtAuthz;
 use crate::issuer::{Issuer, IssuerError};
 use crate::metrics::Metrics;
 use crate::proto::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::settings::Settings;
 use crate::supervisor::{Stage, Supervisor};
 
 /// The gRPC service name health checks ask about, besides the empty (whole server) name.
@@ -91,14 +92,18 @@ pub struct Prepared {
 }
 
 /// Builds and checks everything `serve` needs (see the module docs), binding nothing.
-pub async fn prepare(config: &Config) -> Result<Prepared, ServeError> {
+pub async fn prepare(config: &Config, settings: Settings) -> Result<Prepared, ServeError> {
     let listen = |field, problem| ServeError::Listen { field, problem };
     let grpc = parse_listen(&config.listen.grpc).map_err(|p| listen(GRPC_FIELD, p))?;
     if let ListenAddr::Unix(path) = &grpc {
         check_socket_path(path).map_err(|p| listen(GRPC_FIELD, p))?;
     }
     let admin = parse_admin_listen(&config.listen.admin).map_err(|p| listen(ADMIN_FIELD, p))?;
-    let authorizer = Arc::new(Authorizer::new(config)?);
+    let authorizer = Arc::new(Authorizer::from_settings(
+        config,
+        settings,
+        Parts::default(),
+    )?);
     #[cfg(feature = "issuer")]
     let issuer = match &config.provider.embedded {
         Some(embedded) if config.provider.kind == ProviderKind::Embedded => Some(

@@ -58,18 +58,19 @@ impl Settings {
 }
 
 /// Reads a config file and compiles it whole (`Config::load`, then `Settings::compile`): what
-/// `check-config` and `serve` accept.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// `check-config` and `serve` accept. The compiled settings are what `serve` then runs on, so
+/// the files a config names (`policy.file`) are read once.
+pub fn load(path: &Path) -> Result<(Config, Settings), ConfigError> {
     let config = Config::load(path)?;
-    Settings::compile(&config)?;
-    Ok(config)
+    let settings = Settings::compile(&config)?;
+    Ok((config, settings))
 }
 
 /// Parses YAML text and compiles it whole, like `load`.
-pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+pub fn from_yaml(text: &str) -> Result<(Config, Settings), ConfigError> {
     let config = Config::from_yaml(text)?;
-    Settings::compile(&config)?;
-    Ok(config)
+    let settings = Settings::compile(&config)?;
+    Ok((config, settings))
 }
 
 #[cfg(test)]
@@ -117,7 +118,9 @@ mod tests {
                 Config::from_yaml(&yaml).is_ok(),
                 "the schema accepts {yaml}"
             );
-            let e = from_yaml(&yaml).expect_err(&yaml);
+            let Err(e) = from_yaml(&yaml) else {
+                panic!("accepted: {yaml}")
+            };
             assert_eq!(field_of(&yaml).as_deref(), Some(field), "{yaml}");
             assert!(e.to_string().contains(problem), "{e}");
         }
@@ -126,11 +129,11 @@ mod tests {
     /// Every provider resolves in `default`-first order, each from its profile.
     #[test]
     fn providers_resolve_by_name_default_first() {
-        let config = from_yaml(&format!(
+        let Ok((_, s)) = from_yaml(&format!(
             "{OAUTH2}providers: {{b: {{kind: stytch, project_id: p2, base_url: 'https://y'}}}}"
-        ))
-        .unwrap();
-        let s = Settings::compile(&config).unwrap();
+        )) else {
+            panic!("refused")
+        };
         let names: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["default", "b"]);
         assert_eq!(s.providers[0].resolved.token_url.as_str(), "http://a/t");

@@ -401,10 +401,10 @@ async fn run_async(
     // Installed at once, so no stop signal can kill the process with Envoy still running; a
     // terminal closing (SIGHUP) stops the demo too.
     let mut signals = StopSignals::install(Hangup::Stops)?;
-    let config = crate::settings::from_yaml(&files.sidecar_yaml)
+    let (config, settings) = crate::settings::from_yaml(&files.sidecar_yaml)
         .map_err(|e| anyhow!("{}: {e}", state.shown("m2m-authz.yaml")))?;
     // Everything that can fail (the issuer's database above all) before any port is bound.
-    let prepared = server::prepare(&config)
+    let prepared = server::prepare(&config, settings)
         .await
         .map_err(|e| anyhow!("{}: {e}", state.shown("m2m-authz.yaml")))?;
 
