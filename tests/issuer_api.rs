@@ -322,6 +322,15 @@ async fn client_create_get_update_delete() {
     assert_eq!(c["trusted_metadata"], json!({"user_id": "user-2"}));
     assert_eq!(c["status"], "active");
 
+    // Stytch's SDKs repeat the id in the body, and newer ones may send
+    // fields this issuer does not know: both are fine.
+    let (status, body) = Server::send(server.manage(reqwest::Method::PUT, &path).json(&json!({
+        "client_id": id, "client_description": "again", "field_from_the_future": {"x": 1},
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["m2m_client"]["client_description"], "again");
+
     // Deactivate and activate through status.
     for status_value in ["inactive", "active"] {
         let (status, body) = Server::send(
@@ -358,8 +367,32 @@ async fn client_create_get_update_delete() {
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
-            json!({"client_nmae": "typo"}),
+            json!({"client_name": 5}),
             "invalid_request",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/m2m/clients".to_owned(),
+            json!({"scopes": "read:orders", "some_new_field": true}),
+            "invalid_request",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/m2m/clients".to_owned(),
+            json!({"client_secret": "password1"}),
+            "invalid_client_secret",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/m2m/clients".to_owned(),
+            json!({"client_secret": 12345678}),
+            "invalid_request",
+        ),
+        (
+            reqwest::Method::PUT,
+            path.clone(),
+            json!({"client_id": "my-client.1", "client_name": "hijack"}),
+            "invalid_client_id",
         ),
         (
             reqwest::Method::POST,
@@ -632,6 +665,179 @@ async fn token_endpoint_accepts_form_json_body_and_basic_credentials() {
             .unwrap();
         assert_eq!(claims["sub"], id.as_str());
         assert_eq!(claims["user_id"], "user-7");
+    }
+    server.shutdown().await;
+}
+
+/// What Stytch's Python SDK sends: the project's Basic credentials and the
+/// client's in a JSON body.
+#[tokio::test]
+async fn token_endpoint_takes_project_basic_beside_client_credentials_in_the_body() {
+    let dir = TempDir::new("issuer-api");
+    let server = Server::start(config_in(&dir)).await;
+    let (id, secret) = server.user_client("user-9", &["read:orders"]).await;
+    let body =
+        json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+    let with_basic = |user: &str, password: &str, body: &Value| {
+        server
+            .http
+            .post(server.token_url())
+            .basic_auth(user, Some(password))
+            .json(body)
+    };
+
+    let (status, ok) = Server::send(with_basic(PROJECT_ID, PROJECT_SECRET, &body)).await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    let claims = server
+        .verify(ok["access_token"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        claims["sub"],
+        id.as_str(),
+        "the body's client is authenticated"
+    );
+    // The same as a form body.
+    let (status, form) = Server::send(
+        server
+            .http
+            .post(server.token_url())
+            .basic_auth(PROJECT_ID, Some(PROJECT_SECRET))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &id),
+                ("client_secret", &secret),
+            ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{form}");
+
+    type Case<'a> = (&'a str, &'a str, Value, StatusCode, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        // The project's secret must be right, even with a right client.
+        (
+            PROJECT_ID,
+            "wrong-project-secret-0123456789",
+            body.clone(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        // Another project's id is neither this project nor the client.
+        (
+            "project-test-other",
+            PROJECT_SECRET,
+            body.clone(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        // The project's credentials do not stand in for a client's secret.
+        (
+            PROJECT_ID,
+            PROJECT_SECRET,
+            json!({"grant_type": "client_credentials", "client_id": id}),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        // The body's client is still authenticated.
+        (
+            PROJECT_ID,
+            PROJECT_SECRET,
+            json!({"grant_type": "client_credentials", "client_id": id,
+                   "client_secret": "secret-test-wrong"}),
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+    ];
+    for (user, password, body, want_status, want_error) in cases {
+        let (status, resp) = Server::send(with_basic(user, password, &body)).await;
+        assert_oauth_error(status, &resp, want_status, want_error);
+    }
+    server.shutdown().await;
+}
+
+/// A JSON token body may not repeat a member (serde would keep the last one
+/// silently); unknown members are ignored.
+#[tokio::test]
+async fn token_endpoint_json_body_duplicates_and_unknown_members() {
+    let dir = TempDir::new("issuer-api");
+    let server = Server::start(config_in(&dir)).await;
+    let (id, secret) = server.user_client("user-10", &["read"]).await;
+    let post_raw = |raw: String| {
+        server
+            .http
+            .post(server.token_url())
+            .header("content-type", "application/json")
+            .body(raw)
+    };
+    let base = format!(
+        r#""grant_type":"client_credentials","client_id":"{id}","client_secret":"{secret}""#
+    );
+    for dup in [
+        format!(r#"{{{base},"client_id":"{id}"}}"#),
+        format!(r#"{{{base},"client_secret":"secret-test-other"}}"#),
+        format!(r#"{{{base},"scope":"read","scope":"read"}}"#),
+        format!(r#"{{{base},"extra":1,"extra":2}}"#),
+    ] {
+        let (status, body) = Server::send(post_raw(dup.clone())).await;
+        assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            !body.to_string().contains(&secret),
+            "the error echoes the secret"
+        );
+    }
+    let (status, body) = Server::send(post_raw(format!(
+        r#"{{{base},"audience":"x","extra":{{"a":[1,2]}},"n":null}}"#
+    )))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.shutdown().await;
+}
+
+/// `client_secret` on create imports a secret: it gets tokens, is shown
+/// back once, and never again.
+#[tokio::test]
+async fn create_imports_a_client_secret() {
+    let dir = TempDir::new("issuer-api");
+    let server = Server::start(config_in(&dir)).await;
+    let imported = "auth0-Style_Secret-9fK2mQ7xVb3LpZ8w";
+    let (status, created) = Server::send(
+        server
+            .manage(reqwest::Method::POST, "/v1/m2m/clients")
+            .json(&json!({"client_id": "migrated", "client_secret": imported,
+                          "trusted_metadata": {"user_id": "user-11"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["m2m_client"]["client_secret"], imported);
+    assert_eq!(created["m2m_client"]["client_secret_last_four"], "pZ8w");
+    let token = server.token("migrated", imported).await;
+    let claims = server.verify(&token).await.unwrap();
+    assert_eq!(claims["user_id"], "user-11");
+    let (_, got) =
+        Server::send(server.manage(reqwest::Method::GET, "/v1/m2m/clients/migrated")).await;
+    assert!(!got.to_string().contains(imported), "{got}");
+    // Weak, short, long, spaced: refused, and the error does not echo it.
+    let long = "aZ7$".repeat(65);
+    for weak in [
+        "Ab1!xyz",
+        "aaaaaaaaaaaaaaaaaaaaaaaa",
+        "abcdefghijklmnopqrstuvwx",
+        "Xk9#mQ2v R7Lp4!z",
+        long.as_str(),
+    ] {
+        let (status, body) = Server::send(
+            server
+                .manage(reqwest::Method::POST, "/v1/m2m/clients")
+                .json(&json!({"client_secret": weak})),
+        )
+        .await;
+        assert_api_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_client_secret",
+        );
+        assert!(!body.to_string().contains(weak), "{body}");
     }
     server.shutdown().await;
 }

@@ -466,6 +466,7 @@ pub fn create_client(args: CreateArgs) -> anyhow::Result<CreatedClient> {
         &template,
         NewClient {
             client_id: args.client_id,
+            client_secret: None,
             client_name: args.name.unwrap_or_default(),
             client_description: args.description.unwrap_or_default(),
             scopes,

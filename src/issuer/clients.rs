@@ -52,6 +52,9 @@ impl From<ScopeError> for ClientError {
 pub struct NewClient {
     /// Generated (`m2m-client-test-…`) when absent.
     pub client_id: Option<String>,
+    /// An existing secret to import; generated when absent. Checked by
+    /// [`secrets::check_imported_secret`].
+    pub client_secret: Option<ClientSecret>,
     pub client_name: String,
     pub client_description: String,
     pub scopes: Vec<String>,
@@ -182,7 +185,14 @@ pub fn create(
         &new.client_description,
         MAX_DESCRIPTION_LEN,
     )?;
-    let secret = ClientSecret::generate();
+    let secret = match new.client_secret {
+        Some(given) => {
+            secrets::check_imported_secret(given.expose())
+                .map_err(|message| invalid("client_secret", message))?;
+            given
+        }
+        None => ClientSecret::generate(),
+    };
     let record = ClientRecord {
         client_id,
         client_name: new.client_name,
@@ -368,6 +378,32 @@ mod tests {
     }
 
     #[test]
+    fn imported_secret_authenticates_and_is_stored_as_its_hash() {
+        let db = TempDb::new();
+        let mut store = Store::open(&db.path, &crate::issuer::store::tests::test_secret()).unwrap();
+        let given = "Xk9#mQ2vR7-Lp4!zT8";
+        let (c, s) = create(
+            &mut store,
+            &ClaimsTemplate::default(),
+            NewClient {
+                client_secret: Some(ClientSecret::imported(given.into())),
+                ..new_client("u", &[])
+            },
+        )
+        .unwrap();
+        assert_eq!(s.expose(), given);
+        assert_eq!(c.secret.last_four, "!zT8");
+        assert!(authenticate(&store, &c.client_id, given).is_ok());
+        assert!(authenticate(&store, &c.client_id, "Xk9#mQ2vR7-Lp4!zT9").is_err());
+        drop(store);
+        let raw = std::fs::read(&db.path).unwrap();
+        assert!(
+            !raw.windows(given.len()).any(|w| w == given.as_bytes()),
+            "the imported secret is in the database file"
+        );
+    }
+
+    #[test]
     fn create_authenticate_and_rotate() {
         let db = TempDb::new();
         let mut store = Store::open(&db.path, &crate::issuer::store::tests::test_secret()).unwrap();
@@ -441,6 +477,13 @@ mod tests {
                 "client_name",
             ),
             (new_client(&"x".repeat(5000), &[]), "trusted_metadata"),
+            (
+                NewClient {
+                    client_secret: Some(ClientSecret::imported("short".into())),
+                    ..NewClient::default()
+                },
+                "client_secret",
+            ),
         ];
         for (new, field) in cases {
             match create(&mut store, &t, new) {

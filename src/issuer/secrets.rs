@@ -33,6 +33,13 @@ impl ClientSecret {
         Self(format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
     }
 
+    /// A secret brought from elsewhere (`clients.create` with
+    /// `client_secret`, as in a migration). Not yet checked: creating a
+    /// client with it applies [`check_imported_secret`].
+    pub fn imported(secret: String) -> Self {
+        Self(secret)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -123,6 +130,71 @@ pub fn ct_str_eq(a: &str, b: &str) -> bool {
     SecretHash::of(a).ct_matches(&SecretHash::of(b)).into()
 }
 
+/// Stytch's documented minimum length for an imported client secret.
+pub const MIN_IMPORTED_SECRET_LEN: usize = 8;
+/// Bounds the work of hashing and the size of a row.
+pub const MAX_IMPORTED_SECRET_LEN: usize = 256;
+/// Stytch requires imported secrets to "pass entropy requirements" without
+/// saying which. Secrets are stored as one unsalted SHA-256 (see the module
+/// comment), so an imported one must itself be hard to guess: at least this
+/// many bits by [`estimated_bits`].
+pub const MIN_IMPORTED_SECRET_BITS: f64 = 64.0;
+
+/// The rules for an imported client secret: Stytch's documented minimum of
+/// 8 characters, at most 256, visible ASCII only (it travels in Basic
+/// headers and form bodies, where spaces and non-ASCII are easy to mangle),
+/// and an estimated strength of at least 64 bits. The error names the rule
+/// broken, never the secret.
+pub fn check_imported_secret(secret: &str) -> Result<(), String> {
+    let len = secret.chars().count();
+    if !(MIN_IMPORTED_SECRET_LEN..=MAX_IMPORTED_SECRET_LEN).contains(&len) {
+        return Err(format!(
+            "must be {MIN_IMPORTED_SECRET_LEN} to {MAX_IMPORTED_SECRET_LEN} characters"
+        ));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("may contain only visible ASCII characters (no spaces)".into());
+    }
+    let bits = estimated_bits(secret);
+    if bits < MIN_IMPORTED_SECRET_BITS {
+        return Err(format!(
+            "is too easy to guess (about {bits:.0} bits; at least {MIN_IMPORTED_SECRET_BITS:.0} \
+             needed: use a longer, random secret)"
+        ));
+    }
+    Ok(())
+}
+
+/// A deliberately conservative strength estimate for an ASCII string:
+/// log2 of the alphabet its character classes span (lower, upper, digit,
+/// symbol), times the number of characters that are neither a repeat of nor
+/// one step from the one before (so `aaaa…`, `abcd…` and `abab…` count as
+/// one character each). Not zxcvbn: it knows no dictionary, it only keeps
+/// the obviously weak out.
+pub fn estimated_bits(secret: &str) -> f64 {
+    let bytes = secret.as_bytes();
+    let class_size = |f: fn(&u8) -> bool, size: u32| {
+        if bytes.iter().any(f) { size } else { 0 }
+    };
+    let pool = class_size(u8::is_ascii_lowercase, 26)
+        + class_size(u8::is_ascii_uppercase, 26)
+        + class_size(u8::is_ascii_digit, 10)
+        + class_size(u8::is_ascii_punctuation, 32);
+    if pool == 0 {
+        return 0.0;
+    }
+    let mut counted = 0u32;
+    let mut previous: Option<u8> = None;
+    for &b in bytes {
+        let predictable = previous.is_some_and(|p| p.abs_diff(b) <= 1);
+        if !predictable {
+            counted += 1;
+        }
+        previous = Some(b);
+    }
+    f64::from(counted) * f64::from(pool).log2()
+}
+
 pub fn last_four(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
     chars[chars.len().saturating_sub(4)..].iter().collect()
@@ -162,6 +234,35 @@ fn random_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imported_secrets_follow_the_rules() {
+        // Generated secrets, Auth0-style 64-character secrets and a short but
+        // mixed one pass.
+        assert!(check_imported_secret(ClientSecret::generate().expose()).is_ok());
+        let auth0 = "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xYz_-aB3dE5fG7hJ9kL1mN2pQ4rS6tU8v";
+        assert!(check_imported_secret(auth0).is_ok());
+        assert!(check_imported_secret("x7#Qm2!vR9&k").is_ok());
+        for weak in [
+            "",
+            "Ab1!xyz",                          // 7 characters
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", // one repeated character
+            "abcdefghijklmnopqrstuvwxyz",       // a run
+            "abababababababababababababababab", // steps of one
+            "passwordpass",                     // 12 lowercase letters: ~56 bits
+            "12345678901234567890",             // digits in sequence
+        ] {
+            assert!(check_imported_secret(weak).is_err(), "{weak:?} accepted");
+        }
+        let too_long = "aZ7$".repeat(65);
+        assert!(check_imported_secret(&too_long).is_err());
+        for odd in ["Xk9#mQ2vR7 Lp4!", "Xk9#mQ2vR7\tLp4!", "Xk9#mQ2vR7éLp4!"] {
+            assert!(check_imported_secret(odd).is_err(), "{odd:?} accepted");
+        }
+        // The error names the rule, never the secret.
+        let err = check_imported_secret("passwordpass").unwrap_err();
+        assert!(!err.contains("passwordpass"), "{err}");
+    }
 
     #[test]
     fn secrets_are_long_prefixed_and_distinct() {

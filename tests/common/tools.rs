@@ -1,5 +1,5 @@
 //! The external programs some tests drive (Envoy, oidc-provider on Node, redis-server, kubectl,
-//! kubernetes-validate), found in one place, and what a test does when one is missing.
+//! kubernetes-validate, Stytch's Python SDK), found in one place, and what a test does when one is missing.
 //!
 //! A test that needs tools starts with `needs!(Envoy)` (or several: `needs!(Kubectl, Envoy)`).
 //! When a tool is missing, plain `cargo test` leaves that test out and says so on stderr —
@@ -46,6 +46,8 @@ pub enum Tool {
     Kubectl,
     /// `kubernetes-validate` (`.tools/venv/bin/kubernetes-validate`, PyPI).
     KubernetesValidate,
+    /// Stytch's official Python SDK (PyPI `stytch`) in `.tools/venv`.
+    PythonStytch,
 }
 
 impl Tool {
@@ -56,13 +58,14 @@ impl Tool {
             Tool::RedisServer => "redis-server",
             Tool::Kubectl => "kubectl",
             Tool::KubernetesValidate => "kubernetes-validate",
+            Tool::PythonStytch => "Stytch's Python SDK",
         }
     }
 
     /// How to get it.
     fn remedy(self) -> String {
         match self {
-            Tool::Envoy | Tool::KubernetesValidate => {
+            Tool::Envoy | Tool::KubernetesValidate | Tool::PythonStytch => {
                 format!("run scripts/tools (or set {TOOLS_ENV} to the dir it installed into)")
             }
             Tool::OidcProvider => format!(
@@ -86,6 +89,10 @@ impl Tool {
             }
             Tool::RedisServer => runnable(program(REDIS_ENV, "redis-server"), &["--version"]),
             Tool::Kubectl => runnable(program(KUBECTL_ENV, "kubectl"), &["version", "--client"]),
+            Tool::PythonStytch => runnable(
+                existing(tools_dir().join("venv/bin/python"))?,
+                &["-c", "import stytch"],
+            ),
         }
     }
 
@@ -201,6 +208,11 @@ pub fn kubectl() -> PathBuf {
 /// The `kubernetes-validate` executable in `.tools/venv`.
 pub fn kubernetes_validate() -> PathBuf {
     Tool::KubernetesValidate.path()
+}
+
+/// The `.tools/venv` Python that has Stytch's SDK.
+pub fn python_stytch() -> PathBuf {
+    Tool::PythonStytch.path()
 }
 
 /// A file of the repository, which must exist.

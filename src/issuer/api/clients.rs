@@ -8,19 +8,40 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::{AppState, blocking, success};
 use crate::issuer::clients::{self, ClientError, ClientUpdate, ClientView, NewClient};
-use crate::issuer::secrets::generate_request_id;
+use crate::issuer::secrets::{ClientSecret, generate_request_id};
 use crate::issuer::store::{ClientQuery, ClientStatus, Filter, FilterField, StoreError};
 
 const DEFAULT_SEARCH_LIMIT: u64 = 100;
 const MAX_SEARCH_LIMIT: u64 = 1000;
 const CURSOR_PREFIX: &str = "m2m-clients-after:";
+
+/// The top-level fields each body type reads, for logging the others.
+const CREATE_FIELDS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "client_name",
+    "client_description",
+    "scopes",
+    "trusted_metadata",
+];
+const UPDATE_FIELDS: &[&str] = &[
+    "client_id",
+    "client_name",
+    "client_description",
+    "status",
+    "scopes",
+    "trusted_metadata",
+];
+const SEARCH_FIELDS: &[&str] = &["limit", "cursor", "query"];
 
 fn bad_request(error_type: &str, message: impl Into<String>, request_id: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, error_type, message, request_id)
@@ -28,14 +49,23 @@ fn bad_request(error_type: &str, message: impl Into<String>, request_id: &str) -
 
 /// Parses a JSON body, naming the offending field on failure. An empty body
 /// counts as `{}` so endpoints with only optional fields accept bare POSTs.
-fn parse_body<T: DeserializeOwned>(body: &Bytes, request_id: &str) -> Result<T, ApiError> {
+///
+/// Members the body type does not know are ignored, as Stytch does, so a
+/// field a newer SDK sends does not break every call; the top-level ones are
+/// logged at debug by name (`known` lists the type's fields). The known
+/// fields keep their types, and a repeated one is still refused.
+fn parse_body<T: DeserializeOwned>(
+    body: &Bytes,
+    known: &[&str],
+    request_id: &str,
+) -> Result<T, ApiError> {
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         body
     };
     let mut de = serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if path == "." {
@@ -44,7 +74,13 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes, request_id: &str) -> Result<T, 
             format!("invalid JSON body at {path}: {inner}")
         };
         bad_request("invalid_request", message, request_id)
-    })
+    })?;
+    if let Ok(members) = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(text) {
+        for name in members.keys().filter(|k| !known.contains(&k.as_str())) {
+            tracing::debug!(%request_id, field = %name, "ignored unknown request field");
+        }
+    }
+    Ok(parsed)
 }
 
 fn client_error(e: ClientError, request_id: &str) -> ApiError {
@@ -97,9 +133,11 @@ fn client_response(request_id: &str, view: ClientView) -> Response {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CreateBody {
     client_id: Option<String>,
+    /// Imports an existing secret (Stytch's migration path); stored only
+    /// as its hash.
+    client_secret: Option<String>,
     client_name: Option<String>,
     client_description: Option<String>,
     #[serde(default)]
@@ -109,9 +147,10 @@ struct CreateBody {
 
 pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let rid = generate_request_id();
-    let body: CreateBody = parse_body(&body, &rid)?;
+    let body: CreateBody = parse_body(&body, CREATE_FIELDS, &rid)?;
     let new = NewClient {
         client_id: body.client_id,
+        client_secret: body.client_secret.map(ClientSecret::imported),
         client_name: body.client_name.unwrap_or_default(),
         client_description: body.client_description.unwrap_or_default(),
         scopes: body.scopes,
@@ -140,8 +179,9 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UpdateBody {
+    /// Stytch's SDKs repeat the path's client id here; it must match.
+    client_id: Option<String>,
     client_name: Option<String>,
     client_description: Option<String>,
     status: Option<String>,
@@ -155,7 +195,14 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
-    let body: UpdateBody = parse_body(&body, &rid)?;
+    let body: UpdateBody = parse_body(&body, UPDATE_FIELDS, &rid)?;
+    if body.client_id.as_ref().is_some_and(|id| *id != client_id) {
+        return Err(bad_request(
+            "invalid_client_id",
+            "client_id in the body must be the one in the path",
+            &rid,
+        ));
+    }
     let status = match body.status.as_deref() {
         None => None,
         Some(s) => Some(ClientStatus::parse(s).ok_or_else(|| {
@@ -233,7 +280,6 @@ pub async fn rotate_cancel(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SearchBody {
     limit: Option<u64>,
     cursor: Option<String>,
@@ -241,7 +287,6 @@ struct SearchBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SearchQuery {
     operator: String,
     #[serde(default)]
@@ -249,7 +294,6 @@ struct SearchQuery {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SearchOperand {
     filter_name: String,
     filter_value: Vec<String>,
@@ -317,7 +361,7 @@ fn to_query(query: Option<SearchQuery>, rid: &str) -> Result<ClientQuery, ApiErr
 
 pub async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let rid = generate_request_id();
-    let body: SearchBody = parse_body(&body, &rid)?;
+    let body: SearchBody = parse_body(&body, SEARCH_FIELDS, &rid)?;
     let limit = body.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);
     if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
         return Err(bad_request(

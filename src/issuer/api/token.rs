@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::auth::{AuthHeader, auth_header, form_urldecode};
 use super::error::OAuthError;
@@ -60,41 +60,92 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Stytch takes JSON as well as the standard form encoding.
+/// The parameters this endpoint reads; others are ignored (RFC 6749 §3.2).
+const KNOWN_PARAMS: [&str; 4] = ["grant_type", "client_id", "client_secret", "scope"];
+
+/// A JSON object's members in the order sent, duplicates kept, so that a
+/// repeated name can be refused: `serde_json::Map` would keep the last one
+/// silently, and two values for one credential are an ambiguity to refuse,
+/// as the form body already does.
+struct JsonMembers(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for JsonMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    members.push(entry);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// Stytch takes JSON as well as the standard form encoding. In either, a
+/// parameter this endpoint reads may appear once; in JSON any repeated
+/// member name is refused.
 fn parse_params(headers: &HeaderMap, body: &Bytes, rid: &str) -> Result<TokenParams, OAuthError> {
     let mut params = TokenParams::default();
     if is_json(headers) {
-        let map: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+        let JsonMembers(members) = serde_json::from_slice(body).map_err(|e| {
             OAuthError::invalid_request(format!("body is not a JSON object: {e}"), rid)
         })?;
-        for (name, value) in map {
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        for (name, value) in members {
+            if !seen.insert(name.clone()) {
+                return Err(OAuthError::invalid_request(
+                    format!("member {name} is given more than once"),
+                    rid,
+                ));
+            }
+            let known = KNOWN_PARAMS.contains(&name.as_str());
             match value {
                 Value::Null => {}
-                Value::String(s) => params.set(&name, s, rid)?,
-                _ if matches!(
-                    name.as_str(),
-                    "grant_type" | "client_id" | "client_secret" | "scope"
-                ) =>
-                {
+                Value::String(s) if known => params.set(&name, s, rid)?,
+                _ if known => {
                     return Err(OAuthError::invalid_request(
                         format!("{name} must be a string"),
                         rid,
                     ));
                 }
-                _ => {}
+                _ => {
+                    tracing::debug!(request_id = %rid, member = %name, "ignored unknown token request member")
+                }
             }
         }
     } else {
         for (name, value) in form_urlencoded::parse(body) {
+            if !KNOWN_PARAMS.contains(&name.as_ref()) {
+                tracing::debug!(request_id = %rid, parameter = %name, "ignored unknown token request parameter");
+            }
             params.set(&name, value.into_owned(), rid)?;
         }
     }
     Ok(params)
 }
 
-/// Client credentials from the Basic header or the body. Both may be
-/// present only if they agree.
+/// Client credentials from the Basic header or the body.
+///
+/// The Basic header may carry either the client's own credentials (RFC 6749
+/// §2.3.1) or, as Stytch's Python SDK sends on every request, the project's
+/// (`project_id:project_secret`) beside the client's credentials in the
+/// body. The Basic user names which: the body's client id means the client
+/// (then a body secret, if any, must agree), this project's id means the
+/// project (then its secret must be right, and the body's client is the one
+/// authenticated). Anything else is refused rather than guessed at.
 fn credentials(
+    state: &AppState,
     headers: &HeaderMap,
     params: &mut TokenParams,
     rid: &str,
@@ -128,10 +179,8 @@ fn credentials(
     let body_id = params.client_id.take();
     let body_secret = params.client_secret.take();
     match basic {
-        Some((id, secret)) => {
-            let id_differs = body_id.as_ref().is_some_and(|b| *b != id);
-            let secret_differs = body_secret.as_ref().is_some_and(|b| !ct_str_eq(b, &secret));
-            if id_differs || secret_differs {
+        Some((id, secret)) if body_id.is_none() || body_id.as_deref() == Some(id.as_str()) => {
+            if body_secret.as_ref().is_some_and(|b| !ct_str_eq(b, &secret)) {
                 return Err(OAuthError::invalid_request(
                     "client credentials in the Authorization header and the body differ",
                     rid,
@@ -139,6 +188,25 @@ fn credentials(
             }
             Ok((id, secret))
         }
+        Some((id, secret)) if id == state.settings.project_id => {
+            if !ct_str_eq(&secret, state.project_secret.expose()) {
+                return Err(OAuthError::invalid_client(
+                    "the project credentials in the Authorization header are wrong",
+                    rid,
+                ));
+            }
+            match (body_id, body_secret) {
+                (Some(id), Some(secret)) => Ok((id, secret)),
+                _ => Err(OAuthError::invalid_client(
+                    "client_id and client_secret are required in the body",
+                    rid,
+                )),
+            }
+        }
+        Some(_) => Err(OAuthError::invalid_request(
+            "the Authorization header holds neither the body's client_id nor this project's id",
+            rid,
+        )),
         None => match (body_id, body_secret) {
             (Some(id), Some(secret)) => Ok((id, secret)),
             _ => Err(OAuthError::invalid_client(
@@ -182,7 +250,7 @@ pub async fn issue(
             ));
         }
     }
-    let (client_id, secret) = credentials(&headers, &mut params, &rid)?;
+    let (client_id, secret) = credentials(&state, &headers, &mut params, &rid)?;
     let requested = params
         .scope
         .as_deref()
