@@ -755,6 +755,49 @@ async fn token_endpoint_takes_project_basic_beside_client_credentials_in_the_bod
     server.shutdown().await;
 }
 
+/// The project secret in the Basic header is taken as sent, as the management
+/// API takes it: a base64-style secret with `+`, `/`, `=` or a `%` is not
+/// form-decoded into another one.
+#[tokio::test]
+async fn project_basic_at_the_token_endpoint_is_not_form_decoded() {
+    let dir = TempDir::new("issuer-api");
+    let project_secret = "Zm9v+YmFy/YmF6%zz+cXV4==0123456789";
+    let mut config = config_in(&dir);
+    config.project_secret = Some(project_secret.into());
+    let server = Server::start(config).await;
+    let (status, created) = Server::send(
+        server
+            .http
+            .post(server.url("/v1/m2m/clients"))
+            .basic_auth(PROJECT_ID, Some(project_secret))
+            .json(&json!({"trusted_metadata": {"user_id": "u"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["m2m_client"]["client_id"].as_str().unwrap();
+    let secret = created["m2m_client"]["client_secret"].as_str().unwrap();
+    let body =
+        json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret});
+    for (password, want) in [
+        (project_secret, StatusCode::OK),
+        (
+            &project_secret.replace('+', " ")[..],
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let (status, resp) = Server::send(
+            server
+                .http
+                .post(server.token_url())
+                .basic_auth(PROJECT_ID, Some(password))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, want, "{resp}");
+    }
+    server.shutdown().await;
+}
+
 /// A JSON token body may not repeat a member (serde would keep the last one
 /// silently); unknown members are ignored.
 #[tokio::test]

@@ -105,12 +105,31 @@ impl IssuerProcess {
     /// Starts the issuer on the `issuer.yaml` already in `dir` (see [`write_config`]), which
     /// listens on `addr`.
     pub async fn start_in(dir: TempDir, addr: SocketAddr) -> IssuerProcess {
+        Self::start_in_env(dir, addr, &[]).await
+    }
+
+    /// A fresh issuer (as [`IssuerProcess::start`]) with these extra environment variables,
+    /// such as `("M2M_AUTHZ_LOG", "trace")`.
+    pub async fn start_env(env: &[(&str, &str)]) -> IssuerProcess {
+        let dir = TempDir::new("issuer");
+        let addr = free_addr();
+        write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+        Self::start_in_env(dir, addr, env).await
+    }
+
+    /// [`IssuerProcess::start_in`] with these extra environment variables.
+    pub async fn start_in_env(
+        dir: TempDir,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> IssuerProcess {
         let child = ChildGuard::spawn(
             "m2m-authz issuer",
             Command::new(binary())
                 .args(["issuer", "--config"])
                 .arg(dir.join("issuer.yaml"))
                 .env("M2M_AUTHZ_LOG_FORMAT", "json")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log_file(&dir.join("stdout.log")))
                 .stderr(log_file(&dir.join("stderr.log"))),

@@ -206,6 +206,16 @@ def _():
     )
 
 
+@step("m2m.token with extra body parameters (ignored)")
+def _():
+    r = m2m.token(
+        client_id=CLIENT_ID,
+        client_secret=IMPORTED_SECRET,
+        extra={"audience": "ignored", "resource": ["a", "b"]},
+    )
+    check(m2m.authenticate_token(access_token=r.access_token) is not None, "token refused")
+
+
 @step("m2m.token with a scope the client lacks (400 invalid_scope)")
 def _():
     expect_error(

@@ -138,12 +138,14 @@ fn parse_params(headers: &HeaderMap, body: &Bytes, rid: &str) -> Result<TokenPar
 /// Client credentials from the Basic header or the body.
 ///
 /// The Basic header may carry either the client's own credentials (RFC 6749
-/// §2.3.1) or, as Stytch's Python SDK sends on every request, the project's
-/// (`project_id:project_secret`) beside the client's credentials in the
-/// body. The Basic user names which: the body's client id means the client
-/// (then a body secret, if any, must agree), this project's id means the
-/// project (then its secret must be right, and the body's client is the one
-/// authenticated). Anything else is refused rather than guessed at.
+/// §2.3.1, form-urlencoded) or, as Stytch's Python SDK sends on every
+/// request, the project's (`project_id:project_secret`, as sent, like the
+/// management API takes them) beside the client's credentials in the body.
+/// This project's id with the project secret, or with a different client id
+/// in the body, means the project (then its secret must be right, and the
+/// body's client is the one authenticated); otherwise the Basic header holds
+/// the client's (then body credentials, if any, must agree). Anything else
+/// is refused rather than guessed at.
 fn credentials(
     state: &AppState,
     headers: &HeaderMap,
@@ -152,17 +154,7 @@ fn credentials(
 ) -> Result<(String, String), OAuthError> {
     let basic = match auth_header(headers) {
         AuthHeader::Missing => None,
-        AuthHeader::Basic(creds) => {
-            match (form_urldecode(&creds.user), form_urldecode(&creds.password)) {
-                (Some(id), Some(secret)) => Some((id, secret)),
-                _ => {
-                    return Err(OAuthError::invalid_client(
-                        "Basic credentials are not form-urlencoded correctly",
-                        rid,
-                    ));
-                }
-            }
-        }
+        AuthHeader::Basic(creds) => Some(creds),
         AuthHeader::MalformedBasic => {
             return Err(OAuthError::invalid_client(
                 "the Authorization header is not valid Basic credentials",
@@ -178,43 +170,53 @@ fn credentials(
     };
     let body_id = params.client_id.take();
     let body_secret = params.client_secret.take();
-    match basic {
-        Some((id, secret)) if body_id.is_none() || body_id.as_deref() == Some(id.as_str()) => {
-            if body_secret.as_ref().is_some_and(|b| !ct_str_eq(b, &secret)) {
-                return Err(OAuthError::invalid_request(
-                    "client credentials in the Authorization header and the body differ",
-                    rid,
-                ));
-            }
-            Ok((id, secret))
-        }
-        Some((id, secret)) if id == state.settings.project_id => {
-            if !ct_str_eq(&secret, state.project_secret.expose()) {
-                return Err(OAuthError::invalid_client(
-                    "the project credentials in the Authorization header are wrong",
-                    rid,
-                ));
-            }
-            match (body_id, body_secret) {
-                (Some(id), Some(secret)) => Ok((id, secret)),
-                _ => Err(OAuthError::invalid_client(
-                    "client_id and client_secret are required in the body",
-                    rid,
-                )),
-            }
-        }
-        Some(_) => Err(OAuthError::invalid_request(
-            "the Authorization header holds neither the body's client_id nor this project's id",
-            rid,
-        )),
-        None => match (body_id, body_secret) {
+    let Some(creds) = basic else {
+        return match (body_id, body_secret) {
             (Some(id), Some(secret)) => Ok((id, secret)),
             _ => Err(OAuthError::invalid_client(
                 "client_id and client_secret are required",
                 rid,
             )),
-        },
+        };
+    };
+    let project_secret_ok = ct_str_eq(&creds.password, state.project_secret.expose());
+    if creds.user == state.settings.project_id
+        && (project_secret_ok || body_id.as_ref().is_some_and(|b| *b != creds.user))
+    {
+        if !project_secret_ok {
+            return Err(OAuthError::invalid_client(
+                "the project credentials in the Authorization header are wrong",
+                rid,
+            ));
+        }
+        return match (body_id, body_secret) {
+            (Some(id), Some(secret)) => Ok((id, secret)),
+            _ => Err(OAuthError::invalid_client(
+                "client_secret is required in the body beside project credentials",
+                rid,
+            )),
+        };
     }
+    let (Some(id), Some(secret)) = (form_urldecode(&creds.user), form_urldecode(&creds.password))
+    else {
+        return Err(OAuthError::invalid_client(
+            "Basic credentials are not form-urlencoded correctly",
+            rid,
+        ));
+    };
+    if body_id.as_ref().is_some_and(|b| *b != id) {
+        return Err(OAuthError::invalid_request(
+            "the Authorization header holds neither the body's client_id nor this project's id",
+            rid,
+        ));
+    }
+    if body_secret.as_ref().is_some_and(|b| !ct_str_eq(b, &secret)) {
+        return Err(OAuthError::invalid_request(
+            "client credentials in the Authorization header and the body differ",
+            rid,
+        ));
+    }
+    Ok((id, secret))
 }
 
 pub async fn issue(
