@@ -164,6 +164,30 @@ def _():
     check(second.results_metadata.next_cursor is None, second.results_metadata)
 
 
+@step("clients.search by client_name, scopes and status (AND / OR)")
+def _():
+    def ids(operator, *operands):
+        q = {
+            "operator": operator,
+            "operands": [{"filter_name": n, "filter_value": v} for n, v in operands],
+        }
+        return sorted(c.client_id for c in m2m.clients.search(query=q).m2m_clients)
+
+    check(ids("AND", ("client_name", ["SDK client"])) == [CLIENT_ID], "client_name")
+    check(ids("AND", ("scopes", ["write:orders"])) == [CLIENT_ID], "scopes")
+    check(ids("AND", ("status", ["active"])) == [CLIENT_ID, SECOND_ID], "status")
+    check(
+        ids("AND", ("scopes", ["read:orders"]), ("client_id", [SECOND_ID])) == [SECOND_ID],
+        "AND",
+    )
+    check(
+        ids("OR", ("client_name", ["SDK client"]), ("client_id", [SECOND_ID]))
+        == [CLIENT_ID, SECOND_ID],
+        "OR",
+    )
+    check(ids("AND", ("client_name", ["nobody"])) == [], "no match")
+
+
 @step("clients.update name, description, scopes, trusted_metadata")
 def _():
     c = m2m.clients.update(
@@ -204,6 +228,26 @@ def _():
         m2m.authenticate_token(access_token=token, max_token_age=0) is None,
         "max_token_age=0 accepted a token",
     )
+
+
+@step("authenticate_token: action:* wildcard scopes and max_token_age")
+def _():
+    r = m2m.clients.create(
+        client_id="sdk-wildcard",
+        scopes=["read:*", "write:orders"],
+        trusted_metadata={"user_id": "user-44"},
+    )
+    secret = r.m2m_client.client_secret
+    token = m2m.token(client_id="sdk-wildcard", client_secret=secret).access_token
+    claims = m2m.authenticate_token(
+        access_token=token, required_scopes=["read:users", "write:orders"], max_token_age=300
+    )
+    check(claims is not None and claims.custom_claims.get("user_id") == "user-44", claims)
+    check(
+        m2m.authenticate_token(access_token=token, required_scopes=["write:users"]) is None,
+        "write:users accepted without a wildcard",
+    )
+    m2m.clients.delete(client_id="sdk-wildcard")
 
 
 @step("m2m.token with extra body parameters (ignored)")
