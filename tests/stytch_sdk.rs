@@ -37,6 +37,7 @@ const STEPS: &[&str] = &[
     "m2m.token with scopes; authenticate_token with required_scopes",
     "authenticate_token: action:* wildcard scopes and max_token_age",
     "m2m.token with extra body parameters (ignored)",
+    "async: clients.get_async, m2m.token_async, authenticate_token_async",
     "m2m.token with a scope the client lacks (400 invalid_scope)",
     "m2m.token with a wrong client secret (401 invalid_client)",
     "m2m.token with a wrong project secret (401 invalid_client)",

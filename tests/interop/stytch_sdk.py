@@ -260,6 +260,23 @@ def _():
     check(m2m.authenticate_token(access_token=r.access_token) is not None, "token refused")
 
 
+@step("async: clients.get_async, m2m.token_async, authenticate_token_async")
+def _():
+    import asyncio
+
+    async def run():
+        c = (await m2m.clients.get_async(client_id=CLIENT_ID)).m2m_client
+        check(c.client_id == CLIENT_ID, c)
+        r = await m2m.token_async(
+            client_id=CLIENT_ID, client_secret=IMPORTED_SECRET, scopes=["read:users"]
+        )
+        claims = await m2m.authenticate_token_async(access_token=r.access_token)
+        check(claims is not None and claims.scopes == ["read:users"], claims)
+        await client.async_client.close()
+
+    asyncio.run(run())
+
+
 @step("m2m.token with a scope the client lacks (400 invalid_scope)")
 def _():
     expect_error(
