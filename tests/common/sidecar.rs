@@ -45,7 +45,25 @@ impl Sidecar {
         Self::start_with_env(config, &[]).await
     }
 
+    /// Like `start`, with extra environment variables. A free port can be taken by another test
+    /// between being chosen and being bound (the sidecar builds everything before it binds): a
+    /// sidecar that exits early with "Address already in use" is started again on new ports.
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut sidecar = Self::spawn_serve(config, env);
+            match sidecar.serving_within(READY_TIMEOUT).await {
+                Ok(()) => return sidecar,
+                Err(logs) if attempt < ATTEMPTS && logs.contains("Address already in use") => {
+                    eprintln!("m2m-authz lost its port to another test; starting it again");
+                }
+                Err(logs) => panic!("{logs}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn_serve(config: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = TempDir::new("sidecar");
         let addr = free_addr();
         let admin = admin_addr(&dir);
@@ -70,9 +88,7 @@ impl Sidecar {
             cmd.env(k, v);
         }
         let child = ChildGuard::spawn("m2m-authz", &mut cmd);
-        let mut sidecar = Sidecar { child, addr, dir };
-        sidecar.wait_serving(READY_TIMEOUT).await;
-        sidecar
+        Sidecar { child, addr, dir }
     }
 
     /// Starts the binary serving Check on a Unix domain socket in its temp dir; ready once the
@@ -131,16 +147,29 @@ impl Sidecar {
 
     /// Polls gRPC health until SERVING; panics with the log tail on timeout or exit.
     pub async fn wait_serving(&mut self, timeout: Duration) {
+        if let Err(e) = self.serving_within(timeout).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Polls gRPC health until SERVING; on timeout or exit, what happened and the log tail.
+    async fn serving_within(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait() {
-                panic!("m2m-authz exited early ({status}):\n{}", self.logs());
+                return Err(format!(
+                    "m2m-authz exited early ({status}):\n{}",
+                    self.logs()
+                ));
             }
             if self.health().await == Some(ServingStatus::Serving) {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!("m2m-authz not SERVING after {timeout:?}:\n{}", self.logs());
+                return Err(format!(
+                    "m2m-authz not SERVING after {timeout:?}:\n{}",
+                    self.logs()
+                ));
             }
             tokio::time::sleep(super::process::POLL_INTERVAL).await;
         }
