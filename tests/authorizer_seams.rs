@@ -10,38 +10,19 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::check::basic;
+use common::check::{basic_request as client, bearer_request as bearer};
 use common::fakes::{Answer, Fakes, START_UNIX, settle};
 use m2m_authz::authorizer::{Authorizer, BuildError, Parts, Unavailable};
 use m2m_authz::clock::Clock;
 use m2m_authz::config::Config;
 use m2m_authz::decision::Decision;
 use m2m_authz::exchange::ExchangeError;
-use m2m_authz::request::{AuthRequest, Headers};
+use m2m_authz::request::AuthRequest;
 use serde_json::json;
 
-fn client(id: &str, secret: &str) -> AuthRequest {
-    authorization(basic(id, secret))
-}
-
-fn bearer(token: &str) -> AuthRequest {
-    authorization(format!("Bearer {token}"))
-}
-
-fn authorization(value: String) -> AuthRequest {
-    AuthRequest {
-        headers: [("authorization", value)].into_iter().collect::<Headers>(),
-        ..Default::default()
-    }
-}
-
-/// The HTTP status a caller would see (503 for an infrastructure failure).
+/// The HTTP status a caller would see for `r` (503 for an infrastructure failure).
 async fn status(a: &Authorizer, r: &AuthRequest) -> u16 {
-    match a.check(r).await {
-        Ok(Decision::Allow(_)) => 200,
-        Ok(Decision::Deny(d)) => d.status,
-        Err(_) => 503,
-    }
+    common::authz::status(&a.check(r).await)
 }
 
 fn secs(s: u64) -> Duration {
