@@ -164,6 +164,12 @@ fn assert_api_error(status: StatusCode, body: &Value, want: StatusCode, error_ty
     assert_eq!(body["status_code"], want.as_u16(), "{body}");
     assert!(body["request_id"].as_str().is_some(), "{body}");
     assert!(body["error_message"].as_str().is_some(), "{body}");
+    // Stytch's error pages have one anchor per type.
+    let url = body["error_url"].as_str().unwrap_or_default();
+    assert!(
+        url.starts_with("https://stytch.com/docs/") && url.ends_with(&format!("#{error_type}")),
+        "{body}"
+    );
 }
 
 fn assert_oauth_error(status: StatusCode, body: &Value, want: StatusCode, error: &str) {
@@ -349,62 +355,62 @@ async fn client_create_get_update_delete() {
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
-            json!({"client_name": "orders bot v2"}),
-            "duplicate_client_name",
+            json!({"trusted_metadata": (0..21).map(|i| (format!("k{i}"), json!(i))).collect::<serde_json::Map<_, _>>()}),
+            "metadata_too_many_keys",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"client_id": "my-client.1"}),
-            "duplicate_client_id",
+            "duplicate_m2m_client_id",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"scopes": ["has space"]}),
-            "invalid_scopes",
+            "invalid_m2m_client_scope",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"client_name": 5}),
-            "invalid_request",
+            "bad_request",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"scopes": "read:orders", "some_new_field": true}),
-            "invalid_request",
+            "bad_request",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"client_secret": "password1"}),
-            "invalid_client_secret",
+            "insecure_m2m_client_secret",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"client_secret": 12345678}),
-            "invalid_request",
+            "bad_request",
         ),
         (
             reqwest::Method::PUT,
             path.clone(),
             json!({"client_id": "my-client.1", "client_name": "hijack"}),
-            "invalid_client_id",
+            "m2m_client_invalid_client_id",
         ),
         (
             reqwest::Method::POST,
             "/v1/m2m/clients".to_owned(),
             json!({"trusted_metadata": {"user_id": "x".repeat(5000)}}),
-            "invalid_trusted_metadata",
+            "metadata_too_large",
         ),
         (
             reqwest::Method::PUT,
             path.clone(),
             json!({"status": "paused"}),
-            "invalid_status",
+            "m2m_client_invalid_status",
         ),
     ];
     for (method, p, body, error_type) in bad {
@@ -434,7 +440,7 @@ async fn client_create_get_update_delete() {
             ("client_secret", &secret),
         ])
         .await;
-    assert_oauth_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_client");
     server.shutdown().await;
 }
 
@@ -575,12 +581,37 @@ async fn client_search_filters_and_pagination() {
         (
             json!({"query": {"operator": "AND", "operands": [
                 {"filter_name": "color", "filter_value": ["red"]}]}}),
-            "invalid_search_query",
+            "m2m_search_filter_name_not_recognized",
         ),
         (
             json!({"query": {"operator": "AND", "operands": [
                 {"filter_name": "status", "filter_value": []}]}}),
-            "invalid_search_query",
+            "m2m_search_missing_filter_value",
+        ),
+        (
+            json!({"query": {"operator": "AND", "operands": [
+                {"filter_name": "status"}]}}),
+            "m2m_search_missing_filter_value",
+        ),
+        (
+            json!({"query": {"operator": "AND", "operands": [
+                {"filter_value": ["active"]}]}}),
+            "m2m_search_missing_filter_name",
+        ),
+        (
+            json!({"query": {"operator": "AND", "operands": [
+                {"filter_name": 7, "filter_value": ["active"]}]}}),
+            "m2m_search_filter_name_must_be_string",
+        ),
+        (
+            json!({"query": {"operator": "AND", "operands": [
+                {"filter_name": "scopes", "filter_value": "read"}]}}),
+            "m2m_search_expected_array_of_strings",
+        ),
+        (
+            json!({"query": {"operator": "AND", "operands": [
+                {"filter_name": "scopes", "filter_value": ["read", 5]}]}}),
+            "m2m_search_expected_array_of_strings",
         ),
     ] {
         let (status, resp) = search(&server, body).await;
@@ -735,7 +766,7 @@ async fn token_endpoint_takes_project_basic_beside_client_credentials_in_the_bod
             PROJECT_ID,
             PROJECT_SECRET,
             json!({"grant_type": "client_credentials", "client_id": id}),
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
         ),
         // The body's client is still authenticated.
@@ -744,7 +775,7 @@ async fn token_endpoint_takes_project_basic_beside_client_credentials_in_the_bod
             PROJECT_SECRET,
             json!({"grant_type": "client_credentials", "client_id": id,
                    "client_secret": "secret-test-wrong"}),
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
         ),
     ];
@@ -861,12 +892,12 @@ async fn create_imports_a_client_secret() {
     assert!(!got.to_string().contains(imported), "{got}");
     // Weak, short, long, spaced: refused, and the error does not echo it.
     let long = "aZ7$".repeat(65);
-    for weak in [
-        "Ab1!xyz",
-        "aaaaaaaaaaaaaaaaaaaaaaaa",
-        "abcdefghijklmnopqrstuvwx",
-        "Xk9#mQ2v R7Lp4!z",
-        long.as_str(),
+    for (weak, error_type) in [
+        ("Ab1!xyz", "m2m_client_invalid_client_secret"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaa", "insecure_m2m_client_secret"),
+        ("abcdefghijklmnopqrstuvwx", "insecure_m2m_client_secret"),
+        ("Xk9#mQ2v R7Lp4!z", "m2m_client_invalid_client_secret"),
+        (long.as_str(), "m2m_client_invalid_client_secret"),
     ] {
         let (status, body) = Server::send(
             server
@@ -874,14 +905,85 @@ async fn create_imports_a_client_secret() {
                 .json(&json!({"client_secret": weak})),
         )
         .await;
-        assert_api_error(
-            status,
-            &body,
-            StatusCode::BAD_REQUEST,
-            "invalid_client_secret",
-        );
+        assert_api_error(status, &body, StatusCode::BAD_REQUEST, error_type);
         assert!(!body.to_string().contains(weak), "{body}");
     }
+    server.shutdown().await;
+}
+
+/// What axum itself would refuse in plain text (a body over the limit, a path
+/// that does not decode) comes back in each endpoint's JSON shape, so the
+/// SDKs see a status and a type; client names need not be unique (only
+/// client ids, as on Stytch); a wrong client secret is 400 when the client
+/// sent it in the body (as Stytch answers) and 401 with `WWW-Authenticate`
+/// when it authenticated with the Authorization header (RFC 6749 §5.2).
+#[tokio::test]
+async fn refusals_keep_the_json_shape_and_the_status_follows_the_credentials() {
+    let dir = TempDir::new("issuer-api");
+    let server = Server::start(config_in(&dir)).await;
+    let huge = json!({"client_name": "x".repeat(70 * 1024)});
+    let (status, body) = Server::send(
+        server
+            .manage(reqwest::Method::POST, "/v1/m2m/clients")
+            .json(&huge),
+    )
+    .await;
+    assert_api_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+    );
+    let (status, body) = Server::send(server.http.post(server.token_url()).form(&[
+        ("grant_type", "client_credentials"),
+        ("scope", &"a".repeat(70 * 1024)),
+    ]))
+    .await;
+    assert_oauth_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+    let (status, body) =
+        Server::send(server.manage(reqwest::Method::GET, "/v1/m2m/clients/%FF%FE")).await;
+    assert_api_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    let (a, _) = server
+        .create_client(json!({"client_name": "API key"}))
+        .await;
+    let (b, _) = server
+        .create_client(json!({"client_name": "API key"}))
+        .await;
+    assert_ne!(a, b);
+
+    let (id, _) = server.user_client("user-1", &["read"]).await;
+    let wrong = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id.as_str()),
+        ("client_secret", "secret-test-wrong"),
+    ];
+    let in_body = server
+        .http
+        .post(server.token_url())
+        .form(&wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(in_body.status(), StatusCode::BAD_REQUEST);
+    assert!(in_body.headers().get("www-authenticate").is_none());
+    let in_header = server
+        .http
+        .post(server.token_url())
+        .basic_auth(&id, Some("secret-test-wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(in_header.status(), StatusCode::UNAUTHORIZED);
+    assert!(in_header.headers().get("www-authenticate").is_some());
+    let body: Value = in_header.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client", "{body}");
     server.shutdown().await;
 }
 
@@ -914,7 +1016,7 @@ async fn token_endpoint_errors() {
                 ("client_id", &id),
                 ("client_secret", "secret-test-wrong"),
             ],
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
         ),
         (
@@ -923,12 +1025,12 @@ async fn token_endpoint_errors() {
                 ("client_id", "m2m-client-test-nobody"),
                 ("client_secret", &secret),
             ],
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
         ),
         (
             vec![grant, ("client_id", &id)],
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
         ),
         (
@@ -1003,7 +1105,7 @@ async fn token_endpoint_errors() {
     let (status, body) = server
         .token_form(&[grant, ("client_id", &id), ("client_secret", &secret)])
         .await;
-    assert_oauth_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert_oauth_error(status, &body, StatusCode::BAD_REQUEST, "invalid_client");
     let (status, _) = Server::send(
         server
             .manage(reqwest::Method::PUT, &path)
@@ -1136,7 +1238,7 @@ async fn secret_rotation_start_complete_cancel() {
             status,
             &body,
             StatusCode::BAD_REQUEST,
-            "no_secret_rotation_in_progress",
+            "m2m_client_not_rotating_secret",
         );
     }
 
@@ -1160,7 +1262,7 @@ async fn secret_rotation_start_complete_cancel() {
         status,
         &body,
         StatusCode::BAD_REQUEST,
-        "secret_rotation_in_progress",
+        "m2m_client_already_rotating_secret",
     );
 
     let (status, done) = Server::send(server.manage(reqwest::Method::POST, &base)).await;
@@ -1175,7 +1277,7 @@ async fn secret_rotation_start_complete_cancel() {
     );
     assert_eq!(
         token_status(id.clone(), old.clone()).await,
-        StatusCode::UNAUTHORIZED
+        StatusCode::BAD_REQUEST
     );
     assert_eq!(token_status(id.clone(), new.clone()).await, StatusCode::OK);
 
@@ -1199,7 +1301,7 @@ async fn secret_rotation_start_complete_cancel() {
     );
     assert_eq!(
         token_status(id.clone(), abandoned).await,
-        StatusCode::UNAUTHORIZED
+        StatusCode::BAD_REQUEST
     );
     assert_eq!(token_status(id.clone(), new).await, StatusCode::OK);
 

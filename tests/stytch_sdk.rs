@@ -25,8 +25,8 @@ const IMPORTED_SECRET: &str = "imported-Xk9mQ2vR7Lp4zT8wN3bJ6";
 const STEPS: &[&str] = &[
     "clients.create with client_id, client_secret, trusted_metadata, name, description",
     "clients.create generates a secret when none is given",
-    "clients.create refuses a weak client_secret (400 invalid_client_secret)",
-    "clients.create refuses a duplicate client_id (400 duplicate_client_id)",
+    "clients.create refuses a weak client_secret (400 insecure_m2m_client_secret)",
+    "clients.create refuses a duplicate client_id (400 duplicate_m2m_client_id)",
     "clients.get",
     "clients.get of an unknown client (404 m2m_client_not_found)",
     "clients.search by client_id",
@@ -39,12 +39,12 @@ const STEPS: &[&str] = &[
     "m2m.token with extra body parameters (ignored)",
     "async: clients.get_async, m2m.token_async, authenticate_token_async",
     "m2m.token with a scope the client lacks (400 invalid_scope)",
-    "m2m.token with a wrong client secret (401 invalid_client)",
+    "m2m.token with a wrong client secret (400 invalid_client)",
     "m2m.token with a wrong project secret (401 invalid_client)",
     "secrets.rotate_start, both secrets work, secrets.rotate completes",
-    "clients.update status inactive: m2m.token refused (401 invalid_client)",
+    "clients.update status inactive: m2m.token refused (400 invalid_client)",
     "secrets.rotate_start then secrets.rotate_cancel keeps the old secret only",
-    "clients.delete, then get (404) and m2m.token (401)",
+    "clients.delete, then get (404) and m2m.token (400)",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,17 +14,21 @@ use super::template::{ClaimsTemplate, ClientContext, TemplateError};
 const MAX_CLIENT_ID_LEN: usize = 128;
 const MAX_NAME_LEN: usize = 256;
 const MAX_DESCRIPTION_LEN: usize = 2048;
-/// Trusted metadata is copied into tokens; a bound keeps rows and renders
-/// small even when the template ignores most of it.
-pub const MAX_TRUSTED_METADATA_BYTES: usize = 16 * 1024;
+/// Trusted metadata is copied into tokens; Stytch's limits (4 KB of JSON, 20
+/// top-level keys) keep rows and renders small, and a client this issuer
+/// accepts is one Stytch accepts too.
+pub const MAX_TRUSTED_METADATA_BYTES: usize = 4 * 1024;
+pub const MAX_TRUSTED_METADATA_KEYS: usize = 20;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("m2m client {0:?} not found")]
     NotFound(String),
+    /// `error_type` is the name Stytch gives this refusal.
     #[error("invalid {field}: {message}")]
     Invalid {
         field: &'static str,
+        error_type: &'static str,
         message: String,
     },
     #[error("client {0:?} already has a secret rotation in progress; complete or cancel it first")]
@@ -35,16 +39,40 @@ pub enum ClientError {
     Store(#[from] StoreError),
 }
 
+/// A refusal of `field`, under the `error_type` Stytch uses for it.
 fn invalid(field: &'static str, message: impl Into<String>) -> ClientError {
+    let error_type = match field {
+        "client_id" => "m2m_client_invalid_client_id",
+        "client_name" => "m2m_client_invalid_client_name",
+        "client_description" => "m2m_client_invalid_client_description",
+        "client_secret" => "m2m_client_invalid_client_secret",
+        "scopes" => "invalid_m2m_client_scope",
+        "trusted_metadata" => "metadata_too_large",
+        _ => "bad_request",
+    };
+    invalid_as(field, error_type, message)
+}
+
+fn invalid_as(
+    field: &'static str,
+    error_type: &'static str,
+    message: impl Into<String>,
+) -> ClientError {
     ClientError::Invalid {
         field,
+        error_type,
         message: message.into(),
     }
 }
 
 impl From<ScopeError> for ClientError {
     fn from(e: ScopeError) -> Self {
-        invalid("scopes", e.to_string())
+        match e {
+            ScopeError::TooMany => {
+                invalid_as("scopes", "too_many_m2m_client_scopes", e.to_string())
+            }
+            _ => invalid("scopes", e.to_string()),
+        }
     }
 }
 
@@ -153,6 +181,14 @@ fn validate_text(field: &'static str, value: &str, max: usize) -> Result<(), Cli
 /// renders within the claim limit for it, so a client that could never get a
 /// token is refused when it is created or changed, not at its first request.
 fn validate_claims(client: &ClientRecord, template: &ClaimsTemplate) -> Result<(), ClientError> {
+    let keys = client.trusted_metadata.len();
+    if keys > MAX_TRUSTED_METADATA_KEYS {
+        return Err(invalid_as(
+            "trusted_metadata",
+            "metadata_too_many_keys",
+            format!("has {keys} top-level keys, more than the {MAX_TRUSTED_METADATA_KEYS} allowed"),
+        ));
+    }
     let size = serde_json::to_string(&client.trusted_metadata).map_or(usize::MAX, |s| s.len());
     if size > MAX_TRUSTED_METADATA_BYTES {
         return Err(invalid(
@@ -162,7 +198,11 @@ fn validate_claims(client: &ClientRecord, template: &ClaimsTemplate) -> Result<(
     }
     match template.render(&context(client)) {
         Ok(_) => Ok(()),
-        Err(e @ TemplateError::TooLarge { .. }) => Err(invalid("trusted_metadata", e.to_string())),
+        Err(e @ TemplateError::TooLarge { .. }) => Err(invalid_as(
+            "trusted_metadata",
+            "custom_claims_too_large",
+            e.to_string(),
+        )),
         Err(e) => Err(invalid("claims_template", e.to_string())),
     }
 }
@@ -187,8 +227,13 @@ pub fn create(
     )?;
     let secret = match new.client_secret {
         Some(given) => {
-            secrets::check_imported_secret(given.expose())
-                .map_err(|message| invalid("client_secret", message))?;
+            secrets::check_imported_secret(given.expose()).map_err(|refusal| {
+                let error_type = match refusal {
+                    secrets::SecretRefusal::Weak { .. } => "insecure_m2m_client_secret",
+                    _ => "m2m_client_invalid_client_secret",
+                };
+                invalid_as("client_secret", error_type, refusal.to_string())
+            })?;
             given
         }
         None => ClientSecret::generate(),

@@ -140,27 +140,36 @@ pub const MAX_IMPORTED_SECRET_LEN: usize = 256;
 /// many bits by [`estimated_bits`].
 pub const MIN_IMPORTED_SECRET_BITS: f64 = 64.0;
 
+/// Why an imported client secret is refused; the message names the rule
+/// broken, never the secret.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SecretRefusal {
+    #[error("must be {MIN_IMPORTED_SECRET_LEN} to {MAX_IMPORTED_SECRET_LEN} characters")]
+    Length,
+    #[error("may contain only visible ASCII characters (no spaces)")]
+    Characters,
+    #[error(
+        "is too easy to guess (about {bits:.0} bits; at least {MIN_IMPORTED_SECRET_BITS:.0} \
+         needed: use a longer, random secret)"
+    )]
+    Weak { bits: f64 },
+}
+
 /// The rules for an imported client secret: Stytch's documented minimum of
 /// 8 characters, at most 256, visible ASCII only (it travels in Basic
 /// headers and form bodies, where spaces and non-ASCII are easy to mangle),
-/// and an estimated strength of at least 64 bits. The error names the rule
-/// broken, never the secret.
-pub fn check_imported_secret(secret: &str) -> Result<(), String> {
+/// and an estimated strength of at least 64 bits.
+pub fn check_imported_secret(secret: &str) -> Result<(), SecretRefusal> {
     let len = secret.chars().count();
     if !(MIN_IMPORTED_SECRET_LEN..=MAX_IMPORTED_SECRET_LEN).contains(&len) {
-        return Err(format!(
-            "must be {MIN_IMPORTED_SECRET_LEN} to {MAX_IMPORTED_SECRET_LEN} characters"
-        ));
+        return Err(SecretRefusal::Length);
     }
     if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("may contain only visible ASCII characters (no spaces)".into());
+        return Err(SecretRefusal::Characters);
     }
     let bits = estimated_bits(secret);
     if bits < MIN_IMPORTED_SECRET_BITS {
-        return Err(format!(
-            "is too easy to guess (about {bits:.0} bits; at least {MIN_IMPORTED_SECRET_BITS:.0} \
-             needed: use a longer, random secret)"
-        ));
+        return Err(SecretRefusal::Weak { bits });
     }
     Ok(())
 }
@@ -255,13 +264,19 @@ mod tests {
             assert!(check_imported_secret(weak).is_err(), "{weak:?} accepted");
         }
         let too_long = "aZ7$".repeat(65);
-        assert!(check_imported_secret(&too_long).is_err());
+        assert_eq!(check_imported_secret(&too_long), Err(SecretRefusal::Length));
+        assert_eq!(check_imported_secret("Ab1!xyz"), Err(SecretRefusal::Length));
         for odd in ["Xk9#mQ2vR7 Lp4!", "Xk9#mQ2vR7\tLp4!", "Xk9#mQ2vR7éLp4!"] {
-            assert!(check_imported_secret(odd).is_err(), "{odd:?} accepted");
+            assert_eq!(
+                check_imported_secret(odd),
+                Err(SecretRefusal::Characters),
+                "{odd:?}"
+            );
         }
         // The error names the rule, never the secret.
         let err = check_imported_secret("passwordpass").unwrap_err();
-        assert!(!err.contains("passwordpass"), "{err}");
+        assert!(matches!(err, SecretRefusal::Weak { .. }), "{err:?}");
+        assert!(!err.to_string().contains("passwordpass"), "{err}");
     }
 
     #[test]

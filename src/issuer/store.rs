@@ -39,6 +39,7 @@ use super::secrets::{ProjectSecret, SecretHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sealed_keys.sql"),
+    include_str!("migrations/0003_client_names_not_unique.sql"),
 ];
 
 /// What the database holds, for the permission errors.
@@ -66,8 +67,6 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("a client with client_id {0:?} already exists")]
     DuplicateClientId(String),
-    #[error("a client named {0:?} already exists")]
-    DuplicateClientName(String),
     #[error(transparent)]
     Files(#[from] PrivateFileError),
     #[error(
@@ -520,9 +519,6 @@ impl Store {
         if id_taken {
             return Err(StoreError::DuplicateClientId(client.client_id.clone()));
         }
-        if name_taken(&tx, &client.client_name, &client.client_id)? {
-            return Err(StoreError::DuplicateClientName(client.client_name.clone()));
-        }
         tx.execute(
             "INSERT INTO m2m_clients (client_id, client_name, client_description, status, scopes, \
              trusted_metadata, secret_hash, secret_last_four, next_secret_hash, \
@@ -592,9 +588,6 @@ impl Store {
         change(&mut client)?;
         // The client id is the key; a change closure must not move it.
         client.client_id = client_id.to_owned();
-        if name_taken(&tx, &client.client_name, client_id)? {
-            return Err(StoreError::DuplicateClientName(client.client_name.clone()).into());
-        }
         tx.execute(
             "UPDATE m2m_clients SET client_name = ?2, client_description = ?3, status = ?4, \
              scopes = ?5, trusted_metadata = ?6, secret_hash = ?7, secret_last_four = ?8, \
@@ -829,20 +822,6 @@ impl Store {
     }
 }
 
-fn name_taken(conn: &Connection, name: &str, except_client_id: &str) -> Result<bool, StoreError> {
-    if name.is_empty() {
-        return Ok(false);
-    }
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM m2m_clients WHERE client_name = ?1 AND client_id <> ?2",
-            [name, except_client_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
 /// The plaintext column stays empty; only the sealed form is stored.
 fn insert_active_key(
     conn: &Connection,
@@ -861,6 +840,9 @@ fn insert_active_key(
 pub(crate) mod tests {
     use super::*;
     use crate::issuer::secrets::ClientSecret;
+
+    /// The schema version a migrated database ends at.
+    const LATEST: i64 = MIGRATIONS.len() as i64;
 
     /// A database file in a fresh directory, removed on drop.
     pub(crate) struct TempDb {
@@ -924,7 +906,7 @@ pub(crate) mod tests {
         let db = TempDb::new();
         {
             let store = Store::open(&db.path, &test_secret()).unwrap();
-            assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+            assert_eq!(Store::schema_version(&store.conn).unwrap(), LATEST);
             let mode: String = store
                 .conn
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -932,7 +914,7 @@ pub(crate) mod tests {
             assert_eq!(mode, "wal");
         }
         let store = Store::open(&db.path, &test_secret()).unwrap();
-        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), LATEST);
     }
 
     #[test]
@@ -961,17 +943,9 @@ pub(crate) mod tests {
             store.insert_client(&c),
             Err(StoreError::DuplicateClientId(_))
         ));
-        let other = client("c2", "bot", &[], ClientStatus::Active);
-        assert!(matches!(
-            store.insert_client(&other),
-            Err(StoreError::DuplicateClientName(_))
-        ));
-        // Unnamed clients never clash.
+        // Names need not be unique (only client_id is, as on Stytch).
         store
-            .insert_client(&client("c3", "", &[], ClientStatus::Active))
-            .unwrap();
-        store
-            .insert_client(&client("c4", "", &[], ClientStatus::Active))
+            .insert_client(&client("c2", "bot", &[], ClientStatus::Active))
             .unwrap();
         assert!(store.delete_client("c1").unwrap());
         assert!(!store.delete_client("c1").unwrap());
@@ -979,7 +953,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn update_is_atomic_and_checks_names() {
+    fn update_is_atomic() {
         let db = TempDb::new();
         let mut store = Store::open(&db.path, &test_secret()).unwrap();
         store
@@ -998,11 +972,14 @@ pub(crate) mod tests {
         assert_eq!(updated.status, ClientStatus::Inactive);
         let err = store
             .update_client::<StoreError, _>("c1", |c| {
-                c.client_name = "two".into();
-                Ok(())
+                c.client_name = "changed".into();
+                Err(StoreError::Corrupt {
+                    what: "test",
+                    detail: "refused inside the change".into(),
+                })
             })
             .unwrap_err();
-        assert!(matches!(err, StoreError::DuplicateClientName(_)));
+        assert!(matches!(err, StoreError::Corrupt { .. }));
         assert_eq!(store.get_client("c1").unwrap().unwrap().client_name, "one");
         assert!(
             store
@@ -1285,7 +1262,7 @@ pub(crate) mod tests {
         assert!(contains(&raw_bytes(&db.path), k1.pkcs8.as_bytes()));
 
         let store = Store::open(&db.path, &test_secret()).unwrap();
-        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), LATEST);
         // Same keys, same kids, same states: nothing an operator loses.
         assert_eq!(store.active_key().unwrap().unwrap().pkcs8, k2.pkcs8);
         let published = store.published_keys().unwrap();

@@ -111,19 +111,19 @@ def _():
     secrets[SECOND_ID] = r.m2m_client.client_secret
 
 
-@step("clients.create refuses a weak client_secret (400 invalid_client_secret)")
+@step("clients.create refuses a weak client_secret (400 insecure_m2m_client_secret)")
 def _():
     expect_error(
         lambda: m2m.clients.create(client_id="sdk-weak", client_secret="password", scopes=[]),
         400,
-        "invalid_client_secret",
+        "insecure_m2m_client_secret",
     )
 
 
-@step("clients.create refuses a duplicate client_id (400 duplicate_client_id)")
+@step("clients.create refuses a duplicate client_id (400 duplicate_m2m_client_id)")
 def _():
     expect_error(
-        lambda: m2m.clients.create(client_id=CLIENT_ID, scopes=[]), 400, "duplicate_client_id"
+        lambda: m2m.clients.create(client_id=CLIENT_ID, scopes=[]), 400, "duplicate_m2m_client_id"
     )
 
 
@@ -288,11 +288,11 @@ def _():
     )
 
 
-@step("m2m.token with a wrong client secret (401 invalid_client)")
+@step("m2m.token with a wrong client secret (400 invalid_client)")
 def _():
     expect_error(
         lambda: m2m.token(client_id=CLIENT_ID, client_secret=IMPORTED_SECRET_2),
-        401,
+        400,
         "invalid_client",
     )
 
@@ -329,18 +329,18 @@ def _():
     m2m.token(client_id=CLIENT_ID, client_secret=nxt)
     expect_error(
         lambda: m2m.token(client_id=CLIENT_ID, client_secret=IMPORTED_SECRET),
-        401,
+        400,
         "invalid_client",
     )
 
 
-@step("clients.update status inactive: m2m.token refused (401 invalid_client)")
+@step("clients.update status inactive: m2m.token refused (400 invalid_client)")
 def _():
     c = m2m.clients.update(client_id=SECOND_ID, status="inactive").m2m_client
     check(c.status == "inactive", c.status)
     secret = secrets[SECOND_ID]
     expect_error(
-        lambda: m2m.token(client_id=SECOND_ID, client_secret=secret), 401, "invalid_client"
+        lambda: m2m.token(client_id=SECOND_ID, client_secret=secret), 400, "invalid_client"
     )
     c = m2m.clients.update(client_id=SECOND_ID, status="active").m2m_client
     check(c.status == "active", c.status)
@@ -354,18 +354,18 @@ def _():
     check(c.next_client_secret_last_four is None, c.next_client_secret_last_four)
     m2m.token(client_id=SECOND_ID, client_secret=secrets[SECOND_ID])
     expect_error(
-        lambda: m2m.token(client_id=SECOND_ID, client_secret=nxt), 401, "invalid_client"
+        lambda: m2m.token(client_id=SECOND_ID, client_secret=nxt), 400, "invalid_client"
     )
 
 
-@step("clients.delete, then get (404) and m2m.token (401)")
+@step("clients.delete, then get (404) and m2m.token (400)")
 def _():
     r = m2m.clients.delete(client_id=SECOND_ID)
     check(r.client_id == SECOND_ID, r.client_id)
     expect_error(lambda: m2m.clients.get(client_id=SECOND_ID), 404, "m2m_client_not_found")
     expect_error(
         lambda: m2m.token(client_id=SECOND_ID, client_secret=secrets[SECOND_ID]),
-        401,
+        400,
         "invalid_client",
     )
     expect_error(

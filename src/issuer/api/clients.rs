@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::extract::{Body, PathId};
 use super::{AppState, blocking, success};
 use crate::issuer::clients::{self, ClientError, ClientUpdate, ClientView, NewClient};
 use crate::issuer::secrets::{ClientSecret, generate_request_id};
@@ -73,7 +74,7 @@ fn parse_body<T: DeserializeOwned>(
         } else {
             format!("invalid JSON body at {path}: {inner}")
         };
-        bad_request("invalid_request", message, request_id)
+        bad_request("bad_request", message, request_id)
     })?;
     if let Ok(members) = serde_json::from_slice::<BTreeMap<String, IgnoredAny>>(text) {
         for name in members.keys().filter(|k| !known.contains(&k.as_str())) {
@@ -91,20 +92,19 @@ fn client_error(e: ClientError, request_id: &str) -> ApiError {
             e.to_string(),
             request_id,
         ),
-        ClientError::Invalid { field, .. } => {
-            bad_request(&format!("invalid_{field}"), e.to_string(), request_id)
+        ClientError::Invalid { error_type, .. } => {
+            bad_request(error_type, e.to_string(), request_id)
         }
-        ClientError::RotationInProgress(_) => {
-            bad_request("secret_rotation_in_progress", e.to_string(), request_id)
-        }
+        ClientError::RotationInProgress(_) => bad_request(
+            "m2m_client_already_rotating_secret",
+            e.to_string(),
+            request_id,
+        ),
         ClientError::NoRotation(_) => {
-            bad_request("no_secret_rotation_in_progress", e.to_string(), request_id)
+            bad_request("m2m_client_not_rotating_secret", e.to_string(), request_id)
         }
         ClientError::Store(StoreError::DuplicateClientId(_)) => {
-            bad_request("duplicate_client_id", e.to_string(), request_id)
-        }
-        ClientError::Store(StoreError::DuplicateClientName(_)) => {
-            bad_request("duplicate_client_name", e.to_string(), request_id)
+            bad_request("duplicate_m2m_client_id", e.to_string(), request_id)
         }
         ClientError::Store(other) => {
             tracing::error!(%request_id, error = %other, "issuer database failure");
@@ -145,7 +145,10 @@ struct CreateBody {
     trusted_metadata: Option<Map<String, Value>>,
 }
 
-pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let body: CreateBody = parse_body(&body, CREATE_FIELDS, &rid)?;
     let new = NewClient {
@@ -168,7 +171,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    PathId(client_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {
@@ -191,14 +194,14 @@ struct UpdateBody {
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
-    body: Bytes,
+    PathId(client_id): PathId,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let body: UpdateBody = parse_body(&body, UPDATE_FIELDS, &rid)?;
     if body.client_id.as_ref().is_some_and(|id| *id != client_id) {
         return Err(bad_request(
-            "invalid_client_id",
+            "m2m_client_invalid_client_id",
             "client_id in the body must be the one in the path",
             &rid,
         ));
@@ -207,7 +210,7 @@ pub async fn update(
         None => None,
         Some(s) => Some(ClientStatus::parse(s).ok_or_else(|| {
             bad_request(
-                "invalid_status",
+                "m2m_client_invalid_status",
                 format!("status must be \"active\" or \"inactive\", not {s:?}"),
                 &rid,
             )
@@ -229,7 +232,7 @@ pub async fn update(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    PathId(client_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let id = client_id.clone();
@@ -243,7 +246,7 @@ pub async fn delete(
 
 pub async fn rotate_start(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    PathId(client_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let (record, next) = run(&state, &rid, move |s| {
@@ -257,7 +260,7 @@ pub async fn rotate_start(
 
 pub async fn rotate_complete(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    PathId(client_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {
@@ -269,7 +272,7 @@ pub async fn rotate_complete(
 
 pub async fn rotate_cancel(
     State(state): State<Arc<AppState>>,
-    Path(client_id): Path<String>,
+    PathId(client_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {
@@ -289,14 +292,75 @@ struct SearchBody {
 #[derive(Deserialize)]
 struct SearchQuery {
     operator: String,
+    /// Read member by member, so each malformed operand gets the
+    /// `m2m_search_*` error Stytch names for it.
     #[serde(default)]
-    operands: Vec<SearchOperand>,
+    operands: Vec<Value>,
 }
 
-#[derive(Deserialize)]
-struct SearchOperand {
-    filter_name: String,
-    filter_value: Vec<String>,
+/// One `{filter_name, filter_value}` operand.
+fn to_filter(operand: &Value, rid: &str) -> Result<Filter, ApiError> {
+    let name = match operand.get("filter_name") {
+        None | Some(Value::Null) => {
+            return Err(bad_request(
+                "m2m_search_missing_filter_name",
+                "each query operand needs a filter_name",
+                rid,
+            ));
+        }
+        Some(Value::String(name)) => name.as_str(),
+        Some(_) => {
+            return Err(bad_request(
+                "m2m_search_filter_name_must_be_string",
+                "filter_name must be a string",
+                rid,
+            ));
+        }
+    };
+    let field = match name {
+        "client_id" => FilterField::ClientId,
+        "client_name" => FilterField::ClientName,
+        "status" => FilterField::Status,
+        "scopes" => FilterField::Scopes,
+        other => {
+            return Err(bad_request(
+                "m2m_search_filter_name_not_recognized",
+                format!(
+                    "unknown filter_name {other:?} (use client_id, client_name, status or scopes)"
+                ),
+                rid,
+            ));
+        }
+    };
+    let values = match operand.get("filter_value") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                bad_request(
+                    "m2m_search_expected_array_of_strings",
+                    format!("filter_value of {name:?} must be an array of strings"),
+                    rid,
+                )
+            })?,
+        Some(_) => {
+            return Err(bad_request(
+                "m2m_search_expected_array_of_strings",
+                format!("filter_value of {name:?} must be an array of strings"),
+                rid,
+            ));
+        }
+    };
+    if values.is_empty() {
+        return Err(bad_request(
+            "m2m_search_missing_filter_value",
+            format!("filter {name:?} needs at least one filter_value"),
+            rid,
+        ));
+    }
+    Ok(Filter { field, values })
 }
 
 fn encode_cursor(after: i64) -> String {
@@ -324,42 +388,18 @@ fn to_query(query: Option<SearchQuery>, rid: &str) -> Result<ClientQuery, ApiErr
             ));
         }
     };
-    let mut filters = Vec::with_capacity(query.operands.len());
-    for operand in query.operands {
-        let field = match operand.filter_name.as_str() {
-            "client_id" => FilterField::ClientId,
-            "client_name" => FilterField::ClientName,
-            "status" => FilterField::Status,
-            "scopes" => FilterField::Scopes,
-            other => {
-                return Err(bad_request(
-                    "invalid_search_query",
-                    format!(
-                        "unknown filter_name {other:?} (use client_id, client_name, status or scopes)"
-                    ),
-                    rid,
-                ));
-            }
-        };
-        if operand.filter_value.is_empty() {
-            return Err(bad_request(
-                "invalid_search_query",
-                format!(
-                    "filter {:?} needs at least one filter_value",
-                    operand.filter_name
-                ),
-                rid,
-            ));
-        }
-        filters.push(Filter {
-            field,
-            values: operand.filter_value,
-        });
-    }
+    let filters = query
+        .operands
+        .iter()
+        .map(|operand| to_filter(operand, rid))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ClientQuery { any, filters })
 }
 
-pub async fn search(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn search(
+    State(state): State<Arc<AppState>>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let body: SearchBody = parse_body(&body, SEARCH_FIELDS, &rid)?;
     let limit = body.limit.unwrap_or(DEFAULT_SEARCH_LIMIT);

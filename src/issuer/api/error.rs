@@ -6,8 +6,16 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-fn error_url(status: StatusCode) -> String {
-    format!("https://stytch.com/docs/api/errors/{}", status.as_u16())
+/// Where Stytch documents its errors: one page per status, one anchor per
+/// `error_type`.
+const ERRORS_DOC: &str = "https://stytch.com/docs/api-reference/consumer/api/errors";
+
+fn error_url(status: StatusCode, error_type: &str) -> String {
+    format!("{ERRORS_DOC}/{}#{error_type}", status.as_u16())
+}
+
+fn error_uri(status: StatusCode) -> String {
+    format!("{ERRORS_DOC}/{}", status.as_u16())
 }
 
 /// A management-API or JWKS error.
@@ -60,7 +68,7 @@ impl IntoResponse for ApiError {
             "request_id": self.request_id,
             "error_type": self.error_type,
             "error_message": self.message,
-            "error_url": error_url(self.status),
+            "error_url": error_url(self.status, &self.error_type),
         });
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -130,7 +138,7 @@ impl IntoResponse for OAuthError {
         let body = json!({
             "error": self.error,
             "error_description": self.description,
-            "error_uri": error_url(self.status),
+            "error_uri": error_uri(self.status),
             "status_code": self.status.as_u16(),
             "request_id": self.request_id,
         });

@@ -2,19 +2,20 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::extract::PathId;
 use super::{AppState, blocking, success};
 use crate::issuer::keys::PublicJwk;
 use crate::issuer::secrets::generate_request_id;
 
 pub async fn jwks(
     State(state): State<Arc<AppState>>,
-    Path(project_id): Path<String>,
+    PathId(project_id): PathId,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     if project_id != state.settings.project_id {

@@ -3,6 +3,7 @@
 mod auth;
 mod clients;
 mod error;
+mod extract;
 mod jwks;
 mod token;
 
@@ -23,7 +24,7 @@ use super::template::ClaimsTemplate;
 use super::token::TokenSettings;
 
 /// Largest request body accepted; the biggest legitimate one is a client
-/// with 16 KiB of trusted metadata.
+/// with 4 KiB of trusted metadata and its scopes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub(crate) struct AppState {

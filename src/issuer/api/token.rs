@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::auth::{AuthHeader, auth_header, form_urldecode};
 use super::error::OAuthError;
+use super::extract::{TokenBody, TokenPathId};
 use super::{AppState, blocking, success};
 use crate::issuer::clients::{self, AuthError};
 use crate::issuer::scopes;
@@ -146,12 +147,17 @@ fn parse_params(headers: &HeaderMap, body: &Bytes, rid: &str) -> Result<TokenPar
 /// body's client is the one authenticated); otherwise the Basic header holds
 /// the client's (then body credentials, if any, must agree). Anything else
 /// is refused rather than guessed at.
+///
+/// The client's failure status follows where its credentials came from
+/// (RFC 6749 §5.2): 401 with `WWW-Authenticate` only when the client
+/// authenticated through the Authorization header, else 400, which is what
+/// Stytch answers SDKs that send them in the body.
 fn credentials(
     state: &AppState,
     headers: &HeaderMap,
     params: &mut TokenParams,
     rid: &str,
-) -> Result<(String, String), OAuthError> {
+) -> Result<ClientCredentials, OAuthError> {
     let basic = match auth_header(headers) {
         AuthHeader::Missing => None,
         AuthHeader::Basic(creds) => Some(creds),
@@ -172,8 +178,10 @@ fn credentials(
     let body_secret = params.client_secret.take();
     let Some(creds) = basic else {
         return match (body_id, body_secret) {
-            (Some(id), Some(secret)) => Ok((id, secret)),
-            _ => Err(OAuthError::invalid_client(
+            (Some(id), Some(secret)) => Ok(ClientCredentials::in_body(id, secret)),
+            _ => Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
                 "client_id and client_secret are required",
                 rid,
             )),
@@ -190,9 +198,11 @@ fn credentials(
             ));
         }
         return match (body_id, body_secret) {
-            (Some(id), Some(secret)) => Ok((id, secret)),
-            _ => Err(OAuthError::invalid_client(
-                "client_secret is required in the body beside project credentials",
+            (Some(id), Some(secret)) => Ok(ClientCredentials::in_body(id, secret)),
+            _ => Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "client_id and client_secret are required in the body beside project credentials",
                 rid,
             )),
         };
@@ -216,14 +226,44 @@ fn credentials(
             rid,
         ));
     }
-    Ok((id, secret))
+    Ok(ClientCredentials {
+        id,
+        secret,
+        in_header: true,
+    })
+}
+
+/// The client's credentials, and whether they came in the Authorization
+/// header (then a refusal is 401 with `WWW-Authenticate`, else 400).
+struct ClientCredentials {
+    id: String,
+    secret: String,
+    in_header: bool,
+}
+
+impl ClientCredentials {
+    fn in_body(id: String, secret: String) -> Self {
+        Self {
+            id,
+            secret,
+            in_header: false,
+        }
+    }
+
+    fn refused(&self, description: &str, rid: &str) -> OAuthError {
+        if self.in_header {
+            OAuthError::invalid_client(description, rid)
+        } else {
+            OAuthError::new(StatusCode::BAD_REQUEST, "invalid_client", description, rid)
+        }
+    }
 }
 
 pub async fn issue(
     State(state): State<Arc<AppState>>,
-    Path(project_id): Path<String>,
+    TokenPathId(project_id): TokenPathId,
     headers: HeaderMap,
-    body: Bytes,
+    TokenBody(body): TokenBody,
 ) -> Result<Response, OAuthError> {
     let rid = generate_request_id();
     if project_id != state.settings.project_id {
@@ -252,7 +292,7 @@ pub async fn issue(
             ));
         }
     }
-    let (client_id, secret) = credentials(&state, &headers, &mut params, &rid)?;
+    let client = credentials(&state, &headers, &mut params, &rid)?;
     let requested = params
         .scope
         .as_deref()
@@ -271,7 +311,7 @@ pub async fn issue(
 
     let task_rid = rid.clone();
     let minted = blocking(&state, move |s| {
-        issue_blocking(s, &client_id, &secret, requested, &task_rid)
+        issue_blocking(s, &client, requested, &task_rid)
     })
     .await;
     let token = match minted {
@@ -297,13 +337,12 @@ pub async fn issue(
 
 fn issue_blocking(
     state: &AppState,
-    client_id: &str,
-    secret: &str,
+    credentials: &ClientCredentials,
     requested: Option<Vec<String>>,
     rid: &str,
 ) -> Result<String, OAuthError> {
     let loaded = state.with_store(|store| {
-        clients::authenticate(store, client_id, secret)
+        clients::authenticate(store, &credentials.id, &credentials.secret)
             .map(|client| (client, state.keys.signing_key(store)))
     });
     let (client, key) = match loaded {
@@ -313,13 +352,10 @@ fn issue_blocking(
             return Err(OAuthError::server_error(rid));
         }
         Err(AuthError::BadCredentials) => {
-            return Err(OAuthError::invalid_client(
-                "unknown client or wrong client secret",
-                rid,
-            ));
+            return Err(credentials.refused("unknown client or wrong client secret", rid));
         }
         Err(AuthError::Inactive) => {
-            return Err(OAuthError::invalid_client("the client is inactive", rid));
+            return Err(credentials.refused("the client is inactive", rid));
         }
         Err(AuthError::Store(e)) => {
             tracing::error!(request_id = %rid, error = %e, "token request failed");
@@ -348,7 +384,7 @@ fn issue_blocking(
         }
         Err(MintError::Claims { source, .. }) => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_custom_claims",
+            "custom_claims_too_large",
             format!("cannot build this client's custom claims: {source}"),
             rid,
         )),
