@@ -64,6 +64,7 @@ const NODE_STEPS: &[&str] = &[
     "clients.create refuses a duplicate client_id (400 duplicate_client_id)",
     "clients.get",
     "clients.get of an unknown client (404 m2m_client_not_found)",
+    "client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_client_id",
     "clients.search by client_id",
     "clients.search with limit and cursor paging",
     "clients.search by client_name, scopes and status (AND / OR)",

@@ -195,6 +195,28 @@ step('clients.get of an unknown client (404 m2m_client_not_found)', async () => 
   );
 });
 
+step('client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_client_id', async () => {
+  // The SDK puts client_id in the path through encodeURIComponent.
+  const id = 'node.client~3_x-Y';
+  const created = (await m2m.clients.create({ client_id: id, scopes: [] })).m2m_client;
+  check(created.client_id === id, created.client_id);
+  check((await m2m.clients.get({ client_id: id })).m2m_client.client_id === id, 'get');
+  const renamed = (await m2m.clients.update({ client_id: id, client_name: 'dots' })).m2m_client;
+  check(renamed.client_name === 'dots', renamed.client_name);
+  check((await m2m.clients.delete({ client_id: id })).client_id === id, 'delete');
+  for (const bad of ['a/b', 'a b', '..', 'x'.repeat(129)]) {
+    await expectStytchError(
+      () => m2m.clients.create({ client_id: bad, scopes: [] }),
+      400,
+      'invalid_client_id',
+    );
+  }
+  // Encoded, a slash or space stays inside the one path segment: no such client.
+  for (const odd of ['a/b', 'a b', '../search']) {
+    await expectStytchError(() => m2m.clients.get({ client_id: odd }), 404, 'm2m_client_not_found');
+  }
+});
+
 step('clients.search by client_id', async () => {
   const r = await m2m.clients.search({
     query: {
