@@ -1,10 +1,12 @@
-//! Stytch's official Python SDK (PyPI `stytch`, installed by scripts/tools) against the embedded
-//! issuer run as its own process: tests/interop/stytch_sdk.py drives every M2M call the SDK
-//! exposes and asserts on the SDK's own return values and error fields; this test runs it and
-//! requires that it exits 0 with every step passed.
+//! Stytch's official SDKs against the embedded issuer run as its own process: the Python SDK
+//! (PyPI `stytch`) through tests/interop/stytch_sdk.py and the Node SDK (npm `stytch`) through
+//! tests/interop/stytch_sdk.mjs, both installed by scripts/tools. Each script drives every M2M
+//! call its SDK exposes and asserts on the SDK's own return values and error fields; these tests
+//! run them and require that they exit 0 with every step passed, in order.
 //!
-//! Over plain HTTP for now: the SDK refuses a `custom_base_url` that is not `https://`, so the
-//! script passes the issuer's URL as `environment`, which the SDK (15.3) uses unchecked.
+//! Over plain HTTP for now: both SDKs refuse a `custom_base_url` that is not `https://`, so the
+//! scripts pass the issuer's URL as the environment (Python `environment`, Node `env`), which
+//! both use unchecked. The Node script switches to `custom_base_url` for an https:// URL.
 #![cfg(feature = "issuer")]
 
 mod common;
@@ -16,13 +18,20 @@ use base64::engine::general_purpose::STANDARD;
 
 use common::issuer::{IssuerProcess, PROJECT_ID, PROJECT_SECRET};
 use common::process::tail;
-use common::tools::{python_stytch, repo_file};
+use common::tools::{node_stytch, python_stytch, repo_file};
 
-/// The secret the script imports on create (tests/interop/stytch_sdk.py `IMPORTED_SECRET`).
-const IMPORTED_SECRET: &str = "imported-Xk9mQ2vR7Lp4zT8wN3bJ6";
+/// The secrets the scripts import on create and try as wrong ones (`IMPORTED_SECRET`,
+/// `IMPORTED_SECRET_2` in both).
+const IMPORTED_SECRETS: [&str; 2] = [
+    "imported-Xk9mQ2vR7Lp4zT8wN3bJ6",
+    "imported-Hq5cV1nF8sD2gK7yP4aW9",
+];
 
-/// The script's steps, in order; each must print `ok <step>`.
-const STEPS: &[&str] = &[
+/// The prefix of every client secret the issuer generates (test projects).
+const GENERATED_SECRET_PREFIX: &str = "secret-test-";
+
+/// The Python script's steps, in order; each must print `ok <step>`.
+const PYTHON_STEPS: &[&str] = &[
     "clients.create with client_id, client_secret, trusted_metadata, name, description",
     "clients.create generates a secret when none is given",
     "clients.create refuses a weak client_secret (400 insecure_m2m_client_secret)",
@@ -47,72 +56,132 @@ const STEPS: &[&str] = &[
     "clients.delete, then get (404) and m2m.token (400)",
 ];
 
+/// The Node script's steps, in order; each must print `ok <step>`.
+const NODE_STEPS: &[&str] = &[
+    "clients.create with client_id, client_secret, trusted_metadata, name, description",
+    "clients.create generates a secret when none is given",
+    "clients.create refuses a weak client_secret (400 invalid_client_secret)",
+    "clients.create refuses a duplicate client_id (400 duplicate_client_id)",
+    "clients.get",
+    "clients.get of an unknown client (404 m2m_client_not_found)",
+    "client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_client_id",
+    "clients.search by client_id",
+    "clients.search with limit and cursor paging",
+    "clients.search by client_name, scopes and status (AND / OR)",
+    "clients.update name, description, scopes, trusted_metadata",
+    "m2m.token without scopes, then authenticateToken",
+    "m2m.token with scopes; authenticateToken with required_scopes",
+    "authenticateToken: action:* wildcard scopes and max_token_age_seconds",
+    "local verification: the token header, iss, aud and kid match the JWKS",
+    "local verification refuses a tampered token and one for another project (jwt_invalid)",
+    "concurrent calls: clients.get, m2m.token and authenticateToken in parallel",
+    "m2m.token with a scope the client lacks (400 invalid_scope)",
+    "m2m.token with a wrong client secret (401 invalid_client)",
+    "m2m.token of an unknown client (401 invalid_client)",
+    "wrong project secret: management calls refused (401 unauthorized_credentials)",
+    "secrets.rotateStart, both secrets work, secrets.rotate completes",
+    "clients.update status inactive: m2m.token refused (401 invalid_client)",
+    "secrets.rotateStart then secrets.rotateCancel keeps the old secret only",
+    "clients.delete, then get (404) and m2m.token (401)",
+];
+
+/// What a script run left: the failure context to print and the issuer's whole log.
+struct ScriptRun {
+    context: String,
+    log: String,
+}
+
+/// Runs `program script` against a fresh issuer at trace (so that every log line the SDK's
+/// requests cause is searched for secrets), with the issuer's URL and project credentials in the
+/// environment; requires that it printed exactly `ok <step>` for each of `steps`, in order, then
+/// `done N/N`, and exited 0; and that nothing the SDK sent as a secret — the project secret as
+/// is or in its Basic header, an imported or a generated client secret — reached the log.
+async fn run_script(
+    program: std::path::PathBuf,
+    script: &str,
+    env: &[(&str, &str)],
+    steps: &[&str],
+) -> ScriptRun {
+    let issuer = IssuerProcess::start_env(&[("M2M_AUTHZ_LOG", "trace")]).await;
+    let script = repo_file(script);
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(program)
+        .arg(script)
+        .env("STYTCH_SDK_BASE_URL", issuer.base_url())
+        .env("STYTCH_SDK_PROJECT_ID", PROJECT_ID)
+        .env("STYTCH_SDK_PROJECT_SECRET", PROJECT_SECRET)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!(
+        "stdout:\n{stdout}\nstderr:\n{}\nissuer log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&issuer.dir.join("stderr.log"), 30)
+    );
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL ")).collect();
+    assert!(
+        failed.is_empty(),
+        "SDK steps failed: {failed:#?}\n{context}"
+    );
+    let mut want: Vec<String> = steps.iter().map(|step| format!("ok {step}")).collect();
+    want.push(format!("done {0}/{0}", steps.len()));
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got, want, "the steps did not all pass, in order\n{context}");
+    assert!(
+        out.status.success(),
+        "script exit {:?}\n{context}",
+        out.status
+    );
+
+    let log = std::fs::read_to_string(issuer.dir.join("stderr.log")).unwrap_or_default()
+        + &std::fs::read_to_string(issuer.dir.join("stdout.log")).unwrap_or_default();
+    let basic = STANDARD.encode(format!("{PROJECT_ID}:{PROJECT_SECRET}"));
+    for secret in [PROJECT_SECRET, basic.as_str(), GENERATED_SECRET_PREFIX]
+        .into_iter()
+        .chain(IMPORTED_SECRETS)
+    {
+        assert!(
+            !log.contains(secret),
+            "a secret ({} chars) is in the issuer log",
+            secret.len()
+        );
+    }
+    ScriptRun { context, log }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_m2m_calls_work_against_the_issuer() {
     needs!(PythonStytch);
-    // At trace, so that every log line the SDK's requests cause is searched for secrets below.
-    let issuer = IssuerProcess::start_env(&[("M2M_AUTHZ_LOG", "trace")]).await;
-    let script = repo_file("tests/interop/stytch_sdk.py");
-    let python = python_stytch();
-    let base_url = issuer.base_url();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .arg("120")
-            .arg(python)
-            .arg(script)
-            .env("STYTCH_SDK_BASE_URL", base_url)
-            .env("STYTCH_SDK_PROJECT_ID", PROJECT_ID)
-            .env("STYTCH_SDK_PROJECT_SECRET", PROJECT_SECRET)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run the SDK script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let context = || {
-        format!(
-            "stdout:\n{stdout}\nstderr:\n{stderr}\nissuer log:\n{}",
-            tail(&issuer.dir.join("stderr.log"), 30)
-        )
-    };
-    let lines: Vec<&str> = stdout.lines().collect();
-    let failed: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FAIL ")).collect();
+    let run = run_script(
+        python_stytch(),
+        "tests/interop/stytch_sdk.py",
+        &[("PYTHONDONTWRITEBYTECODE", "1")],
+        PYTHON_STEPS,
+    )
+    .await;
+    // m2m.token's `extra` members are ignored, with a debug line naming them.
     assert!(
-        failed.is_empty(),
-        "SDK steps failed: {failed:#?}\n{}",
-        context()
-    );
-    for step in STEPS {
-        let want = format!("ok {step}");
-        assert!(
-            lines.contains(&want.as_str()),
-            "step {step:?} did not pass\n{}",
-            context()
-        );
-    }
-    let done = format!("done {0}/{0}", STEPS.len());
-    assert_eq!(lines.last().copied(), Some(done.as_str()), "{}", context());
-    assert!(
-        out.status.success(),
-        "script exit {:?}\n{}",
-        out.status,
-        context()
-    );
-
-    // Unknown members are ignored but logged at debug; nothing the SDK sent as a secret (as is
-    // or in its Basic header) reached the issuer's log.
-    let log = std::fs::read_to_string(issuer.dir.join("stderr.log")).unwrap_or_default()
-        + &std::fs::read_to_string(issuer.dir.join("stdout.log")).unwrap_or_default();
-    assert!(
-        log.contains("ignored unknown token request member"),
+        run.log.contains("ignored unknown token request member"),
         "no debug line for the ignored members\n{}",
-        context()
+        run.context
     );
-    let basic = STANDARD.encode(format!("{PROJECT_ID}:{PROJECT_SECRET}"));
-    for secret in [PROJECT_SECRET, IMPORTED_SECRET, basic.as_str()] {
-        assert!(!log.contains(secret), "a secret is in the issuer log");
-    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_m2m_calls_work_against_the_issuer() {
+    needs!(NodeStytch);
+    let tools = common::tools::tools_dir();
+    let tools = tools.to_string_lossy().into_owned();
+    run_script(
+        node_stytch(),
+        "tests/interop/stytch_sdk.mjs",
+        &[(common::tools::TOOLS_ENV, tools.as_str())],
+        NODE_STEPS,
+    )
+    .await;
 }

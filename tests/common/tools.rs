@@ -1,5 +1,5 @@
 //! The external programs some tests drive (Envoy, oidc-provider on Node, redis-server, kubectl,
-//! kubernetes-validate, Stytch's Python SDK), found in one place, and what a test does when one is missing.
+//! kubernetes-validate, Stytch's Python and Node SDKs), found in one place, and what a test does when one is missing.
 //!
 //! A test that needs tools starts with `needs!(Envoy)` (or several: `needs!(Kubectl, Envoy)`).
 //! When a tool is missing, plain `cargo test` leaves that test out and says so on stderr —
@@ -48,6 +48,8 @@ pub enum Tool {
     KubernetesValidate,
     /// Stytch's official Python SDK (PyPI `stytch`) in `.tools/venv`.
     PythonStytch,
+    /// Stytch's official Node SDK (npm `stytch`) in `.tools/node/node_modules`, and Node.js.
+    NodeStytch,
 }
 
 impl Tool {
@@ -59,6 +61,7 @@ impl Tool {
             Tool::Kubectl => "kubectl",
             Tool::KubernetesValidate => "kubernetes-validate",
             Tool::PythonStytch => "Stytch's Python SDK",
+            Tool::NodeStytch => "Stytch's Node SDK",
         }
     }
 
@@ -68,7 +71,7 @@ impl Tool {
             Tool::Envoy | Tool::KubernetesValidate | Tool::PythonStytch => {
                 format!("run scripts/tools (or set {TOOLS_ENV} to the dir it installed into)")
             }
-            Tool::OidcProvider => format!(
+            Tool::OidcProvider | Tool::NodeStytch => format!(
                 "install Node.js >= 20, then run scripts/tools (or set {NODE_ENV} / {TOOLS_ENV})"
             ),
             Tool::RedisServer => format!(
@@ -93,6 +96,11 @@ impl Tool {
                 existing(tools_dir().join("venv/bin/python"))?,
                 &["-c", "import stytch"],
             ),
+            Tool::NodeStytch => {
+                let package = existing(node_modules_dir().join("stytch"))?;
+                let load = format!("require({:?})", package.display().to_string());
+                runnable(program(NODE_ENV, "node"), &["-e", &load])
+            }
         }
     }
 
@@ -213,6 +221,11 @@ pub fn kubernetes_validate() -> PathBuf {
 /// The `.tools/venv` Python that has Stytch's SDK.
 pub fn python_stytch() -> PathBuf {
     Tool::PythonStytch.path()
+}
+
+/// The `node` executable, for a test that checked `needs!(NodeStytch)`.
+pub fn node_stytch() -> PathBuf {
+    Tool::NodeStytch.path()
 }
 
 /// A file of the repository, which must exist.
