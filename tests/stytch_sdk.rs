@@ -60,11 +60,11 @@ const PYTHON_STEPS: &[&str] = &[
 const NODE_STEPS: &[&str] = &[
     "clients.create with client_id, client_secret, trusted_metadata, name, description",
     "clients.create generates a secret when none is given",
-    "clients.create refuses a weak client_secret (400 invalid_client_secret)",
-    "clients.create refuses a duplicate client_id (400 duplicate_client_id)",
+    "clients.create refuses a weak client_secret (400 insecure_m2m_client_secret)",
+    "clients.create refuses a duplicate client_id (400 duplicate_m2m_client_id)",
     "clients.get",
     "clients.get of an unknown client (404 m2m_client_not_found)",
-    "client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_client_id",
+    "client_id spelling: path-encoded ids round-trip, bad ones are 400 m2m_client_invalid_client_id",
     "clients.search by client_id",
     "clients.search with limit and cursor paging",
     "clients.search by client_name, scopes and status (AND / OR)",
@@ -76,13 +76,13 @@ const NODE_STEPS: &[&str] = &[
     "local verification refuses a tampered token and one for another project (jwt_invalid)",
     "concurrent calls: clients.get, m2m.token and authenticateToken in parallel",
     "m2m.token with a scope the client lacks (400 invalid_scope)",
-    "m2m.token with a wrong client secret (401 invalid_client)",
-    "m2m.token of an unknown client (401 invalid_client)",
+    "m2m.token with a wrong client secret (400 invalid_client)",
+    "m2m.token of an unknown client (400 invalid_client)",
     "wrong project secret: management calls refused (401 unauthorized_credentials)",
     "secrets.rotateStart, both secrets work, secrets.rotate completes",
-    "clients.update status inactive: m2m.token refused (401 invalid_client)",
+    "clients.update status inactive: m2m.token refused (400 invalid_client)",
     "secrets.rotateStart then secrets.rotateCancel keeps the old secret only",
-    "clients.delete, then get (404) and m2m.token (401)",
+    "clients.delete, then get (404) and m2m.token (400)",
 ];
 
 /// What a script run left: the failure context to print and the issuer's whole log.

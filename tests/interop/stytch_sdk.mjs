@@ -161,19 +161,19 @@ step('clients.create generates a secret when none is given', async () => {
   secrets[SECOND_ID] = secret;
 });
 
-step('clients.create refuses a weak client_secret (400 invalid_client_secret)', async () => {
+step('clients.create refuses a weak client_secret (400 insecure_m2m_client_secret)', async () => {
   await expectStytchError(
     () => m2m.clients.create({ client_id: 'node-weak', client_secret: 'password', scopes: [] }),
     400,
-    'invalid_client_secret',
+    'insecure_m2m_client_secret',
   );
 });
 
-step('clients.create refuses a duplicate client_id (400 duplicate_client_id)', async () => {
+step('clients.create refuses a duplicate client_id (400 duplicate_m2m_client_id)', async () => {
   await expectStytchError(
     () => m2m.clients.create({ client_id: CLIENT_ID, scopes: [] }),
     400,
-    'duplicate_client_id',
+    'duplicate_m2m_client_id',
   );
 });
 
@@ -195,7 +195,7 @@ step('clients.get of an unknown client (404 m2m_client_not_found)', async () => 
   );
 });
 
-step('client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_client_id', async () => {
+step('client_id spelling: path-encoded ids round-trip, bad ones are 400 m2m_client_invalid_client_id', async () => {
   // The SDK puts client_id in the path through encodeURIComponent.
   const id = 'node.client~3_x-Y';
   const created = (await m2m.clients.create({ client_id: id, scopes: [] })).m2m_client;
@@ -208,7 +208,7 @@ step('client_id spelling: path-encoded ids round-trip, bad ones are 400 invalid_
     await expectStytchError(
       () => m2m.clients.create({ client_id: bad, scopes: [] }),
       400,
-      'invalid_client_id',
+      'm2m_client_invalid_client_id',
     );
   }
   // Encoded, a slash or space stays inside the one path segment: no such client.
@@ -416,18 +416,18 @@ step('m2m.token with a scope the client lacks (400 invalid_scope)', async () => 
   );
 });
 
-step('m2m.token with a wrong client secret (401 invalid_client)', async () => {
+step('m2m.token with a wrong client secret (400 invalid_client)', async () => {
   await expectStytchError(
     () => m2m.token({ client_id: CLIENT_ID, client_secret: IMPORTED_SECRET_2 }),
-    401,
+    400,
     'invalid_client',
   );
 });
 
-step('m2m.token of an unknown client (401 invalid_client)', async () => {
+step('m2m.token of an unknown client (400 invalid_client)', async () => {
   await expectStytchError(
     () => m2m.token({ client_id: 'node-nobody', client_secret: IMPORTED_SECRET }),
-    401,
+    400,
     'invalid_client',
   );
 });
@@ -465,18 +465,18 @@ step('secrets.rotateStart, both secrets work, secrets.rotate completes', async (
   await m2m.token({ client_id: CLIENT_ID, client_secret: next });
   await expectStytchError(
     () => m2m.token({ client_id: CLIENT_ID, client_secret: IMPORTED_SECRET }),
-    401,
+    400,
     'invalid_client',
   );
 });
 
-step('clients.update status inactive: m2m.token refused (401 invalid_client)', async () => {
+step('clients.update status inactive: m2m.token refused (400 invalid_client)', async () => {
   let c = (await m2m.clients.update({ client_id: SECOND_ID, status: 'inactive' })).m2m_client;
   check(c.status === 'inactive', c.status);
   const secret = secrets[SECOND_ID];
   await expectStytchError(
     () => m2m.token({ client_id: SECOND_ID, client_secret: secret }),
-    401,
+    400,
     'invalid_client',
   );
   c = (await m2m.clients.update({ client_id: SECOND_ID, status: 'active' })).m2m_client;
@@ -492,12 +492,12 @@ step('secrets.rotateStart then secrets.rotateCancel keeps the old secret only', 
   await m2m.token({ client_id: SECOND_ID, client_secret: secrets[SECOND_ID] });
   await expectStytchError(
     () => m2m.token({ client_id: SECOND_ID, client_secret: next }),
-    401,
+    400,
     'invalid_client',
   );
 });
 
-step('clients.delete, then get (404) and m2m.token (401)', async () => {
+step('clients.delete, then get (404) and m2m.token (400)', async () => {
   const r = await m2m.clients.delete({ client_id: SECOND_ID });
   check(r.client_id === SECOND_ID, r.client_id);
   await expectStytchError(
@@ -507,7 +507,7 @@ step('clients.delete, then get (404) and m2m.token (401)', async () => {
   );
   await expectStytchError(
     () => m2m.token({ client_id: SECOND_ID, client_secret: secrets[SECOND_ID] }),
-    401,
+    400,
     'invalid_client',
   );
   await expectStytchError(
