@@ -3,8 +3,10 @@
 //! exposes and asserts on the SDK's own return values and error fields; this test runs it and
 //! requires that it exits 0 with every step passed.
 //!
-//! Over plain HTTP for now: the SDK refuses a `custom_base_url` that is not `https://`, so the
-//! script passes the issuer's URL as `environment`, which the SDK (15.3) uses unchecked.
+//! It runs twice: over plain HTTP, where the script passes the issuer's URL as `environment`
+//! (the SDK refuses a `custom_base_url` that is not `https://`; 15.3 uses `environment`
+//! unchecked), and over HTTPS with `custom_base_url`, the issuer's generated CA trusted through
+//! `SSL_CERT_FILE` (aiohttp) and `REQUESTS_CA_BUNDLE` (requests), as the issuer prints them.
 #![cfg(feature = "issuer")]
 
 mod common;
@@ -47,25 +49,46 @@ const STEPS: &[&str] = &[
     "clients.delete, then get (404) and m2m.token (401)",
 ];
 
+/// At trace, so that every log line the SDK's requests cause is searched for secrets.
+const TRACE: &[(&str, &str)] = &[("M2M_AUTHZ_LOG", "trace")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_m2m_calls_work_against_the_issuer() {
     needs!(PythonStytch);
-    // At trace, so that every log line the SDK's requests cause is searched for secrets below.
-    let issuer = IssuerProcess::start_env(&[("M2M_AUTHZ_LOG", "trace")]).await;
+    run_script(IssuerProcess::start_env(TRACE).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_m2m_calls_work_over_https_with_custom_base_url() {
+    needs!(PythonStytch);
+    let issuer = IssuerProcess::start_tls_env(TRACE).await;
+    assert!(issuer.base_url().starts_with("https://"));
+    run_script(issuer).await;
+}
+
+/// Runs the script against `issuer` and requires every step to pass, with no secret in the
+/// issuer's log.
+async fn run_script(issuer: IssuerProcess) {
     let script = repo_file("tests/interop/stytch_sdk.py");
     let python = python_stytch();
     let base_url = issuer.base_url();
+    let ca = issuer.tls.then(|| issuer.ca_file());
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .arg("120")
+        let mut cmd = Command::new("timeout");
+        cmd.arg("120")
             .arg(python)
             .arg(script)
             .env("STYTCH_SDK_BASE_URL", base_url)
             .env("STYTCH_SDK_PROJECT_ID", PROJECT_ID)
             .env("STYTCH_SDK_PROJECT_SECRET", PROJECT_SECRET)
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .output()
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .stdin(Stdio::null());
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", &ca).env("REQUESTS_CA_BUNDLE", &ca);
+        }
+        cmd.output()
     })
     .await
     .unwrap()
