@@ -221,6 +221,8 @@ impl Slot {
             .timeout(p.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("m2m-authz/", env!("CARGO_PKG_VERSION")))
+            // `provider.ca_file`: trusted besides the system roots, for this provider only.
+            .tls_certs_merge(resolved.extra_roots.iter().cloned())
             .build()
             .map_err(|e| BuildError::Http(e.to_string()))?;
         Ok(Slot {

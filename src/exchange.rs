@@ -55,6 +55,8 @@ pub enum ExchangeError {
     Timeout,
     #[error("the token endpoint could not be reached")]
     Connect,
+    #[error("the token endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)")]
+    UntrustedCertificate,
     #[error("the token endpoint answered HTTP {status}")]
     Status { status: u16 },
     #[error("the token endpoint refused our request ({code}); check provider settings")]

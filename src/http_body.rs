@@ -1,5 +1,29 @@
 //! Reading provider responses with a size cap, so a broken or hostile endpoint cannot make the
-//! sidecar buffer without bound.
+//! sidecar buffer without bound; and telling, from a failed request, that the provider's TLS
+//! certificate was not trusted (so the log can say to set `provider.ca_file`).
+
+/// Whether `e` failed because the server's certificate did not verify (unknown issuer, wrong
+/// name, expired…). The rustls error sits a few sources down, inside an `io::Error` whose own
+/// `source()` skips it, so each `io::Error` is looked into as well.
+pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        // An io::Error's wrapped error may itself be an io::Error (hyper-util wraps rustls's):
+        // descend into it rather than past it.
+        next = inner.or_else(|| err.source());
+    }
+    false
+}
 
 #[derive(Debug)]
 pub enum BodyError {

@@ -95,6 +95,8 @@ pub enum JwksError {
     Timeout,
     #[error("the JWKS endpoint could not be reached")]
     Connect,
+    #[error("the JWKS endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)")]
+    UntrustedCertificate,
     #[error("the JWKS endpoint answered HTTP {0}")]
     Status(u16),
     #[error("the JWKS document is unusable: {0}")]

@@ -4,9 +4,11 @@
 //! call its SDK exposes and asserts on the SDK's own return values and error fields; these tests
 //! run them and require that they exit 0 with every step passed, in order.
 //!
-//! Over plain HTTP for now: both SDKs refuse a `custom_base_url` that is not `https://`, so the
-//! scripts pass the issuer's URL as the environment (Python `environment`, Node `env`), which
-//! both use unchecked. The Node script switches to `custom_base_url` for an https:// URL.
+//! Each runs twice. Over plain HTTP the scripts pass the issuer's URL as the environment (Python
+//! `environment`, Node `env`), which both SDKs use unchecked, as they refuse a `custom_base_url`
+//! that is not `https://`. Over HTTPS they use `custom_base_url`, with the issuer's generated CA
+//! trusted the way the issuer prints it: `SSL_CERT_FILE` (aiohttp) and `REQUESTS_CA_BUNDLE`
+//! (requests) for Python, `NODE_EXTRA_CA_CERTS` for Node.
 #![cfg(feature = "issuer")]
 
 mod common;
@@ -91,18 +93,18 @@ struct ScriptRun {
     log: String,
 }
 
-/// Runs `program script` against a fresh issuer at trace (so that every log line the SDK's
+/// Runs `program script` against `issuer` (started at trace, so that every log line the SDK's
 /// requests cause is searched for secrets), with the issuer's URL and project credentials in the
-/// environment; requires that it printed exactly `ok <step>` for each of `steps`, in order, then
+/// environment, and its CA in each SDK's variable when it serves HTTPS; requires that it printed exactly `ok <step>` for each of `steps`, in order, then
 /// `done N/N`, and exited 0; and that nothing the SDK sent as a secret — the project secret as
 /// is or in its Basic header, an imported or a generated client secret — reached the log.
 async fn run_script(
+    issuer: IssuerProcess,
     program: std::path::PathBuf,
     script: &str,
     env: &[(&str, &str)],
     steps: &[&str],
 ) -> ScriptRun {
-    let issuer = IssuerProcess::start_env(&[("M2M_AUTHZ_LOG", "trace")]).await;
     let script = repo_file(script);
     let mut cmd = Command::new("timeout");
     cmd.arg("120")
@@ -112,7 +114,16 @@ async fn run_script(
         .env("STYTCH_SDK_PROJECT_ID", PROJECT_ID)
         .env("STYTCH_SDK_PROJECT_SECRET", PROJECT_SECRET)
         .envs(env.iter().copied())
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("NODE_EXTRA_CA_CERTS")
         .stdin(Stdio::null());
+    if issuer.tls {
+        let ca = issuer.ca_file();
+        for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
+            cmd.env(var, &ca);
+        }
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -154,10 +165,22 @@ async fn run_script(
     ScriptRun { context, log }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_sdk_m2m_calls_work_against_the_issuer() {
-    needs!(PythonStytch);
+/// At trace, so that every log line the SDK's requests cause is searched for secrets.
+const TRACE: &[(&str, &str)] = &[("M2M_AUTHZ_LOG", "trace")];
+
+async fn http_issuer() -> IssuerProcess {
+    IssuerProcess::start_env(TRACE).await
+}
+
+async fn https_issuer() -> IssuerProcess {
+    let issuer = IssuerProcess::start_tls_env(TRACE).await;
+    assert!(issuer.base_url().starts_with("https://"));
+    issuer
+}
+
+async fn python_suite(issuer: IssuerProcess) {
     let run = run_script(
+        issuer,
         python_stytch(),
         "tests/interop/stytch_sdk.py",
         &[("PYTHONDONTWRITEBYTECODE", "1")],
@@ -172,16 +195,39 @@ async fn python_sdk_m2m_calls_work_against_the_issuer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_sdk_m2m_calls_work_against_the_issuer() {
-    needs!(NodeStytch);
+async fn node_suite(issuer: IssuerProcess) {
     let tools = common::tools::tools_dir();
     let tools = tools.to_string_lossy().into_owned();
     run_script(
+        issuer,
         node_stytch(),
         "tests/interop/stytch_sdk.mjs",
         &[(common::tools::TOOLS_ENV, tools.as_str())],
         NODE_STEPS,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_m2m_calls_work_against_the_issuer() {
+    needs!(PythonStytch);
+    python_suite(http_issuer().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_m2m_calls_work_over_https_with_custom_base_url() {
+    needs!(PythonStytch);
+    python_suite(https_issuer().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_m2m_calls_work_against_the_issuer() {
+    needs!(NodeStytch);
+    node_suite(http_issuer().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sdk_m2m_calls_work_over_https_with_custom_base_url() {
+    needs!(NodeStytch);
+    node_suite(https_issuer().await).await;
 }

@@ -149,12 +149,16 @@ impl Config {
         })?;
         let mut config = config;
         config.dir = dir.map(Path::to_path_buf);
+        if let Some(dir) = dir {
+            config.provider.resolve_paths_in(dir);
+            for p in config.providers.values_mut() {
+                p.resolve_paths_in(dir);
+            }
+        }
         #[cfg(feature = "issuer")]
         if let Some(embedded) = config.provider.embedded.as_mut() {
-            if let Some(dir) = dir
-                && embedded.database.is_relative()
-            {
-                embedded.database = dir.join(&embedded.database);
+            if let Some(dir) = dir {
+                embedded.resolve_paths_in(dir);
             }
             embedded.apply_env();
         }
@@ -423,12 +427,86 @@ mod tests {
                 "provider: {kind: embedded, base_url: 'http://x', embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789}}",
                 "provider.base_url",
             ),
+            (
+                "provider: {kind: embedded, embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789, tls: {self_signed: true}}}",
+                "provider.embedded.tls",
+            ),
+            (
+                "provider: {kind: embedded, embedded: {listen: '127.0.0.1:9400', project_secret: demo-project-secret-0123456789, tls: {cert_file: c.pem}}}",
+                "provider.embedded",
+            ),
         ] {
             match Config::from_yaml(yaml) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{yaml}"),
                 other => panic!("{yaml}: {other:?}"),
             }
         }
+    }
+
+    /// `provider.ca_file` is read whole at load: each bad file is an error naming the field
+    /// (the named provider's path for one under `providers`); a relative path is taken from the
+    /// config file's folder.
+    #[test]
+    fn ca_file_is_checked_at_load_and_named() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = std::env::temp_dir().join(format!("m2m-authz-ca-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = fixtures.join("test-ca.pem");
+        let ca_text = std::fs::read_to_string(&ca).unwrap();
+        let files = [
+            ("empty.pem", String::new()),
+            (
+                "key.pem",
+                std::fs::read_to_string(fixtures.join("rsa-a.pem")).unwrap(),
+            ),
+            ("cut.pem", ca_text[..ca_text.len() / 2].to_owned()),
+            (
+                "junk.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_owned(),
+            ),
+            ("two.pem", format!("{ca_text}{ca_text}")),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let yaml = |file: &str| {
+            format!(
+                "{STYTCH}  ca_file: {file}\nproviders:\n  other:\n    kind: stytch\n    project_id: p2\n    base_url: https://x.example\n"
+            )
+        };
+        let named = |file: &str| {
+            format!(
+                "{STYTCH}providers:\n  other:\n    kind: stytch\n    project_id: p2\n    base_url: https://x.example\n    ca_file: {file}\n"
+            )
+        };
+        let load = |text: String| Config::from_yaml_in(&text, Some(&dir));
+        for good in [ca.to_str().unwrap(), "two.pem"] {
+            let c = load(yaml(good)).unwrap();
+            let resolved = c.resolved_providers().unwrap();
+            assert!(!resolved[0].1.extra_roots.is_empty(), "{good}");
+            assert!(resolved[1].1.extra_roots.is_empty());
+        }
+        for bad in [
+            "missing.pem",
+            "empty.pem",
+            "key.pem",
+            "cut.pem",
+            "junk.pem",
+            ".",
+        ] {
+            for (text, field) in [
+                (yaml(bad), "provider.ca_file"),
+                (named(bad), "providers.other.ca_file"),
+            ] {
+                match load(text) {
+                    Err(ConfigError::Invalid { field: f, problem }) => {
+                        assert_eq!(f, field, "{bad}: {problem}")
+                    }
+                    other => panic!("{bad}: {other:?}"),
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! The compiler points at every `match` on `ProviderKind` that must learn the new variant.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -106,6 +107,10 @@ pub struct ProviderConfig {
     /// Tokens longer than this are refused before any parsing.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// A PEM file of CA certificates trusted for this provider's token and JWKS endpoints, in
+    /// addition to the system's roots (a private CA, or the embedded issuer's generated one).
+    /// A relative path is taken from the config file's folder.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -157,6 +162,8 @@ pub struct ResolvedProvider {
     pub max_token_age: Option<Duration>,
     pub max_token_bytes: usize,
     pub jwks_min_refetch_interval: Duration,
+    /// `ca_file`'s certificates, trusted besides the system roots.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl ProviderConfig {
@@ -188,6 +195,11 @@ impl ProviderConfig {
             max_token_age: self.max_token_age,
             max_token_bytes: self.max_token_bytes,
             jwks_min_refetch_interval: self.jwks_min_refetch_interval,
+            extra_roots: match &self.ca_file {
+                Some(path) => read_ca_file(path)
+                    .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -242,6 +254,14 @@ impl ProviderConfig {
                     return Err(ConfigError::invalid(
                         "provider.embedded.project_secret",
                         format!("required (or set {})", crate::issuer::PROJECT_SECRET_ENV),
+                    ));
+                }
+                if embedded.tls.is_some() {
+                    return Err(ConfigError::invalid(
+                        "provider.embedded.tls",
+                        "not for the in-process issuer, which the sidecar reaches over loopback; \
+                         run `m2m-authz issuer` with tls and point a stytch provider at it (with \
+                         provider.ca_file for a self-signed CA)",
                     ));
                 }
                 if embedded.listen.port() == 0 {
@@ -403,7 +423,20 @@ impl ProviderConfig {
                 "expected a number from 256 to 1048576",
             ));
         }
+        if let Some(path) = &self.ca_file {
+            read_ca_file(path)
+                .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?;
+        }
         Ok(())
+    }
+
+    /// Takes a relative `ca_file` from `dir` (the config file's folder).
+    pub fn resolve_paths_in(&mut self, dir: &Path) {
+        if let Some(path) = self.ca_file.as_mut()
+            && path.is_relative()
+        {
+            *path = dir.join(&*path);
+        }
     }
 
     /// Neither list may be empty or hold an empty value: an empty list would quietly switch the
@@ -585,6 +618,50 @@ impl ProviderConfig {
             },
         }
     }
+}
+
+/// The largest `ca_file` read: a bundle of every public root is about 250 KiB.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
+/// The certificates of a PEM CA file, each checked to be usable as a trust anchor; the error
+/// says what is wrong with the file (naming it), for `provider.ca_file`.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use std::io::Read as _;
+
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(format!(
+            "{shown} is larger than {MAX_CA_FILE_BYTES} bytes; expected a PEM file of CA certificates"
+        ));
+    }
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not a valid PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    let mut anchors = rustls::RootCertStore::empty();
+    certs
+        .into_iter()
+        .enumerate()
+        .map(|(i, der)| {
+            anchors.add(der.clone()).map_err(|e| {
+                format!("{shown}: certificate {} is not usable as a CA: {e}", i + 1)
+            })?;
+            reqwest::Certificate::from_der(der.as_ref())
+                .map_err(|e| format!("{shown}: certificate {}: {e}", i + 1))
+        })
+        .collect()
 }
 
 fn stytch_url(base: &Url, path: &str) -> Option<Url> {

@@ -12,7 +12,7 @@ use crate::clock::SharedClock;
 use crate::config::{ClientAuth, ResolvedProvider};
 use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, read_capped};
+use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
 
 /// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
 const FORM: &AsciiSet = &NON_ALPHANUMERIC
@@ -114,6 +114,8 @@ fn response_retry_after(headers: &reqwest::header::HeaderMap) -> Option<String> 
 fn classify_send(e: reqwest::Error) -> ExchangeError {
     if e.is_timeout() {
         ExchangeError::Timeout
+    } else if is_untrusted_certificate(&e) {
+        ExchangeError::UntrustedCertificate
     } else if e.is_connect() {
         ExchangeError::Connect
     } else {

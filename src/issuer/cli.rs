@@ -197,6 +197,12 @@ async fn serve_from_file(path: &Path) -> anyhow::Result<()> {
     println!("  JWKS URL:  {}", endpoints.jwks_url);
     println!("  issuer:    {}", endpoints.issuer);
     println!("  audience:  {}", endpoints.audience);
+    if let Some(ca) = issuer.trust_file() {
+        let ca = crate::issuer::private_files::shell_quote(ca);
+        println!("  TLS CA to trust: {ca}");
+        println!("    Python: SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca}");
+        println!("    Node:   NODE_EXTRA_CA_CERTS={ca}");
+    }
     // No Check server here: nothing to drain before the issuer stops.
     let supervisor = Supervisor::new(Duration::ZERO);
     supervisor.on_stop("flush telemetry", crate::telemetry::shutdown);

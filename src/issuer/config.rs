@@ -93,6 +93,10 @@ pub struct IssuerConfig {
     /// `http://{listen}` (behind a proxy, or when `listen` is a wildcard).
     #[serde(default, deserialize_with = "deserialize_url")]
     pub issuer_base_url: Option<url::Url>,
+    /// HTTPS instead of plain HTTP (the default): `{cert_file, key_file}` or
+    /// `{self_signed: true}`; see [`TlsConfig`].
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Set by [`IssuerConfig::apply_env`] when the variable replaced the
     /// file's `project_secret` with a different value; never read from YAML.
     #[serde(skip)]
@@ -109,6 +113,7 @@ impl std::fmt::Debug for IssuerConfig {
             .field("token_lifetime", &self.token_lifetime)
             .field("claims_template", &self.claims_template)
             .field("issuer_base_url", &self.issuer_base_url)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -123,6 +128,7 @@ impl Default for IssuerConfig {
             token_lifetime: default_token_lifetime(),
             claims_template: None,
             issuer_base_url: None,
+            tls: None,
             secret_overridden: false,
         }
     }
@@ -169,6 +175,81 @@ fn deserialize_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, 
     .transpose()
 }
 
+/// `tls`: the issuer serves HTTPS with either a certificate it is given or one it generates.
+///
+/// - `cert_file` + `key_file`: PEM files; the certificate file holds the leaf first, then any
+///   intermediates; the key file (PKCS#8, PKCS#1 or SEC1) must pass the private-file rules
+///   (owned by this user, no group or other access, not a symbolic link).
+/// - `self_signed: true`: on its first start the issuer makes a small local CA and a leaf for
+///   `localhost`, `127.0.0.1` and `::1`, keeps them beside the database and reuses them on every
+///   later start; the CA's own key is never written, so the CA can sign nothing else.
+///
+/// [`IssuerConfig::load`] resolves relative paths against the config file's folder.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    /// Refuses half or mixed configurations, naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.cert_file, &self.key_file, self.self_signed) {
+            (Some(_), Some(_), false) | (None, None, true) => {}
+            (Some(_), _, true) | (_, Some(_), true) => {
+                return Err(invalid(
+                    "tls.self_signed",
+                    "cannot be combined with tls.cert_file or tls.key_file; choose one",
+                ));
+            }
+            (Some(_), None, false) => {
+                return Err(invalid(
+                    "tls.key_file",
+                    "is required with tls.cert_file (the certificate's PEM private key)",
+                ));
+            }
+            (None, Some(_), false) => {
+                return Err(invalid(
+                    "tls.cert_file",
+                    "is required with tls.key_file (the PEM certificate chain)",
+                ));
+            }
+            (None, None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "expected cert_file and key_file, or self_signed: true (omit tls for plain HTTP)",
+                ));
+            }
+        }
+        for (field, path) in [
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves relative file paths against `dir`.
+    fn resolve_in(&mut self, dir: &Path) {
+        for path in [&mut self.cert_file, &mut self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+}
+
 /// Where the issuer's endpoints are, for a verifier configured against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerEndpoints {
@@ -211,15 +292,24 @@ impl IssuerConfig {
                 source,
             })?;
         let mut config = Self::from_yaml_str(&text, path)?;
-        if config.database.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            config.database = dir.join(&config.database);
+        if let Some(dir) = path.parent() {
+            config.resolve_paths_in(dir);
         }
         config.apply_env();
         config.check_file_access(path, &meta)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Resolves a relative `database` and relative `tls` files against `dir` (the config file's
+    /// folder), so the CLI finds them from any working directory.
+    pub fn resolve_paths_in(&mut self, dir: &Path) {
+        if self.database.is_relative() {
+            self.database = dir.join(&self.database);
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            tls.resolve_in(dir);
+        }
     }
 
     /// Takes the project secret from [`PROJECT_SECRET_ENV`] when it is set
@@ -314,6 +404,9 @@ impl IssuerConfig {
                 "must be an http(s) URL without query or fragment",
             ));
         }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 
@@ -341,13 +434,18 @@ impl IssuerConfig {
         format!("stytch.com/{}", self.project_id)
     }
 
-    /// Endpoint URLs under `issuer_base_url`, or under `http://{bound}` where
-    /// `bound` is the address actually listened on (it differs from `listen`
-    /// when that asks for port 0).
+    /// `https` when `tls` is set, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Endpoint URLs under `issuer_base_url`, or under `http(s)://{bound}`
+    /// where `bound` is the address actually listened on (it differs from
+    /// `listen` when that asks for port 0).
     pub fn endpoints(&self, bound: SocketAddr) -> IssuerEndpoints {
         let base_url = match &self.issuer_base_url {
             Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-            None => format!("http://{bound}"),
+            None => format!("{}://{bound}", self.scheme()),
         };
         IssuerEndpoints {
             token_url: format!("{base_url}/v1/public/{}/oauth2/token", self.project_id),
@@ -447,6 +545,19 @@ mod tests {
             ("claims_template: '{\"sub\": 1}'\n", "claims_template"),
             ("issuer_base_url: 'ftp://x'\n", "issuer_base_url"),
             ("database: ''\n", "database"),
+            ("tls: {}\n", "tls"),
+            ("tls: {self_signed: false}\n", "tls"),
+            ("tls: {cert_file: c.pem}\n", "tls.key_file"),
+            ("tls: {key_file: k.pem}\n", "tls.cert_file"),
+            ("tls: {cert_file: '', key_file: k.pem}\n", "tls.cert_file"),
+            (
+                "tls: {self_signed: true, cert_file: c.pem, key_file: k.pem}\n",
+                "tls.self_signed",
+            ),
+            (
+                "tls: {self_signed: true, key_file: k.pem}\n",
+                "tls.self_signed",
+            ),
         ] {
             let c = parse(&format!("{SECRET}{yaml}")).unwrap();
             match c.validate() {
@@ -476,11 +587,33 @@ mod tests {
     }
 
     #[test]
-    fn load_resolves_database_next_to_the_file() {
+    fn load_resolves_database_and_tls_files_next_to_the_file() {
         let db = crate::issuer::store::tests::TempDb::new();
         let file = db.write_private("issuer.yaml", SECRET);
         let c = IssuerConfig::load(&file).unwrap();
         assert_eq!(c.database, db.dir.join("m2m-issuer.db"));
+        assert_eq!(c.scheme(), "http");
+        let file = db.write_private(
+            "issuer.yaml",
+            &format!("{SECRET}tls: {{cert_file: c.pem, key_file: /abs/k.pem}}\n"),
+        );
+        let c = IssuerConfig::load(&file).unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.cert_file.as_deref(),
+            Some(db.dir.join("c.pem").as_path())
+        );
+        assert_eq!(tls.key_file.as_deref(), Some(Path::new("/abs/k.pem")));
+        let e = c.endpoints("127.0.0.1:5555".parse().unwrap());
+        assert_eq!(e.base_url, "https://127.0.0.1:5555");
+    }
+
+    #[test]
+    fn tls_spelling_mistakes_are_named() {
+        let err = parse(&format!("{SECRET}tls: {{selfsigned: true}}\n")).unwrap_err();
+        assert!(err.to_string().contains("selfsigned"), "{err}");
+        let err = parse(&format!("{SECRET}tls: {{self_signed: yes please}}\n")).unwrap_err();
+        assert!(err.to_string().contains("tls.self_signed"), "{err}");
     }
 
     /// Without touching the environment: what the file says is what is in effect.

@@ -22,6 +22,7 @@ mod seal;
 mod secrets;
 mod store;
 mod template;
+mod tls;
 mod token;
 
 use std::future::Future;
@@ -36,12 +37,16 @@ pub use cli::{
 };
 pub use config::{
     ConfigError, IssuerConfig, IssuerEndpoints, MIN_PROJECT_SECRET_LEN, PROJECT_SECRET_ENV,
+    TlsConfig,
 };
 pub use keyring::{KeyringError, Rotation as KeyRotation};
 pub use secrets::ProjectSecret;
 pub use store::StoreError;
 pub use template::{
     ClaimsTemplate, DEFAULT_CLAIMS_TEMPLATE, MAX_RENDERED_CLAIMS_BYTES, TemplateError,
+};
+pub use tls::{
+    GENERATED_CA_FILE, GENERATED_CERT_FILE, GENERATED_KEY_FILE, HANDSHAKE_TIMEOUT, TlsError,
 };
 
 use api::AppState;
@@ -57,6 +62,8 @@ pub enum IssuerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyringError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("issuer cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -72,6 +79,8 @@ pub enum IssuerError {
 pub struct Issuer {
     config: IssuerConfig,
     state: Arc<AppState>,
+    /// `Some` when `tls` is configured: the certificate served.
+    tls: Option<tls::ServerTls>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -95,6 +104,11 @@ impl Issuer {
         let project_secret = config.required_project_secret()?.clone();
         let mut store = Store::open(&config.database, &project_secret)?;
         keyring::ensure_signing_key(&mut store)?;
+        // After the store: its folder now exists and has passed the shared-folder rules.
+        let tls = match &config.tls {
+            Some(t) => Some(tls::ServerTls::load(t, &state_dir(&config.database))?),
+            None => None,
+        };
         let state = AppState {
             store: Mutex::new(store),
             keys: KeyCache::default(),
@@ -109,6 +123,7 @@ impl Issuer {
         Ok(Self {
             config,
             state: Arc::new(state),
+            tls,
         })
     }
 
@@ -121,6 +136,11 @@ impl Issuer {
 
     pub fn config(&self) -> &IssuerConfig {
         &self.config
+    }
+
+    /// The generated CA file that clients must trust (`tls.self_signed`); `None` otherwise.
+    pub fn trust_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().and_then(|t| t.trust_file.as_deref())
     }
 
     /// The HTTP API, for mounting or serving elsewhere.
@@ -144,10 +164,36 @@ impl Issuer {
             issuer = %endpoints.issuer,
             "embedded M2M issuer listening"
         );
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(IssuerError::Serve)
+        if let Some(ca) = self.trust_file() {
+            tracing::info!(
+                ca = %ca.display(),
+                python = "SSL_CERT_FILE, REQUESTS_CA_BUNDLE",
+                node = "NODE_EXTRA_CA_CERTS",
+                "clients must trust the issuer's generated CA"
+            );
+        }
+        let router = self.router();
+        match &self.tls {
+            Some(tls) => {
+                let listener = tls.listener(listener).map_err(IssuerError::Serve)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(IssuerError::Serve)
+            }
+            None => axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(IssuerError::Serve),
+        }
+    }
+}
+
+/// The folder beside the database, where generated TLS files live.
+fn state_dir(database: &std::path::Path) -> std::path::PathBuf {
+    match database.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => std::path::PathBuf::from("."),
     }
 }
 

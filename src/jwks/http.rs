@@ -5,7 +5,7 @@ use url::Url;
 
 use super::{JwksError, KeySource};
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, read_capped};
+use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
 
 /// The JWKS endpoint, reached with reqwest.
 pub struct HttpKeySource {
@@ -52,6 +52,8 @@ impl KeySource for HttpKeySource {
 fn classify(e: reqwest::Error) -> JwksError {
     if e.is_timeout() {
         JwksError::Timeout
+    } else if is_untrusted_certificate(&e) {
+        JwksError::UntrustedCertificate
     } else if e.is_connect() {
         JwksError::Connect
     } else {

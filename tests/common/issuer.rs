@@ -18,7 +18,12 @@ pub struct IssuerProcess {
     pub child: ChildGuard,
     pub addr: SocketAddr,
     pub dir: TempDir,
+    /// Serving HTTPS with the certificate it generated (`tls: {self_signed: true}`).
+    pub tls: bool,
 }
+
+/// What `tls: {self_signed: true}` adds to an issuer config.
+pub const SELF_SIGNED_TLS: &str = "tls:\n  self_signed: true\n";
 
 /// Writes `dir/issuer.yaml` (mode 0600, as it holds the project secret) for an issuer on `addr`
 /// with this database (relative paths are taken beside the file) and project secret.
@@ -102,6 +107,17 @@ impl IssuerProcess {
         Self::start_in(dir, addr).await
     }
 
+    /// A fresh issuer serving HTTPS with a certificate it generates (`tls.self_signed`), with
+    /// these extra environment variables; clients trust [`IssuerProcess::ca_file`].
+    pub async fn start_tls_env(env: &[(&str, &str)]) -> IssuerProcess {
+        let dir = TempDir::new("issuer");
+        let addr = free_addr();
+        let config = write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+        let text = std::fs::read_to_string(&config).unwrap();
+        write_private(&config, &format!("{text}{SELF_SIGNED_TLS}"));
+        Self::launch(dir, addr, env, true).await
+    }
+
     /// Starts the issuer on the `issuer.yaml` already in `dir` (see [`write_config`]), which
     /// listens on `addr`.
     pub async fn start_in(dir: TempDir, addr: SocketAddr) -> IssuerProcess {
@@ -123,6 +139,15 @@ impl IssuerProcess {
         addr: SocketAddr,
         env: &[(&str, &str)],
     ) -> IssuerProcess {
+        Self::launch(dir, addr, env, false).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> IssuerProcess {
         let child = ChildGuard::spawn(
             "m2m-authz issuer",
             Command::new(binary())
@@ -134,7 +159,12 @@ impl IssuerProcess {
                 .stdout(log_file(&dir.join("stdout.log")))
                 .stderr(log_file(&dir.join("stderr.log"))),
         );
-        let issuer = IssuerProcess { child, addr, dir };
+        let issuer = IssuerProcess {
+            child,
+            addr,
+            dir,
+            tls,
+        };
         if let Err(e) = wait_for_tcp(addr, Duration::from_secs(20)).await {
             panic!(
                 "issuer did not start: {e}\n{}",
@@ -153,17 +183,41 @@ impl IssuerProcess {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA a TLS issuer generated beside its database, which its clients must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("issuer-tls-ca.pem")
+    }
+
+    /// An HTTP client for this issuer: [`super::http_client`], trusting its CA when it has one.
+    pub fn http(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10));
+        if self.tls {
+            let pem = std::fs::read(self.ca_file()).expect("the issuer's CA file");
+            builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap());
+        }
+        builder.build().expect("build reqwest client")
     }
 
     pub fn token_url(&self) -> String {
         format!("{}/v1/public/{PROJECT_ID}/oauth2/token", self.base_url())
     }
 
-    /// The sidecar's provider section for this issuer, with the `stytch` profile.
+    /// The sidecar's provider section for this issuer, with the `stytch` profile (and, over
+    /// HTTPS, `ca_file` naming the issuer's CA).
     pub fn stytch_provider_yaml(&self) -> String {
+        let ca = if self.tls {
+            format!("  ca_file: {}\n", self.ca_file().display())
+        } else {
+            String::new()
+        };
         format!(
-            "provider:\n  kind: stytch\n  project_id: {PROJECT_ID}\n  base_url: {}\n",
+            "provider:\n  kind: stytch\n  project_id: {PROJECT_ID}\n  base_url: {}\n{ca}",
             self.base_url()
         )
     }
@@ -205,7 +259,7 @@ impl IssuerProcess {
     /// Asks the token endpoint directly; returns the HTTP status and the JSON body (`Null` when
     /// the body is not JSON).
     pub async fn token_response(&self, id: &str, secret: &str) -> (u16, Value) {
-        token_response_at(&self.token_url(), id, secret).await
+        token_response_with(&self.http(), &self.token_url(), id, secret).await
     }
 
     /// Asks the token endpoint directly; returns the HTTP status.
@@ -217,7 +271,16 @@ impl IssuerProcess {
 /// Asks the token endpoint at `url` for a client-credentials token (credentials in the form);
 /// returns the HTTP status and the JSON body (`Null` when the body is not JSON).
 pub async fn token_response_at(url: &str, id: &str, secret: &str) -> (u16, Value) {
-    let resp = super::http_client()
+    token_response_with(&super::http_client(), url, id, secret).await
+}
+
+async fn token_response_with(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    secret: &str,
+) -> (u16, Value) {
+    let resp = http
         .post(url)
         .form(&[
             ("grant_type", "client_credentials"),

@@ -63,6 +63,16 @@ impl Sidecar {
         unreachable!("the last attempt returns or panics")
     }
 
+    /// Starts the binary with `config` and returns once its gRPC port accepts connections,
+    /// without waiting for SERVING: for a sidecar that cannot load its provider's keys.
+    pub async fn start_unready(config: &str) -> Sidecar {
+        let sidecar = Self::spawn_serve(config, &[]);
+        if let Err(e) = super::process::wait_for_tcp(sidecar.addr, READY_TIMEOUT).await {
+            panic!("m2m-authz did not listen: {e}\n{}", sidecar.logs());
+        }
+        sidecar
+    }
+
     fn spawn_serve(config: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = TempDir::new("sidecar");
         let addr = free_addr();

@@ -2,7 +2,9 @@
 
 Run by tests/stytch_sdk.rs with the issuer's address and project credentials in
 the environment (STYTCH_SDK_BASE_URL, STYTCH_SDK_PROJECT_ID,
-STYTCH_SDK_PROJECT_SECRET). Every step asserts on what the SDK itself returns
+STYTCH_SDK_PROJECT_SECRET). An https:// base URL is passed as the SDK's
+`custom_base_url`, as users do; the issuer's CA then comes from SSL_CERT_FILE
+(aiohttp, the async calls) and REQUESTS_CA_BUNDLE (requests). Every step asserts on what the SDK itself returns
 (response fields, `StytchError.details.status_code` / `error_type`) and prints
 one line: `ok <step>` or `FAIL <step>: <why>`. The last line is
 `done <passed>/<total>`; the exit status is 0 only if every step passed.
@@ -19,15 +21,25 @@ BASE_URL = os.environ["STYTCH_SDK_BASE_URL"]
 PROJECT_ID = os.environ["STYTCH_SDK_PROJECT_ID"]
 PROJECT_SECRET = os.environ["STYTCH_SDK_PROJECT_SECRET"]
 
-# The SDK refuses a `custom_base_url` that is not https:// (stytch 15.3,
-# core/client_base.py `_resolve_api_url`), but returns an `environment` other
-# than "test"/"live" as the base URL unchecked; that reaches this plain-HTTP
-# issuer. HTTPS through `custom_base_url` is tested separately.
+
+def base_url_args():
+    """How the SDK is pointed at the issuer.
+
+    The SDK refuses a `custom_base_url` that is not https:// (stytch 15.3,
+    core/client_base.py `_resolve_api_url`), but returns an `environment` other
+    than "test"/"live" as the base URL unchecked; that reaches a plain-HTTP
+    issuer. Over HTTPS, `custom_base_url` is used, as an application would.
+    """
+    if BASE_URL.startswith("https://"):
+        return {"custom_base_url": BASE_URL}
+    return {"environment": BASE_URL.rstrip("/") + "/"}
+
+
 client = stytch.Client(
     project_id=PROJECT_ID,
     secret=PROJECT_SECRET,
-    environment=BASE_URL.rstrip("/") + "/",
     suppress_warnings=True,
+    **base_url_args(),
 )
 m2m = client.m2m
 
@@ -302,8 +314,8 @@ def _():
     wrong = stytch.Client(
         project_id=PROJECT_ID,
         secret="not-the-project-secret",
-        environment=BASE_URL.rstrip("/") + "/",
         suppress_warnings=True,
+        **base_url_args(),
     )
     expect_error(
         lambda: wrong.m2m.token(client_id=CLIENT_ID, client_secret=IMPORTED_SECRET),
