@@ -29,6 +29,9 @@ use super::secrets::ProjectSecret;
 use super::template::{ClaimsTemplate, DEFAULT_CLAIMS_TEMPLATE};
 
 pub const PROJECT_SECRET_ENV: &str = "M2M_ISSUER_PROJECT_SECRET";
+/// Overrides `management.key_secret`, as [`PROJECT_SECRET_ENV`] does the
+/// project secret.
+pub const MANAGEMENT_KEY_SECRET_ENV: &str = "M2M_ISSUER_MANAGEMENT_KEY_SECRET";
 pub const MIN_PROJECT_SECRET_LEN: usize = 16;
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -52,6 +55,7 @@ pub enum ConfigError {
 
 /// What a config file holding the project secret holds, for the errors.
 const SECRET_WHAT: &str = "the issuer's project_secret";
+const MANAGEMENT_SECRET_WHAT: &str = "the issuer's management.key_secret";
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -86,9 +90,16 @@ pub struct IssuerConfig {
         deserialize_with = "deserialize_lifetime"
     )]
     pub token_lifetime: Duration,
-    /// Custom-claims template; `None` means [`DEFAULT_CLAIMS_TEMPLATE`].
+    /// The initial custom-claims template; `None` means
+    /// [`DEFAULT_CLAIMS_TEMPLATE`]. Copied into the database on the first
+    /// open of a database that holds no template; from then on the stored
+    /// one is in force (set with the management API or `issuer template
+    /// set`) and this value is ignored.
     #[serde(default)]
     pub claims_template: Option<String>,
+    /// The Stytch Management API subset (the M2M JWT template).
+    #[serde(default)]
+    pub management: ManagementConfig,
     /// Base URL clients use to reach the issuer, when it differs from
     /// `http://{listen}` (behind a proxy, or when `listen` is a wildcard).
     #[serde(default, deserialize_with = "deserialize_url")]
@@ -108,6 +119,7 @@ impl std::fmt::Debug for IssuerConfig {
             .field("project_secret", &self.project_secret)
             .field("token_lifetime", &self.token_lifetime)
             .field("claims_template", &self.claims_template)
+            .field("management", &self.management)
             .field("issuer_base_url", &self.issuer_base_url)
             .finish()
     }
@@ -122,6 +134,7 @@ impl Default for IssuerConfig {
             project_secret: None,
             token_lifetime: default_token_lifetime(),
             claims_template: None,
+            management: ManagementConfig::default(),
             issuer_base_url: None,
             secret_overridden: false,
         }
@@ -238,6 +251,19 @@ impl IssuerConfig {
             }
             self.project_secret = Some(ProjectSecret::new(secret));
         }
+        if let Ok(secret) = std::env::var(MANAGEMENT_KEY_SECRET_ENV)
+            && !secret.is_empty()
+        {
+            if self
+                .management
+                .key_secret
+                .as_ref()
+                .is_none_or(|s| s.expose() != secret)
+            {
+                self.management.secret_overridden = true;
+            }
+            self.management.key_secret = Some(ProjectSecret::new(secret));
+        }
     }
 
     /// Whether the project secret in effect is the one this config was
@@ -256,10 +282,18 @@ impl IssuerConfig {
         path: &Path,
         meta: &std::fs::Metadata,
     ) -> Result<(), PrivateFileError> {
-        if !self.secret_is_from_config() {
-            return Ok(());
+        if self.secret_is_from_config() {
+            private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)?;
         }
-        private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)
+        if self.management.key_secret.is_some() && !self.management.secret_overridden {
+            private_files::check_secret_config(
+                path,
+                meta,
+                MANAGEMENT_SECRET_WHAT,
+                MANAGEMENT_KEY_SECRET_ENV,
+            )?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -303,6 +337,7 @@ impl IssuerConfig {
             return Err(invalid("database", "must not be empty"));
         }
         self.parsed_template()?;
+        self.management.validate(&self.project_id)?;
         if let Some(url) = &self.issuer_base_url
             && (!matches!(url.scheme(), "http" | "https")
                 || url.host().is_none()
@@ -355,6 +390,99 @@ impl IssuerConfig {
             issuer: self.issuer(),
             audience: self.project_id.clone(),
             base_url,
+        }
+    }
+}
+
+/// Credentials and names of the Management API subset
+/// (`/pwa/v3/projects/{project_slug}/environments/{environment_slug}/jwt_templates/M2M`),
+/// which Stytch's `stytch-management` SDKs call with HTTP Basic
+/// `key_id:key_secret` (a workspace key). Without a `key_secret` the routes
+/// refuse every request: the project secret never opens them.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementConfig {
+    #[serde(default = "default_management_key_id")]
+    pub key_id: String,
+    /// See [`MANAGEMENT_KEY_SECRET_ENV`] for the environment override.
+    #[serde(default)]
+    pub key_secret: Option<ProjectSecret>,
+    /// `None` means the project id.
+    #[serde(default)]
+    pub project_slug: Option<String>,
+    #[serde(default = "default_environment_slug")]
+    pub environment_slug: String,
+    #[serde(skip)]
+    secret_overridden: bool,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            key_id: default_management_key_id(),
+            key_secret: None,
+            project_slug: None,
+            environment_slug: default_environment_slug(),
+            secret_overridden: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ManagementConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementConfig")
+            .field("key_id", &self.key_id)
+            .field("key_secret", &self.key_secret)
+            .field("project_slug", &self.project_slug)
+            .field("environment_slug", &self.environment_slug)
+            .finish()
+    }
+}
+
+fn default_management_key_id() -> String {
+    "workspace-key-local".to_owned()
+}
+
+fn default_environment_slug() -> String {
+    "test".to_owned()
+}
+
+/// Slugs and key ids appear in URLs and Basic credentials.
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl ManagementConfig {
+    /// The project slug in the management URLs.
+    pub fn project_slug<'a>(&'a self, project_id: &'a str) -> &'a str {
+        self.project_slug.as_deref().unwrap_or(project_id)
+    }
+
+    fn validate(&self, project_id: &str) -> Result<(), ConfigError> {
+        const SLUG: &str =
+            "must be non-empty, at most 128 characters, letters, digits, '-' and '_'";
+        if !is_slug(&self.key_id) {
+            return Err(invalid("management.key_id", SLUG));
+        }
+        if !is_slug(self.project_slug(project_id)) {
+            return Err(invalid("management.project_slug", SLUG));
+        }
+        if !is_slug(&self.environment_slug) {
+            return Err(invalid("management.environment_slug", SLUG));
+        }
+        match &self.key_secret {
+            Some(s) if s.expose().chars().count() < MIN_PROJECT_SECRET_LEN => Err(invalid(
+                "management.key_secret",
+                format!("must be at least {MIN_PROJECT_SECRET_LEN} characters"),
+            )),
+            Some(s) if s.expose().contains(':') => Err(invalid(
+                "management.key_secret",
+                "must not contain ':' (it is sent in HTTP Basic credentials)",
+            )),
+            _ => Ok(()),
         }
     }
 }

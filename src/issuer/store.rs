@@ -39,6 +39,7 @@ use super::secrets::{ProjectSecret, SecretHash};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sealed_keys.sql"),
+    include_str!("migrations/0003_jwt_templates.sql"),
 ];
 
 /// What the database holds, for the permission errors.
@@ -108,6 +109,15 @@ impl ClientStatus {
             _ => None,
         }
     }
+}
+
+/// The M2M claims template as stored (source text, not parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTemplate {
+    pub content: String,
+    /// Empty for none.
+    pub custom_audience: String,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -794,6 +804,56 @@ impl Store {
         Ok(previous)
     }
 
+    /// The stored M2M template, if one was ever stored.
+    pub fn template(&self) -> Result<Option<StoredTemplate>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT template_content, custom_audience, updated_at FROM jwt_templates \
+                 WHERE template_type = 'M2M'",
+                [],
+                |r| {
+                    Ok(StoredTemplate {
+                        content: r.get(0)?,
+                        custom_audience: r.get(1)?,
+                        updated_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores `initial` unless a template is stored already (another process
+    /// may have stored one first); returns the template in force.
+    pub fn ensure_template(
+        &mut self,
+        initial: &StoredTemplate,
+    ) -> Result<StoredTemplate, StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO jwt_templates \
+             (template_type, template_content, custom_audience, updated_at) \
+             VALUES ('M2M', ?1, ?2, ?3)",
+            params![initial.content, initial.custom_audience, initial.updated_at],
+        )?;
+        self.template()?.ok_or(StoreError::Corrupt {
+            what: "M2M template",
+            detail: "the row just stored is missing".into(),
+        })
+    }
+
+    /// Replaces the M2M template; the caller has validated it.
+    pub fn set_template(&mut self, template: &StoredTemplate) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO jwt_templates \
+             (template_type, template_content, custom_audience, updated_at) \
+             VALUES ('M2M', ?1, ?2, ?3) \
+             ON CONFLICT (template_type) DO UPDATE SET template_content = excluded.template_content, \
+             custom_audience = excluded.custom_audience, updated_at = excluded.updated_at",
+            params![template.content, template.custom_audience, template.updated_at],
+        )?;
+        Ok(())
+    }
+
     /// Removes a published key from the JWKS; tokens it signed stop verifying.
     pub fn retire_key(&mut self, kid: &str) -> Result<RetireOutcome, StoreError> {
         let tx = self
@@ -924,7 +984,7 @@ pub(crate) mod tests {
         let db = TempDb::new();
         {
             let store = Store::open(&db.path, &test_secret()).unwrap();
-            assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+            assert_eq!(Store::schema_version(&store.conn).unwrap(), 3);
             let mode: String = store
                 .conn
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -932,7 +992,7 @@ pub(crate) mod tests {
             assert_eq!(mode, "wal");
         }
         let store = Store::open(&db.path, &test_secret()).unwrap();
-        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), 3);
     }
 
     #[test]
@@ -1285,7 +1345,7 @@ pub(crate) mod tests {
         assert!(contains(&raw_bytes(&db.path), k1.pkcs8.as_bytes()));
 
         let store = Store::open(&db.path, &test_secret()).unwrap();
-        assert_eq!(Store::schema_version(&store.conn).unwrap(), 2);
+        assert_eq!(Store::schema_version(&store.conn).unwrap(), 3);
         // Same keys, same kids, same states: nothing an operator loses.
         assert_eq!(store.active_key().unwrap().unwrap().pkcs8, k2.pkcs8);
         let published = store.published_keys().unwrap();

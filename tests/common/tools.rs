@@ -48,6 +48,8 @@ pub enum Tool {
     KubernetesValidate,
     /// Stytch's official Python SDK (PyPI `stytch`) in `.tools/venv`.
     PythonStytch,
+    /// Stytch's Management SDK (PyPI `stytch-management`) beside `stytch` in `.tools/venv`.
+    PythonStytchManagement,
 }
 
 impl Tool {
@@ -59,13 +61,17 @@ impl Tool {
             Tool::Kubectl => "kubectl",
             Tool::KubernetesValidate => "kubernetes-validate",
             Tool::PythonStytch => "Stytch's Python SDK",
+            Tool::PythonStytchManagement => "Stytch's Python Management SDK",
         }
     }
 
     /// How to get it.
     fn remedy(self) -> String {
         match self {
-            Tool::Envoy | Tool::KubernetesValidate | Tool::PythonStytch => {
+            Tool::Envoy
+            | Tool::KubernetesValidate
+            | Tool::PythonStytch
+            | Tool::PythonStytchManagement => {
                 format!("run scripts/tools (or set {TOOLS_ENV} to the dir it installed into)")
             }
             Tool::OidcProvider => format!(
@@ -92,6 +98,10 @@ impl Tool {
             Tool::PythonStytch => runnable(
                 existing(tools_dir().join("venv/bin/python"))?,
                 &["-c", "import stytch"],
+            ),
+            Tool::PythonStytchManagement => runnable(
+                existing(tools_dir().join("venv/bin/python"))?,
+                &["-c", "import stytch, stytch_management"],
             ),
         }
     }
