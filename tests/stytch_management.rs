@@ -1,5 +1,5 @@
 //! Stytch's Management SDK (PyPI `stytch-management`, installed by scripts/tools) against the
-//! embedded issuer run as its own process: tests/interop/stytch_management.py gets and sets the
+//! embedded issuer run as its own process: tests/interop/stytch_mgmt_sdk.py gets and sets the
 //! M2M JWT template through the SDK (wrong key, wrong slugs, a bad template and audience), then
 //! mints a token through the `stytch` SDK that carries the new claims and `aud`. This test runs
 //! it, requires every step to pass, and checks that no secret reached the issuer's log.
@@ -34,13 +34,14 @@ const STEPS: &[&str] = &[
     "m2m.token carries the new claims and aud; authenticate_token accepts it",
     "clients.create refuses scopes the SDKs cannot parse (400 invalid_scopes)",
     "removing the custom_audience: aud is the project id again",
+    "clients.create without the template's key still succeeds; its token lacks the claim",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_sdk_sets_the_m2m_template_the_next_token_uses() {
     needs!(PythonStytchManagement);
     let issuer = IssuerProcess::start_managed("", &[("M2M_AUTHZ_LOG", "trace")]).await;
-    let script = repo_file("tests/interop/stytch_management.py");
+    let script = repo_file("tests/interop/stytch_mgmt_sdk.py");
     let python = Tool::PythonStytchManagement.path();
     let base_url = issuer.base_url();
     let out = tokio::task::spawn_blocking(move || {
@@ -99,6 +100,24 @@ async fn management_sdk_sets_the_m2m_template_the_next_token_uses() {
     // or Basic value reached the log.
     let log = std::fs::read_to_string(issuer.dir.join("stderr.log")).unwrap_or_default()
         + &std::fs::read_to_string(issuer.dir.join("stdout.log")).unwrap_or_default();
+    let client_id = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("info missing-key-client "))
+        .unwrap_or_else(|| panic!("no client id line\n{}", context()));
+    let warned = log.lines().any(|line| {
+        line.contains("\"level\":\"WARN\"")
+            && line.contains(client_id)
+            && line.contains("stytch_user_id")
+    });
+    assert!(
+        warned,
+        "no warning naming the client and the missing key\n{}",
+        context()
+    );
+    assert!(
+        !log.contains("value-not-for-logs"),
+        "a metadata value is in the issuer log"
+    );
     let management_basic = STANDARD.encode(format!("{MANAGEMENT_KEY_ID}:{MANAGEMENT_KEY_SECRET}"));
     let project_basic = STANDARD.encode(format!("{PROJECT_ID}:{PROJECT_SECRET}"));
     for secret in [

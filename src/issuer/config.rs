@@ -631,4 +631,73 @@ mod tests {
         c.secret_overridden = true;
         assert!(!c.secret_is_from_config());
     }
+
+    /// The management key secret in the file exposes as much as the project secret does.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_exposing_the_management_key_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let db = crate::issuer::store::tests::TempDb::new();
+        let file = db.write_private(
+            "issuer.yaml",
+            "management:\n  key_secret: management-secret-0123456789\n",
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (read, meta) = private_files::read_config(&file).unwrap();
+        let mut c = IssuerConfig::from_yaml_str(&read, &file).unwrap();
+        assert!(!c.secret_is_from_config());
+        let err = c.check_file_access(&file, &meta).unwrap_err();
+        assert!(err.to_string().contains("management.key_secret"), "{err}");
+        c.management.secret_overridden = true;
+        assert!(c.check_file_access(&file, &meta).is_ok());
+    }
+
+    #[test]
+    fn management_section_defaults_and_checks() {
+        let c = parse(SECRET).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.management.key_id, "workspace-key-local");
+        assert!(c.management.key_secret.is_none());
+        assert_eq!(
+            c.management.project_slug(&c.project_id),
+            "project-test-local"
+        );
+        assert_eq!(c.management.environment_slug, "test");
+        let c = parse(&format!(
+            "{SECRET}management:\n  key_id: k1\n  key_secret: long-enough-secret-1234\n  \
+             project_slug: my-project\n  environment_slug: live\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.management.project_slug(&c.project_id), "my-project");
+        assert!(!format!("{c:?}").contains("long-enough-secret-1234"));
+        for (yaml, field) in [
+            (
+                "management:\n  key_secret: short\n",
+                "management.key_secret",
+            ),
+            (
+                "management:\n  key_secret: has:colon-0123456789\n",
+                "management.key_secret",
+            ),
+            ("management:\n  key_id: ''\n", "management.key_id"),
+            ("management:\n  key_id: a b\n", "management.key_id"),
+            (
+                "management:\n  project_slug: a/b\n",
+                "management.project_slug",
+            ),
+            (
+                "management:\n  environment_slug: ''\n",
+                "management.environment_slug",
+            ),
+        ] {
+            let err = parse(&format!("{SECRET}{yaml}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+        let err = parse(&format!("{SECRET}management:\n  key_secrt: x\n")).unwrap_err();
+        assert!(err.to_string().contains("key_secrt"), "{err}");
+    }
 }

@@ -8,6 +8,9 @@ and `aud`. Every step asserts on what the SDKs return (response fields,
 `StytchError.status_code` / `error_type`) and prints `ok <step>` or
 `FAIL <step>: <why>`; the last line is `done <passed>/<total>`, and the exit
 status is 0 only if every step passed.
+
+Not named stytch_management.py: the script's folder comes first on sys.path,
+and that name would hide the SDK's package.
 """
 
 import base64
@@ -237,12 +240,26 @@ def _():
 @step("removing the custom_audience: aud is the project id again")
 def _():
     templates.set(PROJECT_SLUG, ENV_SLUG, SEED_TEMPLATE, "", "M2M")
-    created = api.m2m.clients.create(trusted_metadata={"stytch_user_id": "user-7"})
+    created = api.m2m.clients.create(scopes=[], trusted_metadata={"stytch_user_id": "user-7"})
     client = created.m2m_client
     token = api.m2m.token(client_id=client.client_id, client_secret=client.client_secret)
     claims = claims_of(token.access_token)
     check(claims.get("aud") == [PROJECT_ID], f"{claims!r}")
     check(claims.get("user_id") == "user-7", f"{claims!r}")
+
+
+@step("clients.create without the template's key still succeeds; its token lacks the claim")
+def _():
+    created = api.m2m.clients.create(
+        scopes=["read:orders"], trusted_metadata={"other": "value-not-for-logs"}
+    )
+    client = created.m2m_client
+    check(created.status_code == 200, f"{created!r}")
+    token = api.m2m.token(client_id=client.client_id, client_secret=client.client_secret)
+    claims = claims_of(token.access_token)
+    check("user_id" not in claims and claims.get("tier") == "gold", f"{claims!r}")
+    # For the Rust side, which looks for the issuer's warning about this client.
+    print(f"info missing-key-client {client.client_id}", flush=True)
 
 
 passed = sum(1 for _, ok in results if ok)
