@@ -150,3 +150,59 @@ async fn signing_key_rotation_under_traffic_fails_no_request() {
     }
     assert!(done.load(Ordering::SeqCst) >= 40);
 }
+
+/// A template's `custom_audience` joins `aud` beside the project id: the stytch profile accepts
+/// such tokens as it is, and with `audience: <custom>` it requires the custom value (a token
+/// without it is refused). No Envoy: the Authorizer itself, against the issuer process.
+#[tokio::test]
+async fn stytch_profile_and_a_custom_audience() {
+    use common::authz::{authorizer, status};
+    use common::check::basic_request;
+    let issuer = IssuerProcess::start().await;
+    let template = issuer.dir.join("template.json");
+    std::fs::write(
+        &template,
+        r#"{"user_id": {{ client.trusted_metadata.user_id }}}"#,
+    )
+    .unwrap();
+    let template = template.to_str().unwrap();
+    issuer.cli(&[
+        "issuer",
+        "template",
+        "set",
+        "--file",
+        template,
+        "--custom-audience",
+        "orders-api",
+    ]);
+    let (id, secret) = issuer.create_client("user-aud", "read");
+    let plain = issuer.stytch_provider_yaml();
+    let requiring = format!("{plain}  audience: orders-api\n");
+    for (yaml, what) in [(&plain, "project id"), (&requiring, "custom audience")] {
+        let a = authorizer(yaml).await;
+        assert_eq!(
+            status(&a.check(&basic_request(&id, &secret)).await),
+            200,
+            "checking the {what}"
+        );
+    }
+    // Without the custom audience in the template, the profile that requires it refuses.
+    issuer.cli(&[
+        "issuer",
+        "template",
+        "set",
+        "--file",
+        template,
+        "--custom-audience",
+        "",
+    ]);
+    let a = authorizer(&requiring).await;
+    // The provider, not the caller, is at fault: the sidecar answers unavailable (503 through
+    // Envoy with failure_mode_allow off), as for any token its own provider issues unusable.
+    let got = a.check(&basic_request(&id, &secret)).await;
+    assert_eq!(status(&got), 503, "a token without the required audience");
+    let why = format!("{:?}", got.err());
+    assert!(why.contains("WrongAudience"), "{why}");
+    let a = authorizer(&plain).await;
+    assert_eq!(status(&a.check(&basic_request(&id, &secret)).await), 200);
+}
