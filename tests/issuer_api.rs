@@ -1417,3 +1417,160 @@ async fn unknown_routes_and_methods_get_json_errors() {
     );
     server.shutdown().await;
 }
+
+const MGMT_KEY_ID: &str = "workspace-key-api";
+const MGMT_KEY_SECRET: &str = "api-test-management-secret-0123";
+const TEMPLATE_PATH: &str = "/pwa/v3/projects/project-test-api/environments/test/jwt_templates/M2M";
+
+/// The management routes take only the management key; the template they set survives a
+/// restart whose config names another template; updates refuse scopes the SDKs cannot parse.
+#[tokio::test]
+async fn m2m_template_management_api_and_persistence() {
+    let dir = TempDir::new("issuer-api-template");
+
+    // No management key configured: closed to everyone, the project included.
+    let server = Server::start(config_in(&dir)).await;
+    for (user, pass) in [(PROJECT_ID, PROJECT_SECRET), (MGMT_KEY_ID, MGMT_KEY_SECRET)] {
+        let (status, body) = Server::send(
+            server
+                .http
+                .get(server.url(TEMPLATE_PATH))
+                .basic_auth(user, Some(pass)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error_type"], "unauthorized_credentials");
+    }
+    server.shutdown().await;
+
+    let managed = || {
+        let mut config = config_in(&dir);
+        config.management.key_id = MGMT_KEY_ID.into();
+        config.management.key_secret = Some(MGMT_KEY_SECRET.into());
+        config
+    };
+    let server = Server::start(managed()).await;
+    let mgmt = |method: reqwest::Method| {
+        server
+            .http
+            .request(method, server.url(TEMPLATE_PATH))
+            .basic_auth(MGMT_KEY_ID, Some(MGMT_KEY_SECRET))
+    };
+    // Wrong secret, no credentials, a Bearer token: 401 with a challenge.
+    for req in [
+        server
+            .http
+            .get(server.url(TEMPLATE_PATH))
+            .basic_auth(MGMT_KEY_ID, Some("wrong-secret-0123456789")),
+        server.http.get(server.url(TEMPLATE_PATH)),
+        server
+            .http
+            .get(server.url(TEMPLATE_PATH))
+            .bearer_auth("x.y.z"),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().contains_key("www-authenticate"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error_type"], "unauthorized_credentials");
+        assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    let (status, body) = Server::send(mgmt(reqwest::Method::GET)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["jwt_template"],
+        json!({"template_content": m2m_authz::issuer::DEFAULT_CLAIMS_TEMPLATE,
+               "custom_audience": "", "jwt_template_type": "M2M"})
+    );
+    // Bad bodies: each a Stytch-shaped 400.
+    for (body, error_type) in [
+        (json!({}), "missing_template_content"),
+        (json!({"template_content": 5}), "bad_request"),
+        (
+            json!({"template_content": "{}", "custom_audience": ["a"]}),
+            "bad_request",
+        ),
+        (
+            json!({"template_content": "{\"exp\": 1}"}),
+            "invalid_template_content",
+        ),
+        (
+            json!({"template_content": "{}", "custom_audience": "a\nb"}),
+            "invalid_custom_audience",
+        ),
+    ] {
+        let (status, got) = Server::send(mgmt(reqwest::Method::PUT).json(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {got}");
+        assert_eq!(got["error_type"], error_type, "{body}: {got}");
+        assert_eq!(got["status_code"], 400);
+    }
+    let resp = mgmt(reqwest::Method::PUT)
+        .header("content-type", "application/json")
+        .body("{\"template_content\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = mgmt(reqwest::Method::POST).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // A good one (with a member a newer SDK might add), then a token that uses it.
+    let template = r#"{"user_id": {{ client.trusted_metadata.stytch_user_id }}}"#;
+    let (status, body) = Server::send(mgmt(reqwest::Method::PUT).json(&json!({
+        "template_content": template, "custom_audience": "orders-api", "jwt_template_type": "M2M"
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["jwt_template"]["custom_audience"], "orders-api");
+    let (id, secret) = server
+        .create_client(json!({"scopes": ["read:x"], "trusted_metadata": {"stytch_user_id": "u-5"}}))
+        .await;
+    let (status, token) = Server::send(server.http.post(server.token_url()).json(&json!({
+        "grant_type": "client_credentials", "client_id": id, "client_secret": secret
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let payload = token["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["user_id"], "u-5");
+    assert_eq!(claims["aud"], json!([PROJECT_ID, "orders-api"]));
+
+    // Scopes the SDKs cannot parse: refused on update as on create.
+    for scopes in [json!(["a:b:c"]), json!(["two words"]), json!([""])] {
+        let (status, body) = Server::send(
+            server
+                .manage(reqwest::Method::PUT, &format!("/v1/m2m/clients/{id}"))
+                .json(&json!({ "scopes": scopes })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{scopes}: {body}");
+        assert_eq!(body["error_type"], "invalid_m2m_client_scope", "{body}");
+    }
+    server.shutdown().await;
+
+    // A restart whose config names another template keeps the stored one.
+    let mut config = managed();
+    config.claims_template = Some(r#"{"other": {{ client.client_id }}}"#.into());
+    let server = Server::start(config).await;
+    let (status, body) = Server::send(
+        server
+            .http
+            .get(server.url(TEMPLATE_PATH))
+            .basic_auth(MGMT_KEY_ID, Some(MGMT_KEY_SECRET)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["jwt_template"]["template_content"], template);
+    assert_eq!(body["jwt_template"]["custom_audience"], "orders-api");
+    server.shutdown().await;
+}

@@ -298,3 +298,210 @@ fn bad_config_is_reported_naming_the_field() {
     let err = run_err(&["issuer", "--config", path.to_str().expect("path")]);
     assert!(err.contains("listen"), "{err}");
 }
+
+/// The payload of a JWT, unverified (the signature is checked elsewhere; here only what the
+/// template put in it matters).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON payload")
+}
+
+/// `m2m-authz <args…> --config <issuer.yaml>` with `stdin` fed in; returns (ok, stdout, stderr).
+fn cli_with_stdin(
+    issuer: &common::issuer::IssuerProcess,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(issuer.config_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn m2m-authz");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates a client with `--user-id`; returns (client_id, secret, stderr).
+fn create_with_user(
+    issuer: &common::issuer::IssuerProcess,
+    user: &str,
+) -> (String, String, String) {
+    let (ok, stdout, stderr) = cli_with_stdin(
+        issuer,
+        &["clients", "create", "--user-id", user, "--json"],
+        "",
+    );
+    assert!(ok, "clients create failed: {stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    (
+        v["client_id"].as_str().unwrap().to_owned(),
+        v["client_secret"].as_str().unwrap().to_owned(),
+        stderr,
+    )
+}
+
+async fn token_claims(issuer: &common::issuer::IssuerProcess, id: &str, secret: &str) -> Value {
+    let (status, body) = token_response_at(&issuer.token_url(), id, secret).await;
+    assert_eq!(status, 200, "{body}");
+    jwt_claims(body["access_token"].as_str().unwrap())
+}
+
+/// The M2M template is the database's, set with `issuer template set` while the server runs and
+/// used for its next token; `clients create --user-id` stores the id where the template reads it,
+/// warns about keys the client lacks, and says so when the template has no user claim.
+#[tokio::test]
+async fn template_get_set_and_user_id_key_with_a_running_server() {
+    use common::issuer::{IssuerProcess, PROJECT_ID};
+    let seed = r#"{"user_id": {{ client.trusted_metadata.stytch_user_id }}}"#;
+    let issuer = IssuerProcess::start_managed(&format!("claims_template: '{seed}'\n"), &[]).await;
+
+    // The config's template is the initial one.
+    let got: Value =
+        serde_json::from_str(issuer.cli(&["issuer", "template", "get", "--json"]).trim()).unwrap();
+    assert_eq!(got["template_content"], seed);
+    assert_eq!(got["custom_audience"], "");
+    assert_eq!(got["jwt_template_type"], "M2M");
+
+    // --user-id lands under the key the template reads (the seed's stytch_user_id).
+    let (id1, secret1, stderr) = create_with_user(&issuer, "user-1");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let client: Value =
+        serde_json::from_str(&issuer.cli(&["clients", "get", &id1, "--json"])).unwrap();
+    assert_eq!(client["trusted_metadata"]["stytch_user_id"], "user-1");
+    assert!(
+        client["trusted_metadata"].get("user_id").is_none(),
+        "{client}"
+    );
+    let claims = token_claims(&issuer, &id1, &secret1).await;
+    assert_eq!(claims["user_id"], "user-1");
+    assert_eq!(claims["aud"], serde_json::json!([PROJECT_ID]));
+
+    // Set from a file, with a custom audience, while the server runs: the next token has both.
+    let file = issuer.dir.join("template.json");
+    std::fs::write(
+        &file,
+        r#"{"user_id": {{ client.trusted_metadata.stytch_user_id }}, "team": {{ client.trusted_metadata.team }}}"#,
+    )
+    .unwrap();
+    let out = issuer.cli(&[
+        "issuer",
+        "template",
+        "set",
+        "--file",
+        file.to_str().unwrap(),
+        "--custom-audience",
+        "orders-api",
+    ]);
+    assert!(out.contains("set"), "{out}");
+    let claims = token_claims(&issuer, &id1, &secret1).await;
+    assert_eq!(claims["aud"], serde_json::json!([PROJECT_ID, "orders-api"]));
+    assert_eq!(claims["user_id"], "user-1");
+    assert!(claims.get("team").is_none(), "{claims}");
+
+    // A client lacking a key the template reads is created, with a warning naming the key.
+    let (id2, _, stderr) = create_with_user(&issuer, "user-2");
+    assert!(
+        stderr.contains("warning") && stderr.contains("team") && stderr.contains(&id2),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("user-2"),
+        "a metadata value in the warning: {stderr}"
+    );
+
+    // From stdin; without --custom-audience the audience is kept.
+    let (ok, _, stderr) = cli_with_stdin(
+        &issuer,
+        &["issuer", "template", "set"],
+        r#"{"user_id": {{ client.trusted_metadata.uid }}}"#,
+    );
+    assert!(ok, "{stderr}");
+    let got: Value =
+        serde_json::from_str(issuer.cli(&["issuer", "template", "get", "--json"]).trim()).unwrap();
+    assert_eq!(got["custom_audience"], "orders-api");
+    let (id3, secret3, _) = create_with_user(&issuer, "user-3");
+    let client: Value =
+        serde_json::from_str(&issuer.cli(&["clients", "get", &id3, "--json"])).unwrap();
+    assert_eq!(client["trusted_metadata"]["uid"], "user-3");
+    assert_eq!(
+        token_claims(&issuer, &id3, &secret3).await["user_id"],
+        "user-3"
+    );
+
+    // Bad templates are refused naming the problem, and change nothing.
+    for (bad, why) in [
+        ("", "empty"),
+        ("   \n", "empty"),
+        (
+            "{\"user_id\": {{ client.trusted_metadata.uid }",
+            "never closed",
+        ),
+        (r#"{"sub": "me"}"#, "reserved"),
+        (r#"{"x": "{{ client.client_id }}"}"#, "inside a string"),
+    ] {
+        let (ok, _, stderr) =
+            cli_with_stdin(&issuer, &["issuer", "template", "set", "--file", "-"], bad);
+        assert!(!ok, "{bad:?} was accepted");
+        assert!(stderr.contains(why), "{bad:?}: {stderr}");
+    }
+    let (ok, _, stderr) = cli_with_stdin(
+        &issuer,
+        &["issuer", "template", "set", "--custom-audience", "a b"],
+        "{}",
+    );
+    assert!(!ok && stderr.contains("custom_audience"), "{stderr}");
+    let (ok, _, stderr) = cli_with_stdin(
+        &issuer,
+        &["issuer", "template", "set", "--file", "/nonexistent/t.json"],
+        "",
+    );
+    assert!(!ok && stderr.contains("/nonexistent/t.json"), "{stderr}");
+    let got: Value =
+        serde_json::from_str(issuer.cli(&["issuer", "template", "get", "--json"]).trim()).unwrap();
+    assert_eq!(
+        got["template_content"],
+        r#"{"user_id": {{ client.trusted_metadata.uid }}}"#
+    );
+
+    // Scopes the SDKs cannot parse are refused by the CLI too.
+    let (ok, _, stderr) = cli_with_stdin(
+        &issuer,
+        &["clients", "create", "--user-id", "u", "--scopes", "a:b:c"],
+        "",
+    );
+    assert!(!ok && stderr.contains("a:b:c"), "{stderr}");
+
+    // A template with no user claim: --user-id cannot be honoured, and says why.
+    let (ok, _, stderr) = cli_with_stdin(
+        &issuer,
+        &["issuer", "template", "set", "--custom-audience", ""],
+        r#"{"tier": "gold"}"#,
+    );
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli_with_stdin(&issuer, &["clients", "create", "--user-id", "u-9"], "");
+    assert!(!ok, "created without a user claim");
+    assert!(stderr.contains("no `user_id` claim"), "{stderr}");
+    let claims = token_claims(&issuer, &id1, &secret1).await;
+    assert_eq!(claims["aud"], serde_json::json!([PROJECT_ID]));
+    assert_eq!(claims["tier"], "gold");
+    assert!(claims.get("user_id").is_none(), "{claims}");
+}

@@ -77,7 +77,7 @@ async fn stytch_profile_end_to_end_with_secret_rotation() {
 
     // Completed: the old secret gets no new token from the issuer; the next one works.
     s.issuer.cli(&["clients", "rotate", "complete", &id]);
-    assert_eq!(s.issuer.token_status(&id, &old).await, 401);
+    assert_eq!(s.issuer.token_status(&id, &old).await, 400);
     assert_eq!(s.issuer.token_status(&id, &next).await, 200);
     assert_eq!(s.call(&id, &next).await, (200, Some("user-42".into())));
 
@@ -149,4 +149,60 @@ async fn signing_key_rotation_under_traffic_fails_no_request() {
         );
     }
     assert!(done.load(Ordering::SeqCst) >= 40);
+}
+
+/// A template's `custom_audience` joins `aud` beside the project id: the stytch profile accepts
+/// such tokens as it is, and with `audience: <custom>` it requires the custom value (a token
+/// without it is refused). No Envoy: the Authorizer itself, against the issuer process.
+#[tokio::test]
+async fn stytch_profile_and_a_custom_audience() {
+    use common::authz::{authorizer, status};
+    use common::check::basic_request;
+    let issuer = IssuerProcess::start().await;
+    let template = issuer.dir.join("template.json");
+    std::fs::write(
+        &template,
+        r#"{"user_id": {{ client.trusted_metadata.user_id }}}"#,
+    )
+    .unwrap();
+    let template = template.to_str().unwrap();
+    issuer.cli(&[
+        "issuer",
+        "template",
+        "set",
+        "--file",
+        template,
+        "--custom-audience",
+        "orders-api",
+    ]);
+    let (id, secret) = issuer.create_client("user-aud", "read");
+    let plain = issuer.stytch_provider_yaml();
+    let requiring = format!("{plain}  audience: orders-api\n");
+    for (yaml, what) in [(&plain, "project id"), (&requiring, "custom audience")] {
+        let a = authorizer(yaml).await;
+        assert_eq!(
+            status(&a.check(&basic_request(&id, &secret)).await),
+            200,
+            "checking the {what}"
+        );
+    }
+    // Without the custom audience in the template, the profile that requires it refuses.
+    issuer.cli(&[
+        "issuer",
+        "template",
+        "set",
+        "--file",
+        template,
+        "--custom-audience",
+        "",
+    ]);
+    let a = authorizer(&requiring).await;
+    // The provider, not the caller, is at fault: the sidecar answers unavailable (503 through
+    // Envoy with failure_mode_allow off), as for any token its own provider issues unusable.
+    let got = a.check(&basic_request(&id, &secret)).await;
+    assert_eq!(status(&got), 503, "a token without the required audience");
+    let why = format!("{:?}", got.err());
+    assert!(why.contains("WrongAudience"), "{why}");
+    let a = authorizer(&plain).await;
+    assert_eq!(status(&a.check(&basic_request(&id, &secret)).await), 200);
 }

@@ -10,8 +10,9 @@
 //! One file (about 500 lines of code, the rest its unit tests): one clap command tree and the
 //! output of each command; each command is a short function over `store`.
 
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use super::clients::{self, ClientView, NewClient};
 use super::config::IssuerConfig;
 use super::keyring;
+use super::m2m_template::{self, ActiveTemplate, TemplateCache};
 use super::store::{ClientQuery, ClientRecord, ClientStatus, KeyState, Store};
 use super::{Issuer, IssuerError};
 use crate::shutdown::{Hangup, StopSignals};
@@ -63,7 +65,44 @@ pub enum IssuerCommand {
     },
     /// List signing keys and their states.
     Keys(ConfigArg),
+    /// Show or replace the M2M claims template in force (the one the
+    /// management API's jwt_templates/M2M serves). A running server uses a
+    /// new template for its next token.
+    #[command(subcommand)]
+    Template(TemplateCommand),
 }
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TemplateCommand {
+    /// Print the template and its custom audience.
+    Get {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print {"template_content","custom_audience","jwt_template_type"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the template with the content of FILE (or of standard input
+    /// when FILE is `-` or not given); it is checked before it is stored.
+    Set {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Template file; `-` or none reads standard input.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Added to every token's `aud` after the project id; `""` removes
+        /// it. Kept as it is when not given.
+        #[arg(long, value_name = "AUDIENCE")]
+        custom_audience: Option<String>,
+    },
+}
+
+/// Largest template file read, as the management API's body limit.
+const MAX_TEMPLATE_FILE_BYTES: u64 = 64 * 1024;
+
+/// The top-level claim the sidecar's default identity mapping reads for
+/// `x-user-id`, and which `clients create --user-id` feeds.
+const USER_CLAIM: &str = "user_id";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RotateStep {
@@ -79,7 +118,8 @@ pub enum RotateStep {
 pub struct CreateArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// User the client acts for; stored as trusted_metadata.user_id.
+    /// User the client acts for; stored under the trusted_metadata key that
+    /// the M2M template's `user_id` claim reads (`user_id` by default).
     #[arg(long)]
     pub user_id: String,
     /// Space-separated scopes, e.g. "read:orders write:orders".
@@ -222,9 +262,105 @@ fn open_store(config: &IssuerConfig) -> anyhow::Result<Store> {
     )?)
 }
 
+/// The template in force; on a database no server has opened yet, the
+/// config's template is stored first, as the server would.
+fn current_template(
+    config: &IssuerConfig,
+    store: &mut Store,
+) -> anyhow::Result<Arc<ActiveTemplate>> {
+    m2m_template::ensure(store, &config.parsed_template()?)?;
+    Ok(TemplateCache::default().current(store)?)
+}
+
+fn read_template_source(file: Option<&Path>) -> anyhow::Result<String> {
+    let mut text = String::new();
+    match file {
+        None => {
+            std::io::stdin()
+                .take(MAX_TEMPLATE_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+                .context("cannot read the template from standard input")?;
+        }
+        Some(p) if p == Path::new("-") => {
+            std::io::stdin()
+                .take(MAX_TEMPLATE_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+                .context("cannot read the template from standard input")?;
+        }
+        Some(p) => {
+            std::fs::File::open(p)
+                .and_then(|f| {
+                    f.take(MAX_TEMPLATE_FILE_BYTES + 1)
+                        .read_to_string(&mut text)
+                })
+                .with_context(|| format!("cannot read template file {}", p.display()))?;
+        }
+    }
+    if text.len() as u64 > MAX_TEMPLATE_FILE_BYTES {
+        bail!("the template is larger than {MAX_TEMPLATE_FILE_BYTES} bytes");
+    }
+    if text.trim().is_empty() {
+        bail!("the template is empty; give a JSON object such as {{}} for no custom claims");
+    }
+    Ok(text)
+}
+
+fn execute_template_command(command: TemplateCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        TemplateCommand::Get { config, json } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let mut store = open_store(&config)?;
+            current_template(&config, &mut store)?;
+            let stored = store
+                .template()?
+                .context("the issuer database holds no M2M template")?;
+            if json {
+                let body = json!({
+                    "template_content": stored.content,
+                    "custom_audience": stored.custom_audience,
+                    "jwt_template_type": "M2M",
+                });
+                writeln!(out, "{body}")?;
+            } else {
+                writeln!(out, "{}", stored.content.trim_end())?;
+                if !stored.custom_audience.is_empty() {
+                    writeln!(out, "custom_audience: {}", stored.custom_audience)?;
+                }
+            }
+        }
+        TemplateCommand::Set {
+            config,
+            file,
+            custom_audience,
+        } => {
+            let config = IssuerConfig::load(&config.config)?;
+            let content = read_template_source(file.as_deref())?;
+            let mut store = open_store(&config)?;
+            let audience = match custom_audience {
+                Some(a) => a,
+                None => current_template(&config, &mut store)?
+                    .custom_audience
+                    .clone()
+                    .unwrap_or_default(),
+            };
+            let stored = m2m_template::set(&mut store, &content, &audience)?;
+            writeln!(out, "M2M template set; new tokens use it")?;
+            if !stored.custom_audience.is_empty() {
+                writeln!(
+                    out,
+                    "tokens' aud: [\"{}\", \"{}\"]",
+                    config.project_id, stored.custom_audience
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn execute_key_command(command: IssuerCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
         IssuerCommand::Serve(_) => bail!("serve is not a key command"),
+        IssuerCommand::Template(command) => execute_template_command(command, out)?,
         IssuerCommand::RotateKey(arg) => {
             let config = IssuerConfig::load(&arg.config)?;
             let mut store = open_store(&config)?;
@@ -282,12 +418,53 @@ pub fn run_clients_command(command: ClientsCommand) -> anyhow::Result<()> {
     execute_clients_command(command, &mut stdout.lock())
 }
 
-fn user_id(client: &ClientRecord) -> String {
-    match client.trusted_metadata.get("user_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
+/// What the template's user claim would carry for `client`.
+fn user_id(client: &ClientRecord, key: Option<&[String]>) -> String {
+    let Some((first, rest)) = key.and_then(<[String]>::split_first) else {
+        return String::new();
+    };
+    let mut current = client.trusted_metadata.get(first);
+    for seg in rest {
+        current = current.and_then(Value::as_object).and_then(|m| m.get(seg));
     }
+    match current {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Puts `value` at `path` in `metadata`, making the objects on the way.
+fn insert_at(
+    metadata: &mut Map<String, Value>,
+    path: &[String],
+    value: Value,
+) -> anyhow::Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        bail!("empty trusted_metadata path");
+    };
+    let mut current = metadata;
+    for seg in parents {
+        let entry = current
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        current = match entry {
+            Value::Object(map) => map,
+            _ => bail!(
+                "--metadata sets trusted_metadata.{seg} to a non-object, but the template reads \
+                 the user id below it ({})",
+                path.join(".")
+            ),
+        };
+    }
+    if current.contains_key(last) {
+        bail!(
+            "give the user id with --user-id, not inside --metadata (trusted_metadata.{})",
+            path.join(".")
+        );
+    }
+    current.insert(last.clone(), value);
+    Ok(())
 }
 
 fn print_client(out: &mut dyn Write, client: &ClientRecord) -> anyhow::Result<()> {
@@ -320,6 +497,8 @@ fn execute_clients_command(command: ClientsCommand, out: &mut dyn Write) -> anyh
         ClientsCommand::List { config, json } => {
             let config = IssuerConfig::load(&config.config)?;
             let mut store = open_store(&config)?;
+            let template = current_template(&config, &mut store)?;
+            let user_key = template.claims.claim_metadata_path(USER_CLAIM);
             let mut all = Vec::new();
             let mut after = None;
             loop {
@@ -343,7 +522,7 @@ fn execute_clients_command(command: ClientsCommand, out: &mut dyn Write) -> anyh
                         "{}\t{}\t{}\t{}\t{}",
                         c.client_id,
                         c.status.as_str(),
-                        user_id(c),
+                        user_id(c, user_key),
                         c.scopes.join(" "),
                         c.client_name
                     )?;
@@ -430,9 +609,9 @@ fn execute_clients_command(command: ClientsCommand, out: &mut dyn Write) -> anyh
 
 fn set_status(path: &Path, client_id: &str, status: ClientStatus) -> anyhow::Result<()> {
     let config = IssuerConfig::load(path)?;
-    let template = config.parsed_template()?;
     let mut store = open_store(&config)?;
-    clients::set_status(&mut store, &template, client_id, status)?;
+    let template = current_template(&config, &mut store)?;
+    clients::set_status(&mut store, &template.claims, client_id, status)?;
     Ok(())
 }
 
@@ -443,13 +622,15 @@ pub struct CreatedClient {
     pub client_secret: String,
     pub user_id: String,
     pub scopes: Vec<String>,
+    /// Dotted trusted_metadata paths the template reads that the client
+    /// lacks: its tokens carry no claim for them.
+    pub missing_metadata: Vec<String>,
 }
 
 /// What `clients create` does, returning the new client instead of printing it (the `demo`
 /// command uses it).
 pub fn create_client(args: CreateArgs) -> anyhow::Result<CreatedClient> {
     let config = IssuerConfig::load(&args.config.config)?;
-    let template = config.parsed_template()?;
     let mut metadata: Map<String, Value> = match &args.metadata {
         None => Map::new(),
         Some(text) => match serde_json::from_str(text) {
@@ -458,18 +639,25 @@ pub fn create_client(args: CreateArgs) -> anyhow::Result<CreatedClient> {
             Err(e) => bail!("--metadata is not valid JSON: {e}"),
         },
     };
-    if metadata.contains_key("user_id") {
-        bail!("give the user id with --user-id, not inside --metadata");
-    }
     if args.user_id.is_empty() {
         bail!("--user-id must not be empty");
     }
-    metadata.insert("user_id".into(), Value::String(args.user_id.clone()));
     let scopes = super::scopes::parse_space_separated(&args.scopes)?;
     let mut store = open_store(&config)?;
+    let template = current_template(&config, &mut store)?;
+    let Some(user_key) = template.claims.claim_metadata_path(USER_CLAIM) else {
+        bail!(
+            "the M2M template in force has no `{USER_CLAIM}` claim taken from \
+             client.trusted_metadata, so tokens could not carry --user-id. Show it with \
+             `issuer template get`; set one such as \
+             {{\"{USER_CLAIM}\": {{{{ client.trusted_metadata.user_id }}}}}} with `issuer template \
+             set`, or put the id in --metadata under the key your template reads"
+        );
+    };
+    insert_at(&mut metadata, user_key, Value::String(args.user_id.clone()))?;
     let (client, secret) = clients::create(
         &mut store,
-        &template,
+        &template.claims,
         NewClient {
             client_id: args.client_id,
             client_secret: None,
@@ -479,17 +667,33 @@ pub fn create_client(args: CreateArgs) -> anyhow::Result<CreatedClient> {
             trusted_metadata: metadata,
         },
     )?;
+    let missing_metadata = template.claims.missing_metadata(&client.trusted_metadata);
     Ok(CreatedClient {
         client_id: client.client_id,
         client_secret: secret.expose().to_owned(),
         user_id: args.user_id,
         scopes: client.scopes,
+        missing_metadata,
     })
 }
 
 fn create(args: CreateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let json = args.json;
     let client = create_client(args)?;
+    if !client.missing_metadata.is_empty() {
+        // Created all the same, as on Stytch; the operator hears of it.
+        eprintln!(
+            "warning: the M2M template reads trusted_metadata {} that client {} lacks; its \
+             tokens will carry no claim for {}",
+            client.missing_metadata.join(", "),
+            client.client_id,
+            if client.missing_metadata.len() == 1 {
+                "it"
+            } else {
+                "them"
+            }
+        );
+    }
     if json {
         let body = json!({
             "client_id": client.client_id,

@@ -243,7 +243,7 @@ pub fn create(
         client_name: new.client_name,
         client_description: new.client_description,
         status: ClientStatus::Active,
-        scopes: scopes::normalize(new.scopes)?,
+        scopes: scopes::normalize_client_scopes(new.scopes)?,
         trusted_metadata: new.trusted_metadata,
         secret: StoredSecret {
             hash: secret.hash(),
@@ -275,7 +275,10 @@ pub fn update(
     if let Some(description) = &update.client_description {
         validate_text("client_description", description, MAX_DESCRIPTION_LEN)?;
     }
-    let scopes = update.scopes.map(scopes::normalize).transpose()?;
+    let scopes = update
+        .scopes
+        .map(scopes::normalize_client_scopes)
+        .transpose()?;
     store
         .update_client(client_id, |c| {
             if let Some(v) = update.client_name {

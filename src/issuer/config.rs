@@ -29,6 +29,9 @@ use super::secrets::ProjectSecret;
 use super::template::{ClaimsTemplate, DEFAULT_CLAIMS_TEMPLATE};
 
 pub const PROJECT_SECRET_ENV: &str = "M2M_ISSUER_PROJECT_SECRET";
+/// Overrides `management.key_secret`, as [`PROJECT_SECRET_ENV`] does the
+/// project secret.
+pub const MANAGEMENT_KEY_SECRET_ENV: &str = "M2M_ISSUER_MANAGEMENT_KEY_SECRET";
 pub const MIN_PROJECT_SECRET_LEN: usize = 16;
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -52,6 +55,7 @@ pub enum ConfigError {
 
 /// What a config file holding the project secret holds, for the errors.
 const SECRET_WHAT: &str = "the issuer's project_secret";
+const MANAGEMENT_SECRET_WHAT: &str = "the issuer's management.key_secret";
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -86,9 +90,16 @@ pub struct IssuerConfig {
         deserialize_with = "deserialize_lifetime"
     )]
     pub token_lifetime: Duration,
-    /// Custom-claims template; `None` means [`DEFAULT_CLAIMS_TEMPLATE`].
+    /// The initial custom-claims template; `None` means
+    /// [`DEFAULT_CLAIMS_TEMPLATE`]. Copied into the database on the first
+    /// open of a database that holds no template; from then on the stored
+    /// one is in force (set with the management API or `issuer template
+    /// set`) and this value is ignored.
     #[serde(default)]
     pub claims_template: Option<String>,
+    /// The Stytch Management API subset (the M2M JWT template).
+    #[serde(default)]
+    pub management: ManagementConfig,
     /// Base URL clients use to reach the issuer, when it differs from
     /// `http://{listen}` (behind a proxy, or when `listen` is a wildcard).
     #[serde(default, deserialize_with = "deserialize_url")]
@@ -112,6 +123,7 @@ impl std::fmt::Debug for IssuerConfig {
             .field("project_secret", &self.project_secret)
             .field("token_lifetime", &self.token_lifetime)
             .field("claims_template", &self.claims_template)
+            .field("management", &self.management)
             .field("issuer_base_url", &self.issuer_base_url)
             .field("tls", &self.tls)
             .finish()
@@ -127,6 +139,7 @@ impl Default for IssuerConfig {
             project_secret: None,
             token_lifetime: default_token_lifetime(),
             claims_template: None,
+            management: ManagementConfig::default(),
             issuer_base_url: None,
             tls: None,
             secret_overridden: false,
@@ -328,6 +341,19 @@ impl IssuerConfig {
             }
             self.project_secret = Some(ProjectSecret::new(secret));
         }
+        if let Ok(secret) = std::env::var(MANAGEMENT_KEY_SECRET_ENV)
+            && !secret.is_empty()
+        {
+            if self
+                .management
+                .key_secret
+                .as_ref()
+                .is_none_or(|s| s.expose() != secret)
+            {
+                self.management.secret_overridden = true;
+            }
+            self.management.key_secret = Some(ProjectSecret::new(secret));
+        }
     }
 
     /// Whether the project secret in effect is the one this config was
@@ -346,10 +372,18 @@ impl IssuerConfig {
         path: &Path,
         meta: &std::fs::Metadata,
     ) -> Result<(), PrivateFileError> {
-        if !self.secret_is_from_config() {
-            return Ok(());
+        if self.secret_is_from_config() {
+            private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)?;
         }
-        private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)
+        if self.management.key_secret.is_some() && !self.management.secret_overridden {
+            private_files::check_secret_config(
+                path,
+                meta,
+                MANAGEMENT_SECRET_WHAT,
+                MANAGEMENT_KEY_SECRET_ENV,
+            )?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -393,6 +427,7 @@ impl IssuerConfig {
             return Err(invalid("database", "must not be empty"));
         }
         self.parsed_template()?;
+        self.management.validate(&self.project_id)?;
         if let Some(url) = &self.issuer_base_url
             && (!matches!(url.scheme(), "http" | "https")
                 || url.host().is_none()
@@ -453,6 +488,99 @@ impl IssuerConfig {
             issuer: self.issuer(),
             audience: self.project_id.clone(),
             base_url,
+        }
+    }
+}
+
+/// Credentials and names of the Management API subset
+/// (`/pwa/v3/projects/{project_slug}/environments/{environment_slug}/jwt_templates/M2M`),
+/// which Stytch's `stytch-management` SDKs call with HTTP Basic
+/// `key_id:key_secret` (a workspace key). Without a `key_secret` the routes
+/// refuse every request: the project secret never opens them.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementConfig {
+    #[serde(default = "default_management_key_id")]
+    pub key_id: String,
+    /// See [`MANAGEMENT_KEY_SECRET_ENV`] for the environment override.
+    #[serde(default)]
+    pub key_secret: Option<ProjectSecret>,
+    /// `None` means the project id.
+    #[serde(default)]
+    pub project_slug: Option<String>,
+    #[serde(default = "default_environment_slug")]
+    pub environment_slug: String,
+    #[serde(skip)]
+    secret_overridden: bool,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            key_id: default_management_key_id(),
+            key_secret: None,
+            project_slug: None,
+            environment_slug: default_environment_slug(),
+            secret_overridden: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for ManagementConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementConfig")
+            .field("key_id", &self.key_id)
+            .field("key_secret", &self.key_secret)
+            .field("project_slug", &self.project_slug)
+            .field("environment_slug", &self.environment_slug)
+            .finish()
+    }
+}
+
+fn default_management_key_id() -> String {
+    "workspace-key-local".to_owned()
+}
+
+fn default_environment_slug() -> String {
+    "test".to_owned()
+}
+
+/// Slugs and key ids appear in URLs and Basic credentials.
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl ManagementConfig {
+    /// The project slug in the management URLs.
+    pub fn project_slug<'a>(&'a self, project_id: &'a str) -> &'a str {
+        self.project_slug.as_deref().unwrap_or(project_id)
+    }
+
+    fn validate(&self, project_id: &str) -> Result<(), ConfigError> {
+        const SLUG: &str =
+            "must be non-empty, at most 128 characters, letters, digits, '-' and '_'";
+        if !is_slug(&self.key_id) {
+            return Err(invalid("management.key_id", SLUG));
+        }
+        if !is_slug(self.project_slug(project_id)) {
+            return Err(invalid("management.project_slug", SLUG));
+        }
+        if !is_slug(&self.environment_slug) {
+            return Err(invalid("management.environment_slug", SLUG));
+        }
+        match &self.key_secret {
+            Some(s) if s.expose().chars().count() < MIN_PROJECT_SECRET_LEN => Err(invalid(
+                "management.key_secret",
+                format!("must be at least {MIN_PROJECT_SECRET_LEN} characters"),
+            )),
+            Some(s) if s.expose().contains(':') => Err(invalid(
+                "management.key_secret",
+                "must not contain ':' (it is sent in HTTP Basic credentials)",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -635,5 +763,74 @@ mod tests {
         let mut c = parse(SECRET).unwrap();
         c.secret_overridden = true;
         assert!(!c.secret_is_from_config());
+    }
+
+    /// The management key secret in the file exposes as much as the project secret does.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_exposing_the_management_key_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let db = crate::issuer::store::tests::TempDb::new();
+        let file = db.write_private(
+            "issuer.yaml",
+            "management:\n  key_secret: management-secret-0123456789\n",
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (read, meta) = private_files::read_config(&file).unwrap();
+        let mut c = IssuerConfig::from_yaml_str(&read, &file).unwrap();
+        assert!(!c.secret_is_from_config());
+        let err = c.check_file_access(&file, &meta).unwrap_err();
+        assert!(err.to_string().contains("management.key_secret"), "{err}");
+        c.management.secret_overridden = true;
+        assert!(c.check_file_access(&file, &meta).is_ok());
+    }
+
+    #[test]
+    fn management_section_defaults_and_checks() {
+        let c = parse(SECRET).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.management.key_id, "workspace-key-local");
+        assert!(c.management.key_secret.is_none());
+        assert_eq!(
+            c.management.project_slug(&c.project_id),
+            "project-test-local"
+        );
+        assert_eq!(c.management.environment_slug, "test");
+        let c = parse(&format!(
+            "{SECRET}management:\n  key_id: k1\n  key_secret: long-enough-secret-1234\n  \
+             project_slug: my-project\n  environment_slug: live\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.management.project_slug(&c.project_id), "my-project");
+        assert!(!format!("{c:?}").contains("long-enough-secret-1234"));
+        for (yaml, field) in [
+            (
+                "management:\n  key_secret: short\n",
+                "management.key_secret",
+            ),
+            (
+                "management:\n  key_secret: has:colon-0123456789\n",
+                "management.key_secret",
+            ),
+            ("management:\n  key_id: ''\n", "management.key_id"),
+            ("management:\n  key_id: a b\n", "management.key_id"),
+            (
+                "management:\n  project_slug: a/b\n",
+                "management.project_slug",
+            ),
+            (
+                "management:\n  environment_slug: ''\n",
+                "management.environment_slug",
+            ),
+        ] {
+            let err = parse(&format!("{SECRET}{yaml}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+        let err = parse(&format!("{SECRET}management:\n  key_secrt: x\n")).unwrap_err();
+        assert!(err.to_string().contains("key_secrt"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ mod clients;
 mod config;
 mod keyring;
 mod keys;
+mod m2m_template;
 pub mod private_files;
 mod scopes;
 mod seal;
@@ -33,11 +34,11 @@ use tokio::net::TcpListener;
 
 pub use cli::{
     ClientsCommand, ConfigArg, CreateArgs, CreatedClient, IssuerArgs, IssuerCommand, RotateStep,
-    create_client, run_clients_command, run_issuer_command,
+    TemplateCommand, create_client, run_clients_command, run_issuer_command,
 };
 pub use config::{
-    ConfigError, IssuerConfig, IssuerEndpoints, MIN_PROJECT_SECRET_LEN, PROJECT_SECRET_ENV,
-    TlsConfig,
+    ConfigError, IssuerConfig, IssuerEndpoints, MANAGEMENT_KEY_SECRET_ENV, MIN_PROJECT_SECRET_LEN,
+    ManagementConfig, PROJECT_SECRET_ENV, TlsConfig,
 };
 pub use keyring::{KeyringError, Rotation as KeyRotation};
 pub use secrets::ProjectSecret;
@@ -49,7 +50,7 @@ pub use tls::{
     GENERATED_CA_FILE, GENERATED_CERT_FILE, GENERATED_KEY_FILE, HANDSHAKE_TIMEOUT, TlsError,
 };
 
-use api::AppState;
+use api::{AppState, ManagementAccess};
 use keyring::KeyCache;
 use store::Store;
 use token::TokenSettings;
@@ -104,10 +105,20 @@ impl Issuer {
         let project_secret = config.required_project_secret()?.clone();
         let mut store = Store::open(&config.database, &project_secret)?;
         keyring::ensure_signing_key(&mut store)?;
+        m2m_template::ensure(&mut store, &template)?;
         // After the store: its folder now exists and has passed the shared-folder rules.
         let tls = match &config.tls {
             Some(t) => Some(tls::ServerTls::load(t, &state_dir(&config.database))?),
             None => None,
+        };
+        let management = ManagementAccess {
+            key_id: config.management.key_id.clone(),
+            key_secret: config.management.key_secret.clone(),
+            project_slug: config
+                .management
+                .project_slug(&config.project_id)
+                .to_owned(),
+            environment_slug: config.management.environment_slug.clone(),
         };
         let state = AppState {
             store: Mutex::new(store),
@@ -118,7 +129,8 @@ impl Issuer {
                 lifetime: config.token_lifetime,
             },
             project_secret,
-            template,
+            templates: m2m_template::TemplateCache::default(),
+            management,
         };
         Ok(Self {
             config,

@@ -21,6 +21,11 @@ pub enum ScopeError {
     TooLong(String),
     #[error("at most {MAX_SCOPES} scopes are allowed")]
     TooMany,
+    #[error(
+        "scope {0:?} has more than one ':'; Stytch's SDKs read a scope as action:resource and \
+         cannot check it"
+    )]
+    SdkUnparsable(String),
 }
 
 /// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`
@@ -57,6 +62,23 @@ where
     Ok(out)
 }
 
+/// [`normalize`] for the scopes a client is granted, which Stytch's SDKs must
+/// also be able to read: their `authenticate_token` splits each scope at `:`
+/// into action and resource (for the `action:*` wildcard), so a scope with two
+/// colons would never match. Whitespace and empty scopes are already refused by
+/// [`is_valid_scope`].
+pub fn normalize_client_scopes<I, S>(scopes: I) -> Result<Vec<String>, ScopeError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let scopes = normalize(scopes)?;
+    if let Some(bad) = scopes.iter().find(|s| s.matches(':').count() > 1) {
+        return Err(ScopeError::SdkUnparsable(bad.clone()));
+    }
+    Ok(scopes)
+}
+
 /// Parses a space-separated scope parameter. Runs of spaces are tolerated
 /// (clients often build the string by joining with trailing spaces); any other
 /// whitespace is malformed.
@@ -67,6 +89,32 @@ pub fn parse_space_separated(value: &str) -> Result<Vec<String>, ScopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_scopes_must_be_readable_by_the_sdks() {
+        let fine: [&[&str]; 3] = [&["read:users", "write", "action:*"], &[":x"], &["x:"]];
+        for ok in fine {
+            assert!(
+                normalize_client_scopes(ok.iter().copied()).is_ok(),
+                "{ok:?}"
+            );
+        }
+        for bad in ["a:b:c", "::", "urn:example:read"] {
+            assert_eq!(
+                normalize_client_scopes([bad]),
+                Err(ScopeError::SdkUnparsable(bad.into()))
+            );
+        }
+        for bad in ["", "a b", "tab\tx", "nl\n", "\u{a0}x"] {
+            assert!(
+                matches!(
+                    normalize_client_scopes([bad]),
+                    Err(ScopeError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn accepts_typical_scopes() {

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_sealed_keys.sql"),
     include_str!("migrations/0003_client_names_not_unique.sql"),
+    include_str!("migrations/0004_jwt_templates.sql"),
 ];
 
 /// What the database holds, for the permission errors.
@@ -107,6 +108,15 @@ impl ClientStatus {
             _ => None,
         }
     }
+}
+
+/// The M2M claims template as stored (source text, not parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTemplate {
+    pub content: String,
+    /// Empty for none.
+    pub custom_audience: String,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -785,6 +795,56 @@ impl Store {
         insert_active_key(&tx, &self.seal, key)?;
         tx.commit()?;
         Ok(previous)
+    }
+
+    /// The stored M2M template, if one was ever stored.
+    pub fn template(&self) -> Result<Option<StoredTemplate>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT template_content, custom_audience, updated_at FROM jwt_templates \
+                 WHERE template_type = 'M2M'",
+                [],
+                |r| {
+                    Ok(StoredTemplate {
+                        content: r.get(0)?,
+                        custom_audience: r.get(1)?,
+                        updated_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores `initial` unless a template is stored already (another process
+    /// may have stored one first); returns the template in force.
+    pub fn ensure_template(
+        &mut self,
+        initial: &StoredTemplate,
+    ) -> Result<StoredTemplate, StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO jwt_templates \
+             (template_type, template_content, custom_audience, updated_at) \
+             VALUES ('M2M', ?1, ?2, ?3)",
+            params![initial.content, initial.custom_audience, initial.updated_at],
+        )?;
+        self.template()?.ok_or(StoreError::Corrupt {
+            what: "M2M template",
+            detail: "the row just stored is missing".into(),
+        })
+    }
+
+    /// Replaces the M2M template; the caller has validated it.
+    pub fn set_template(&mut self, template: &StoredTemplate) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO jwt_templates \
+             (template_type, template_content, custom_audience, updated_at) \
+             VALUES ('M2M', ?1, ?2, ?3) \
+             ON CONFLICT (template_type) DO UPDATE SET template_content = excluded.template_content, \
+             custom_audience = excluded.custom_audience, updated_at = excluded.updated_at",
+            params![template.content, template.custom_audience, template.updated_at],
+        )?;
+        Ok(())
     }
 
     /// Removes a published key from the JWKS; tokens it signed stop verifying.

@@ -196,6 +196,57 @@ impl ClaimsTemplate {
         &self.source
     }
 
+    /// Every `client.trusted_metadata.…` path the template reads, in the
+    /// order they appear, without repeats.
+    pub fn metadata_paths(&self) -> Vec<Vec<String>> {
+        fn walk(node: &Node, out: &mut Vec<Vec<String>>) {
+            match node {
+                Node::Var(Variable::TrustedMetadata(path)) => {
+                    if !out.contains(path) {
+                        out.push(path.clone());
+                    }
+                }
+                Node::Array(items) => items.iter().for_each(|n| walk(n, out)),
+                Node::Object(entries) => entries.iter().for_each(|(_, n)| walk(n, out)),
+                Node::Literal(_) | Node::Var(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (_, node) in &self.claims {
+            walk(node, &mut out);
+        }
+        out
+    }
+
+    /// The trusted-metadata path whose value becomes top-level claim
+    /// `claim`, when the template sets that claim straight from one.
+    pub fn claim_metadata_path(&self, claim: &str) -> Option<&[String]> {
+        self.claims.iter().find_map(|(name, node)| match node {
+            Node::Var(Variable::TrustedMetadata(path)) if name == claim => Some(path.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// The metadata paths the template reads that `metadata` lacks (or
+    /// holds as null), dotted; their claims would be left out of tokens.
+    pub fn missing_metadata(&self, metadata: &Map<String, Value>) -> Vec<String> {
+        self.metadata_paths()
+            .into_iter()
+            .filter(|path| {
+                let mut current = None::<&Value>;
+                for (i, seg) in path.iter().enumerate() {
+                    current = if i == 0 {
+                        metadata.get(seg)
+                    } else {
+                        current.and_then(Value::as_object).and_then(|m| m.get(seg))
+                    };
+                }
+                current.is_none_or(Value::is_null)
+            })
+            .map(|path| path.join("."))
+            .collect()
+    }
+
     /// Renders the custom claims for one client, enforcing the size limit.
     pub fn render(&self, ctx: &ClientContext<'_>) -> Result<Map<String, Value>, TemplateError> {
         let claims = render_entries(&self.claims, ctx);
@@ -456,6 +507,47 @@ mod tests {
             Value::Object(out),
             json!({"a": "\u{1}m2m-var-0", "b": "}}"})
         );
+    }
+
+    #[test]
+    fn metadata_paths_user_claim_and_missing_keys() {
+        let t = ClaimsTemplate::parse(
+            r#"{"user_id": {{ client.trusted_metadata.stytch_user_id }},
+                "org": {"id": {{ client.trusted_metadata.org.id }}},
+                "again": [{{ client.trusted_metadata.stytch_user_id }}, {{ client.client_id }}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t.metadata_paths(),
+            vec![
+                vec!["stytch_user_id".to_owned()],
+                vec!["org".to_owned(), "id".to_owned()]
+            ]
+        );
+        assert_eq!(
+            t.claim_metadata_path("user_id"),
+            Some(&["stytch_user_id".to_owned()][..])
+        );
+        assert_eq!(t.claim_metadata_path("org"), None);
+        assert_eq!(
+            t.missing_metadata(&meta(json!({}))),
+            vec!["stytch_user_id", "org.id"]
+        );
+        assert_eq!(
+            t.missing_metadata(&meta(json!({"stytch_user_id": null, "org": {"id": 7}}))),
+            vec!["stytch_user_id"]
+        );
+        assert_eq!(
+            t.missing_metadata(&meta(json!({"stytch_user_id": "u", "org": 5}))),
+            vec!["org.id"]
+        );
+        assert!(
+            t.missing_metadata(&meta(json!({"stytch_user_id": "u", "org": {"id": 1}})))
+                .is_empty()
+        );
+        let plain = ClaimsTemplate::parse(r#"{"tier": "gold"}"#).unwrap();
+        assert_eq!(plain.claim_metadata_path("user_id"), None);
+        assert!(plain.missing_metadata(&Map::new()).is_empty());
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct TokenSettings {
 pub fn mint(
     settings: &TokenSettings,
     template: &ClaimsTemplate,
+    custom_audience: Option<&str>,
     key: &SigningKey,
     client: &ClientRecord,
     scopes: &[String],
@@ -67,7 +68,13 @@ pub fn mint(
     // with custom claims.
     claims.insert("sub".into(), json!(client.client_id));
     claims.insert("iss".into(), json!(settings.issuer));
-    claims.insert("aud".into(), json!([settings.project_id]));
+    // A custom audience is added, never put in the project id's place: see
+    // `super::m2m_template`.
+    let aud = match custom_audience {
+        Some(extra) if extra != settings.project_id => json!([settings.project_id, extra]),
+        _ => json!([settings.project_id]),
+    };
+    claims.insert("aud".into(), aud);
     claims.insert("scope".into(), json!(scopes.join(" ")));
     claims.insert("iat".into(), json!(now));
     claims.insert("nbf".into(), json!(now));
@@ -130,6 +137,7 @@ mod tests {
         let token = mint(
             &settings,
             &ClaimsTemplate::default(),
+            None,
             &key,
             &c,
             &["a".into(), "b".into()],
@@ -147,5 +155,26 @@ mod tests {
             json!({"sub": "c1", "iss": "stytch.com/p1", "aud": ["p1"], "scope": "a b",
                    "iat": 1000, "nbf": 1000, "exp": 1060, "user_id": "u1"})
         );
+        for (custom, expected) in [
+            (Some("my-api"), json!(["p1", "my-api"])),
+            (Some("p1"), json!(["p1"])),
+        ] {
+            let token = mint(
+                &settings,
+                &ClaimsTemplate::default(),
+                custom,
+                &key,
+                &c,
+                &[],
+                1000,
+            )
+            .unwrap();
+            let payload = token.split('.').nth(1).unwrap();
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap();
+            let claims: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(claims["aud"], expected);
+        }
     }
 }

@@ -13,6 +13,12 @@ use super::sidecar::binary;
 
 pub const PROJECT_ID: &str = "project-test-stack";
 pub const PROJECT_SECRET: &str = "stack-test-project-secret-0123456789";
+/// The management key of [`IssuerProcess::start_managed`] (`management.key_id`,
+/// `management.key_secret`) and its slugs.
+pub const MANAGEMENT_KEY_ID: &str = "workspace-key-test";
+pub const MANAGEMENT_KEY_SECRET: &str = "stack-test-management-secret-98765";
+pub const MANAGEMENT_PROJECT_SLUG: &str = "stack-project";
+pub const MANAGEMENT_ENVIRONMENT_SLUG: &str = "test";
 
 pub struct IssuerProcess {
     pub child: ChildGuard,
@@ -130,6 +136,26 @@ impl IssuerProcess {
         let dir = TempDir::new("issuer");
         let addr = free_addr();
         write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+        Self::start_in_env(dir, addr, env).await
+    }
+
+    /// A fresh issuer whose Management API subset is open to [`MANAGEMENT_KEY_ID`] /
+    /// [`MANAGEMENT_KEY_SECRET`] under [`MANAGEMENT_PROJECT_SLUG`] /
+    /// [`MANAGEMENT_ENVIRONMENT_SLUG`], with `extra_yaml` appended to its config (such as a
+    /// `claims_template:` line) and these environment variables.
+    pub async fn start_managed(extra_yaml: &str, env: &[(&str, &str)]) -> IssuerProcess {
+        let dir = TempDir::new("issuer");
+        let addr = free_addr();
+        let path = write_config(dir.path(), addr, "issuer.db", PROJECT_SECRET);
+        let base = std::fs::read_to_string(&path).unwrap();
+        write_private(
+            &path,
+            &format!(
+                "{base}management:\n  key_id: {MANAGEMENT_KEY_ID}\n  key_secret: \
+                 {MANAGEMENT_KEY_SECRET}\n  project_slug: {MANAGEMENT_PROJECT_SLUG}\n  \
+                 environment_slug: {MANAGEMENT_ENVIRONMENT_SLUG}\n{extra_yaml}"
+            ),
+        );
         Self::start_in_env(dir, addr, env).await
     }
 

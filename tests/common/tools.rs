@@ -50,6 +50,8 @@ pub enum Tool {
     PythonStytch,
     /// Stytch's official Node SDK (npm `stytch`) in `.tools/node/node_modules`, and Node.js.
     NodeStytch,
+    /// Stytch's Management SDK (PyPI `stytch-management`) beside `stytch` in `.tools/venv`.
+    PythonStytchManagement,
 }
 
 impl Tool {
@@ -62,13 +64,17 @@ impl Tool {
             Tool::KubernetesValidate => "kubernetes-validate",
             Tool::PythonStytch => "Stytch's Python SDK",
             Tool::NodeStytch => "Stytch's Node SDK",
+            Tool::PythonStytchManagement => "Stytch's Python Management SDK",
         }
     }
 
     /// How to get it.
     fn remedy(self) -> String {
         match self {
-            Tool::Envoy | Tool::KubernetesValidate | Tool::PythonStytch => {
+            Tool::Envoy
+            | Tool::KubernetesValidate
+            | Tool::PythonStytch
+            | Tool::PythonStytchManagement => {
                 format!("run scripts/tools (or set {TOOLS_ENV} to the dir it installed into)")
             }
             Tool::OidcProvider | Tool::NodeStytch => format!(
@@ -101,6 +107,10 @@ impl Tool {
                 let load = format!("require({:?})", package.display().to_string());
                 runnable(program(NODE_ENV, "node"), &["-e", &load])
             }
+            Tool::PythonStytchManagement => runnable(
+                existing(tools_dir().join("venv/bin/python"))?,
+                &["-c", "import stytch, stytch_management"],
+            ),
         }
     }
 

@@ -116,6 +116,36 @@ pub async fn require_project(
     }
 }
 
+/// Middleware for the Management API subset (`/pwa/v3/…`): only the
+/// configured workspace key (`management.key_id:key_secret`) passes, as
+/// Stytch's management API takes only workspace keys. The project secret does
+/// not open these routes, and without a configured key secret nothing does.
+pub async fn require_management(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match (auth_header(request.headers()), &state.management.key_secret) {
+        (AuthHeader::Basic(creds), Some(secret)) => {
+            ct_str_eq(&creds.user, &state.management.key_id)
+                & ct_str_eq(&creds.password, secret.expose())
+        }
+        _ => false,
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthorized_credentials",
+            "management API requests need HTTP Basic credentials key_id:key_secret of the \
+             issuer's management key (management.key_id, management.key_secret)",
+            &generate_request_id(),
+        )
+        .into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
-use super::extract::{Body, PathId};
+use super::extract::{ApiPath, Body};
 use super::{AppState, blocking, success};
 use crate::issuer::clients::{self, ClientError, ClientUpdate, ClientView, NewClient};
 use crate::issuer::secrets::{ClientSecret, generate_request_id};
@@ -55,7 +55,7 @@ fn bad_request(error_type: &str, message: impl Into<String>, request_id: &str) -
 /// field a newer SDK sends does not break every call; the top-level ones are
 /// logged at debug by name (`known` lists the type's fields). The known
 /// fields keep their types, and a repeated one is still refused.
-fn parse_body<T: DeserializeOwned>(
+pub(super) fn parse_body<T: DeserializeOwned>(
     body: &Bytes,
     known: &[&str],
     request_id: &str,
@@ -113,6 +113,20 @@ fn client_error(e: ClientError, request_id: &str) -> ApiError {
     }
 }
 
+/// A client whose metadata lacks a key the template reads is still stored, as
+/// on Stytch, but its tokens will lack that claim (and a sidecar that needs
+/// it will refuse them), so the operator hears of it. Keys only, no values.
+fn warn_missing_metadata(client_id: &str, missing: &[String]) {
+    if !missing.is_empty() {
+        tracing::warn!(
+            %client_id,
+            missing_keys = %missing.join(", "),
+            "the M2M template reads trusted_metadata keys this client lacks; its tokens will \
+             carry no claim for them"
+        );
+    }
+}
+
 /// Runs a client operation on a blocking thread and maps its errors.
 async fn run<T, F>(state: &Arc<AppState>, request_id: &str, f: F) -> Result<T, ApiError>
 where
@@ -159,11 +173,17 @@ pub async fn create(
         scopes: body.scopes,
         trusted_metadata: body.trusted_metadata.unwrap_or_default(),
     };
-    let (record, secret) = run(&state, &rid, move |s| {
-        s.with_store(|store| clients::create(store, &s.template, new))
+    let (record, secret, missing) = run(&state, &rid, move |s| {
+        s.with_store(|store| {
+            let template = s.templates.current(store)?;
+            let (record, secret) = clients::create(store, &template.claims, new)?;
+            let missing = template.claims.missing_metadata(&record.trusted_metadata);
+            Ok((record, secret, missing))
+        })
     })
     .await?;
     tracing::info!(client_id = %record.client_id, "created m2m client");
+    warn_missing_metadata(&record.client_id, &missing);
     let mut view = ClientView::from(&record);
     view.client_secret = Some(secret.expose().to_owned());
     Ok(client_response(&rid, view))
@@ -171,7 +191,7 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {
@@ -194,7 +214,7 @@ struct UpdateBody {
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
@@ -223,16 +243,25 @@ pub async fn update(
         scopes: body.scopes,
         trusted_metadata: body.trusted_metadata,
     };
-    let record = run(&state, &rid, move |s| {
-        s.with_store(|store| clients::update(store, &s.template, &client_id, change))
+    let metadata_changed = change.trusted_metadata.is_some();
+    let (record, missing) = run(&state, &rid, move |s| {
+        s.with_store(|store| {
+            let template = s.templates.current(store)?;
+            let record = clients::update(store, &template.claims, &client_id, change)?;
+            let missing = template.claims.missing_metadata(&record.trusted_metadata);
+            Ok((record, missing))
+        })
     })
     .await?;
+    if metadata_changed {
+        warn_missing_metadata(&record.client_id, &missing);
+    }
     Ok(client_response(&rid, ClientView::from(&record)))
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let id = client_id.clone();
@@ -246,7 +275,7 @@ pub async fn delete(
 
 pub async fn rotate_start(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let (record, next) = run(&state, &rid, move |s| {
@@ -260,7 +289,7 @@ pub async fn rotate_start(
 
 pub async fn rotate_complete(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {
@@ -272,7 +301,7 @@ pub async fn rotate_complete(
 
 pub async fn rotate_cancel(
     State(state): State<Arc<AppState>>,
-    PathId(client_id): PathId,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     let record = run(&state, &rid, move |s| {

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, OAuthError};
 use crate::issuer::secrets::generate_request_id;
@@ -62,17 +63,18 @@ impl<S: Send + Sync> FromRequest<S> for TokenBody {
     }
 }
 
-/// The one path parameter of a management or JWKS route (a client id or a
-/// project id); a path that does not decode is a 400 in the API's shape.
-pub struct PathId(pub String);
+/// A management or JWKS route's path parameters (a client id, a project id,
+/// the template's slugs); a path that does not decode is a 400 in the API's
+/// shape.
+pub struct ApiPath<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for PathId {
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<String>::from_request_parts(parts, state)
+        Path::<T>::from_request_parts(parts, state)
             .await
-            .map(|Path(id)| PathId(id))
+            .map(|Path(value)| ApiPath(value))
             .map_err(|e| {
                 ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,

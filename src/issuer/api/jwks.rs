@@ -8,14 +8,14 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::PathId;
+use super::extract::ApiPath;
 use super::{AppState, blocking, success};
 use crate::issuer::keys::PublicJwk;
 use crate::issuer::secrets::generate_request_id;
 
 pub async fn jwks(
     State(state): State<Arc<AppState>>,
-    PathId(project_id): PathId,
+    ApiPath(project_id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let rid = generate_request_id();
     if project_id != state.settings.project_id {

@@ -5,6 +5,7 @@ mod clients;
 mod error;
 mod extract;
 mod jwks;
+mod jwt_templates;
 mod token;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,9 +19,9 @@ use serde_json::{Map, Value};
 
 use self::error::ApiError;
 use super::keyring::KeyCache;
+use super::m2m_template::TemplateCache;
 use super::secrets::{ProjectSecret, generate_request_id};
 use super::store::Store;
-use super::template::ClaimsTemplate;
 use super::token::TokenSettings;
 
 /// Largest request body accepted; the biggest legitimate one is a client
@@ -34,7 +35,19 @@ pub(crate) struct AppState {
     pub keys: KeyCache,
     pub settings: TokenSettings,
     pub project_secret: ProjectSecret,
-    pub template: ClaimsTemplate,
+    /// The M2M template in force, read from the database per request so
+    /// that a template set by another process applies at once.
+    pub templates: TemplateCache,
+    pub management: ManagementAccess,
+}
+
+/// Who may call the Management API subset, and under which slugs.
+pub(crate) struct ManagementAccess {
+    pub key_id: String,
+    /// `None`: the routes refuse every request.
+    pub key_secret: Option<ProjectSecret>,
+    pub project_slug: String,
+    pub environment_slug: String,
 }
 
 impl AppState {
@@ -99,10 +112,20 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             auth::require_project,
         ));
+    let workspace = Router::new()
+        .route(
+            "/pwa/v3/projects/{project_slug}/environments/{environment_slug}/jwt_templates/{template_type}",
+            get(jwt_templates::get).put(jwt_templates::set),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_management,
+        ));
     Router::new()
         .route("/v1/public/{project_id}/oauth2/token", post(token::issue))
         .route("/v1/sessions/jwks/{project_id}", get(jwks::jwks))
         .merge(management)
+        .merge(workspace)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

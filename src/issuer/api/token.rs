@@ -342,13 +342,22 @@ fn issue_blocking(
     rid: &str,
 ) -> Result<String, OAuthError> {
     let loaded = state.with_store(|store| {
-        clients::authenticate(store, &credentials.id, &credentials.secret)
-            .map(|client| (client, state.keys.signing_key(store)))
+        clients::authenticate(store, &credentials.id, &credentials.secret).map(|client| {
+            (
+                client,
+                state.keys.signing_key(store),
+                state.templates.current(store),
+            )
+        })
     });
-    let (client, key) = match loaded {
-        Ok((client, Ok(key))) => (client, key),
-        Ok((_, Err(e))) => {
+    let (client, key, template) = match loaded {
+        Ok((client, Ok(key), Ok(template))) => (client, key, template),
+        Ok((_, Err(e), _)) => {
             tracing::error!(request_id = %rid, error = %e, "no usable signing key");
+            return Err(OAuthError::server_error(rid));
+        }
+        Ok((_, _, Err(e))) => {
+            tracing::error!(request_id = %rid, error = %e, "no usable M2M template");
             return Err(OAuthError::server_error(rid));
         }
         Err(AuthError::BadCredentials) => {
@@ -372,7 +381,8 @@ fn issue_blocking(
     })?;
     match mint(
         &state.settings,
-        &state.template,
+        &template.claims,
+        template.custom_audience.as_deref(),
         &key,
         &client,
         &scopes,

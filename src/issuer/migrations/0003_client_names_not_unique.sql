@@ -2,4 +2,4 @@
 -- client_id is). The name stays indexed for search by client_name.
 DROP INDEX IF EXISTS m2m_clients_name_unique;
 
-CREATE INDEX m2m_clients_name ON m2m_clients (client_name) WHERE client_name <> '';
+CREATE INDEX IF NOT EXISTS m2m_clients_name ON m2m_clients (client_name) WHERE client_name <> '';
