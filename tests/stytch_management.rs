@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use common::issuer::{
     IssuerProcess, MANAGEMENT_ENVIRONMENT_SLUG, MANAGEMENT_KEY_ID, MANAGEMENT_KEY_SECRET,
-    MANAGEMENT_PROJECT_SLUG, PROJECT_ID, PROJECT_SECRET,
+    MANAGEMENT_PROJECT_SLUG, PROJECT_ID, PROJECT_SECRET, SELF_SIGNED_TLS,
 };
 use common::process::tail;
 use common::tools::{Tool, repo_file};
@@ -40,7 +40,21 @@ const STEPS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_sdk_sets_the_m2m_template_the_next_token_uses() {
     needs!(PythonStytchManagement);
-    let issuer = IssuerProcess::start_managed("", &[("M2M_AUTHZ_LOG", "trace")]).await;
+    run_script(IssuerProcess::start_managed("", &[("M2M_AUTHZ_LOG", "trace")]).await).await;
+}
+
+/// Over HTTPS the script uses the SDK's own `stytch_management.Client` (which takes only an
+/// https:// base URL), trusting the issuer's generated CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_sdk_client_over_https() {
+    needs!(PythonStytchManagement);
+    let issuer = IssuerProcess::start_managed(SELF_SIGNED_TLS, &[("M2M_AUTHZ_LOG", "trace")]).await;
+    assert!(issuer.base_url().starts_with("https://"));
+    run_script(issuer).await;
+}
+
+async fn run_script(issuer: IssuerProcess) {
+    let ca = issuer.tls.then(|| issuer.ca_file());
     let script = repo_file("tests/interop/stytch_mgmt_sdk.py");
     let python = Tool::PythonStytchManagement.path();
     let base_url = issuer.base_url();
@@ -58,6 +72,12 @@ async fn management_sdk_sets_the_m2m_template_the_next_token_uses() {
             .env("STYTCH_MGMT_ENVIRONMENT_SLUG", MANAGEMENT_ENVIRONMENT_SLUG)
             .env("STYTCH_MGMT_INITIAL_TEMPLATE", INITIAL_TEMPLATE)
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .envs(
+                ca.iter()
+                    .flat_map(|ca| [("SSL_CERT_FILE", ca), ("REQUESTS_CA_BUNDLE", ca)]),
+            )
             .stdin(Stdio::null())
             .output()
     })

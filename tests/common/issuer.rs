@@ -142,7 +142,8 @@ impl IssuerProcess {
     /// A fresh issuer whose Management API subset is open to [`MANAGEMENT_KEY_ID`] /
     /// [`MANAGEMENT_KEY_SECRET`] under [`MANAGEMENT_PROJECT_SLUG`] /
     /// [`MANAGEMENT_ENVIRONMENT_SLUG`], with `extra_yaml` appended to its config (such as a
-    /// `claims_template:` line) and these environment variables.
+    /// `claims_template:` line, or [`SELF_SIGNED_TLS`] to serve HTTPS) and these environment
+    /// variables.
     pub async fn start_managed(extra_yaml: &str, env: &[(&str, &str)]) -> IssuerProcess {
         let dir = TempDir::new("issuer");
         let addr = free_addr();
@@ -156,7 +157,7 @@ impl IssuerProcess {
                  environment_slug: {MANAGEMENT_ENVIRONMENT_SLUG}\n{extra_yaml}"
             ),
         );
-        Self::start_in_env(dir, addr, env).await
+        Self::launch(dir, addr, env, extra_yaml.contains(SELF_SIGNED_TLS)).await
     }
 
     /// [`IssuerProcess::start_in`] with these extra environment variables.

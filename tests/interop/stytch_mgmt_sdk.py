@@ -20,6 +20,7 @@ import sys
 import traceback
 
 import stytch
+import stytch_management
 from stytch.core.response_base import StytchError as ApiError
 from stytch_management.errors import StytchError as ManagementError
 from stytch_management.http_client import HTTPClient
@@ -35,21 +36,36 @@ ENV_SLUG = os.environ["STYTCH_MGMT_ENVIRONMENT_SLUG"]
 # The template the issuer starts with (its config's claims_template).
 INITIAL_TEMPLATE = os.environ["STYTCH_MGMT_INITIAL_TEMPLATE"]
 
-# stytch-management 1.2's `Client` refuses a base_url that is not https://, but
-# its resources take the SDK's own HTTPClient, which does not; this plain-HTTP
-# issuer is reached that way, through the same request and error code.
+HTTPS = BASE_URL.startswith("https://")
+
+
 def templates_with(key_id, key_secret):
+    """The SDK's jwt_templates, as an application gets them.
+
+    Over HTTPS through `stytch_management.Client`, as users do (the issuer's CA
+    trusted through REQUESTS_CA_BUNDLE). stytch-management 1.2's `Client`
+    refuses a base_url that is not https://, but its resources take the SDK's
+    own HTTPClient, which does not; a plain-HTTP issuer is reached that way,
+    through the same request and error code.
+    """
+    if HTTPS:
+        return stytch_management.Client(key_id, key_secret, base_url=BASE_URL).jwt_templates
     return JWTTemplates(HTTPClient(key_id, key_secret, base_url=BASE_URL.rstrip("/") + "/"))
 
 
 templates = templates_with(KEY_ID, KEY_SECRET)
 
-# As in tests/interop/stytch_sdk.py: `environment` reaches a plain-HTTP issuer.
+# As in tests/interop/stytch_sdk.py: `custom_base_url` over HTTPS, `environment`
+# for a plain-HTTP issuer.
 api = stytch.Client(
     project_id=PROJECT_ID,
     secret=PROJECT_SECRET,
-    environment=BASE_URL.rstrip("/") + "/",
     suppress_warnings=True,
+    **(
+        {"custom_base_url": BASE_URL}
+        if HTTPS
+        else {"environment": BASE_URL.rstrip("/") + "/"}
+    ),
 )
 
 SEED_TEMPLATE = (
