@@ -340,7 +340,11 @@ impl Jwks {
                         tokio::time::sleep(interval).await;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, url = %self.source.describe(), "JWKS fetch failed; keeping the last good key set");
+                        if self.current.load().is_some() {
+                            tracing::warn!(%error, url = %self.source.describe(), "JWKS fetch failed; keeping the last good key set");
+                        } else {
+                            tracing::warn!(%error, url = %self.source.describe(), retry_in = %humantime::format_duration(retry), "JWKS fetch failed and no key set was loaded yet: tokens cannot be verified until a fetch succeeds");
+                        }
                         tokio::time::sleep(retry).await;
                         retry = (retry * 2).min(interval);
                     }

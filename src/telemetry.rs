@@ -82,28 +82,34 @@ where
     filter.and(TransportCap)
 }
 
-pub fn init() {
-    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+/// The log format rule of every command: JSON when `M2M_AUTHZ_LOG_FORMAT=json`, or unset and
+/// the destination is not a terminal; plain text (coloured only on a terminal) otherwise.
+pub fn log_layer<W>(writer: W, terminal: bool) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let json = match std::env::var(LOG_FORMAT_ENV).as_deref() {
         Ok("json") => true,
         Ok("text") => false,
-        _ => !std::io::stderr().is_terminal(),
+        _ => !terminal,
     };
-    let format: Box<dyn Layer<Registry> + Send + Sync> = if json {
+    if json {
         // One flat object per event: the check's own fields, not the span's, are the line.
         fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed()
     } else {
-        fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .boxed()
-    };
+        fmt::layer().with_ansi(terminal).with_writer(writer).boxed()
+    }
+}
+
+pub fn init() {
+    let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = log_layer(std::io::stderr, std::io::stderr().is_terminal());
     let logs = format.with_filter(capped(filter));
     let (traces, otel_error) = match otel::layer() {
         Ok(layer) => (layer, None),

@@ -1,6 +1,8 @@
 //! The README's demo command, run the way a user runs it: `scripts/demo` from a scratch
 //! directory (ports passed as flags, since the defaults may be taken), until `ready`; then one
 //! allowed and one refused request through Envoy, and SIGTERM stops everything it started.
+//! However the demo ends (SIGTERM, SIGINT, SIGHUP, SIGKILL), no Envoy survives it and the next
+//! demo starts on the same ports.
 #![cfg(feature = "issuer")]
 
 mod common;
@@ -17,6 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_m2m-authz");
 /// Generous: on a busy 2-core machine `scripts/tools` and the start-up take a while.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const SIGHUP: i32 = 1;
+const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
 
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +83,15 @@ struct RunningDemo {
 /// Starts `scripts/demo` in `cwd`, waits for `ready`. `Err((report, retry))`: `retry` when a
 /// port chosen as free was taken by someone else in the meantime.
 async fn start_demo(cwd: &Path, state: &Path) -> Result<RunningDemo, (String, bool)> {
-    let ports = Ports::free();
+    start_demo_on(cwd, state, Ports::free()).await
+}
+
+/// [`start_demo`] on the given ports.
+async fn start_demo_on(
+    cwd: &Path,
+    state: &Path,
+    ports: Ports,
+) -> Result<RunningDemo, (String, bool)> {
     let stderr = cwd.join("demo.stderr.log");
     let mut cmd = Command::new(common::repo_root().join("scripts/demo"));
     cmd.current_dir(cwd)
@@ -364,4 +377,99 @@ fn a_state_dir_others_can_read_is_refused_with_the_fix() {
         0,
         "nothing is written into a refused state dir"
     );
+}
+
+/// Whether `pid` is a live process (a zombie nobody reaped yet counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name: `pid (comm) S ...`.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Issue 16: the demo leaves nothing behind however it ends. Each signal goes to the demo
+/// process (`scripts/demo` execs the binary, so it is the same pid); after it, Envoy's pid is
+/// gone and no demo port accepts, and the next run starts on the very same ports — after SIGKILL
+/// too, where no handler of the demo runs and only the kernel's parent-death signal stops Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_child_survives_any_way_the_demo_ends() {
+    crate::needs!(Envoy);
+    let tmp = TempDir::new("demo-signals");
+    let state = tmp.join(".demo");
+    let mut ports = Ports::free();
+    let mut client_id = None;
+    for (name, signal) in [
+        ("SIGTERM", SIGTERM),
+        ("SIGINT", SIGINT),
+        ("SIGHUP", SIGHUP),
+        ("SIGKILL", SIGKILL),
+        ("SIGTERM after SIGKILL", SIGTERM),
+    ] {
+        // Only the first run may move to other ports (someone took one before it bound);
+        // later runs must get the same ones back.
+        let mut demo = loop {
+            match start_demo_on(tmp.path(), &state, ports).await {
+                Ok(running) => break running,
+                Err((report, true)) if client_id.is_none() => {
+                    eprintln!("retrying on other ports: {report}");
+                    ports = Ports::free();
+                }
+                Err((report, _)) => panic!("before {name}: the demo did not start: {report}"),
+            }
+        };
+        let id = value_after(&mut demo.lines, "client_id: ").await;
+        let envoy_pid: u32 = value_after(&mut demo.lines, "envoy: pid ")
+            .await
+            .split(',')
+            .next()
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("envoy pid in the banner");
+        assert!(alive(envoy_pid), "Envoy runs while the demo does");
+        // The demo client is kept across runs, not a new one each time.
+        assert_eq!(client_id.get_or_insert_with(|| id.clone()), &id, "{name}");
+
+        demo.child.signal(signal);
+        let status = wait_exit(&mut demo.child, EXIT_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("the demo did not exit within {EXIT_TIMEOUT:?} of {name}"));
+        if signal == SIGKILL {
+            use std::os::unix::process::ExitStatusExt as _;
+            assert_eq!(status.signal(), Some(SIGKILL), "{name}: {status}");
+        } else {
+            assert!(status.success(), "{name}: demo exit status {status}");
+            assert!(
+                demo.lines
+                    .wait_for_prefix("stopped", Duration::from_secs(5))
+                    .await
+                    .is_ok(),
+                "{name}: `stopped` after a clean shutdown"
+            );
+        }
+        // SIGKILL: the kernel signals Envoy as the demo dies; give it a bounded moment to go.
+        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+        while alive(envoy_pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(common::process::POLL_INTERVAL).await;
+        }
+        assert!(
+            !alive(envoy_pid),
+            "{name}: Envoy (pid {envoy_pid}) outlived the demo"
+        );
+        for (what, port) in [
+            ("Envoy admin", ports.admin),
+            ("Envoy listener", ports.listener),
+            ("sidecar", ports.grpc),
+            ("sidecar admin", ports.metrics),
+            ("issuer", ports.issuer),
+            ("upstream", ports.upstream),
+        ] {
+            assert!(
+                tokio::net::TcpStream::connect(Ports::addr(port))
+                    .await
+                    .is_err(),
+                "{name}: {what} port {port} still accepts connections after the demo exited"
+            );
+        }
+    }
 }

@@ -505,3 +505,83 @@ async fn template_get_set_and_user_id_key_with_a_running_server() {
     assert_eq!(claims["tier"], "gold");
     assert!(claims.get("user_id").is_none(), "{claims}");
 }
+
+/// Issue 16: `clients` and `issuer` given the sidecar's config. One that embeds the issuer
+/// (`provider.kind: embedded`) is used through its `provider.embedded` section, the same database
+/// `serve` opens; any other says which file is needed, in one line.
+#[test]
+fn a_sidecar_config_is_used_for_its_embedded_issuer_or_refused_saying_which_file() {
+    let dir = TempDir::new("issuer-cli-sidecar");
+    let sidecar = dir.join("m2m-authz.yaml");
+    write_private(
+        &sidecar,
+        &format!(
+            "listen:\n  grpc: 127.0.0.1:9001\n\
+             provider:\n  kind: embedded\n  embedded:\n    listen: 127.0.0.1:9400\n\
+             \x20   database: sidecar-issuer.db\n    project_id: {PROJECT_ID}\n\
+             \x20   project_secret: {PROJECT_SECRET}\n"
+        ),
+    );
+    let path = sidecar.to_str().expect("path");
+    let created = run_ok(&[
+        "clients",
+        "create",
+        "--config",
+        path,
+        "--user-id",
+        "user-1",
+        "--json",
+    ]);
+    let created: Value = serde_json::from_str(&created).expect("JSON");
+    let listed = run_ok(&["clients", "list", "--config", path]);
+    assert!(
+        listed.contains(created["client_id"].as_str().expect("client_id")),
+        "{listed}"
+    );
+    assert!(
+        dir.join("sidecar-issuer.db").exists(),
+        "the database is the sidecar's, relative to its config's folder"
+    );
+
+    write_private(
+        &sidecar,
+        "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: i, audience: api}\n",
+    );
+    let err = run_err(&["clients", "list", "--config", path]);
+    assert_eq!(
+        err,
+        format!(
+            "error: invalid issuer config {path}: a sidecar config whose provider.kind is `oauth2`, so it holds no issuer; pass the issuer's own config (the demo's is .demo/issuer.yaml) or a sidecar config with provider.kind: embedded\n"
+        )
+    );
+
+    // A mistake inside the embedded section is named by its full path, once.
+    write_private(
+        &sidecar,
+        "provider:\n  kind: embedded\n  embedded:\n    listen: {a: b}\n",
+    );
+    let err = run_err(&["clients", "list", "--config", path]);
+    assert!(
+        err.starts_with(&format!(
+            "error: invalid issuer config {path}: provider.embedded.listen: invalid type: map"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("listen").count(), 1, "{err}");
+
+    // A missing file: the OS error once.
+    let missing = dir.join("none.yaml");
+    let err = run_err(&[
+        "clients",
+        "list",
+        "--config",
+        missing.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot read issuer config {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+}

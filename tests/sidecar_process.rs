@@ -104,6 +104,58 @@ fn version_and_config_checks() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }
 
+/// Issue 16: each config message says its thing once, in the config's own words.
+#[test]
+fn config_messages_say_each_thing_once_in_the_configs_words() {
+    let dir = TempDir::new("config-words");
+    let check = |yaml: Option<&str>| {
+        let path = dir.join("c.yaml");
+        let _ = std::fs::remove_file(&path);
+        if let Some(yaml) = yaml {
+            std::fs::write(&path, yaml).unwrap();
+        }
+        let out = Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("M2M_AUTHZ_CONFIG")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    // A missing file: the OS error once.
+    let (ok, _, stderr) = check(None);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: cannot read config file {}: No such file or directory (os error 2)\n",
+            dir.join("c.yaml").display()
+        )
+    );
+    // A bad nested duration: the field path once, then the problem.
+    let oauth2 = "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: i, audience: api}\n";
+    let (ok, _, stderr) = check(Some(&format!("{oauth2}cache:\n  negative_ttl: 5x\n")));
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("error: cache.negative_ttl: expected a duration such as 30s or 5m: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("cache").count(), 1, "{stderr}");
+    // The summary names the provider kind as the config spells it.
+    for (yaml, word) in [
+        (oauth2.to_owned(), "oauth2"),
+        (
+            "provider: {kind: stytch, project_id: project-test-1, base_url: 'https://test.stytch.com'}\n".to_owned(),
+            "stytch",
+        ),
+    ] {
+        let (ok, stdout, stderr) = check(Some(&yaml));
+        assert!(ok, "{stderr}");
+        assert!(stdout.starts_with(&format!("ok: provider {word} (")), "{stdout}");
+    }
+}
+
 #[tokio::test]
 async fn health_waits_for_keys_then_checks_are_answered() {
     let p = FakeProvider::start().await;
@@ -185,6 +237,20 @@ async fn health_waits_for_keys_then_checks_are_answered() {
     let logs = sidecar.full_logs();
     assert!(!logs.contains("s3cret-process"), "a secret reached the log");
     assert!(logs.contains("shutting down"), "{logs}");
+    // Issue 16: before any key set was loaded, a failed fetch does not claim to keep a "last
+    // good" one; it says that none was loaded yet.
+    let fetch_failures: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("JWKS fetch failed"))
+        .collect();
+    assert!(!fetch_failures.is_empty(), "{logs}");
+    for line in fetch_failures {
+        assert!(
+            line.contains("\"message\":\"JWKS fetch failed and no key set was loaded yet: tokens cannot be verified until a fetch succeeds\""),
+            "{line}"
+        );
+        assert!(!line.contains("last good"), "{line}");
+    }
 }
 
 /// Every sample config shipped under deploy/ passes `check-config`, given the project secret in

@@ -40,11 +40,9 @@ use crate::defaults;
 /// A configuration problem, always naming the field it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The I/O error is said in the message, not chained as a source, so `{:#}` says it once.
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
 }
@@ -109,9 +107,9 @@ impl Config {
     /// Reads, parses and validates a config file. One that holds the embedded issuer's project
     /// secret (the one in effect) is refused when other users can read or write it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let unreadable = |source| ConfigError::Read {
+        let unreadable = |error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         };
         // With the issuer compiled in, the metadata of the very file read, to judge who else can
         // read the project secret it may hold.
@@ -137,15 +135,8 @@ impl Config {
     /// A relative `provider.embedded.database` is taken relative to `dir` (the config file's
     /// folder), as `m2m-authz issuer` does.
     fn from_yaml_in(text: &str, dir: Option<&Path>) -> Result<Config, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." || path.is_empty() {
-                "config".to_owned()
-            } else {
-                path
-            };
-            ConfigError::invalid(&field, e.into_inner().to_string())
+        let config: Config = crate::yaml::from_str(text).map_err(|(field, problem)| {
+            ConfigError::invalid(field.as_deref().unwrap_or("config"), problem)
         })?;
         let mut config = config;
         config.dir = dir.map(Path::to_path_buf);
@@ -266,8 +257,8 @@ impl Config {
         .map(|(_, name)| *name)
         .collect();
         format!(
-            "ok: provider {:?} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}",
-            self.provider.kind,
+            "ok: provider {} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}",
+            self.provider.kind.as_str(),
             self.provider
                 .resolved_token_url()
                 .map(|u| u.to_string())

@@ -49,6 +49,17 @@ pub enum ProviderKind {
     Embedded,
 }
 
+impl ProviderKind {
+    /// The config's own word for the kind (`provider.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Oauth2 => "oauth2",
+            ProviderKind::Stytch => "stytch",
+            ProviderKind::Embedded => "embedded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {

@@ -3,10 +3,11 @@
 //! In this process, on one tokio runtime: the sidecar with the embedded Stytch-compatible issuer
 //! (`provider.kind: embedded`), and an echo upstream that answers with the headers it received.
 //! As a child process: Envoy, with the shipped bootstrap (`deploy/envoy/envoy.yaml`, compiled
-//! into the binary) rendered for the chosen ports. Once everything is up, a demo client is
-//! created in the issuer's database, one request goes through Envoy to prove the path, and a
-//! banner with ready-to-paste `curl` lines is printed. Ctrl-C or SIGTERM stops Envoy, drains the
-//! sidecar and exits 0.
+//! into the binary) rendered for the chosen ports. Once everything is up, the demo client (kept
+//! in `demo-client` across runs; made anew when missing or no longer accepted) makes one
+//! request through Envoy to prove the path, and a banner with ready-to-paste `curl` lines is
+//! printed. Ctrl-C, SIGTERM or SIGHUP stops Envoy, drains the sidecar and exits 0; if the demo
+//! is killed outright, the kernel kills Envoy with it (parent-death signal).
 //!
 //! The state directory (default `.demo/`) holds the generated configs, the issuer's database and
 //! the logs. The database and the project secret (`project-secret`) are kept between runs, so
@@ -54,6 +55,8 @@ use crate::supervisor::{Stage, Supervisor};
 const ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
 
 const DEMO_USER: &str = "user-demo-1";
+/// The demo client's id and secret, kept between runs in the state directory.
+const DEMO_CLIENT_FILE: &str = "demo-client";
 const DEMO_SCOPES: &str = "read:orders write:orders";
 const PROJECT_ID: &str = "project-test-demo";
 /// What the state directory's files hold, for permission errors.
@@ -376,16 +379,15 @@ fn render_envoy(template: &str, ports: &Ports) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The sidecar's tracing logs go to a file, so the banner on stdout stays readable. Level from
-/// `M2M_AUTHZ_LOG` (default `info`).
+/// The sidecar's tracing logs go to a file, so the banner on stdout stays readable. The format
+/// follows `serve`'s rule for a destination that is not a terminal (JSON unless
+/// `M2M_AUTHZ_LOG_FORMAT=text`); level from `M2M_AUTHZ_LOG` (default `info`).
 fn init_logging(path: &Path) -> anyhow::Result<()> {
     let file = private_files::create_truncate(path, STATE_WHAT)?;
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
+            crate::telemetry::log_layer(Mutex::new(file), false)
                 .with_filter(crate::telemetry::capped(filter)),
         )
         .try_init();
@@ -456,7 +458,9 @@ async fn run_async(
         outcome = outcome.and(Err(anyhow!("sidecar: {failure}")));
     }
     if outcome.is_ok() {
-        println!("stopped");
+        // After SIGHUP the terminal may be gone: a failed write is no reason to fail the stop.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "stopped").and_then(|()| out.flush());
     }
     outcome
 }
@@ -480,26 +484,8 @@ impl Demo<'_> {
             .context("cannot build an HTTP client")?;
         self.wait_ready(&http, envoy, sidecar, deadline).await?;
 
-        let args = CreateArgs {
-            config: ConfigArg {
-                config: self.issuer_config.clone(),
-            },
-            user_id: DEMO_USER.to_owned(),
-            scopes: DEMO_SCOPES.to_owned(),
-            name: None,
-            description: Some("created by m2m-authz demo".to_owned()),
-            metadata: None,
-            client_id: None,
-            json: false,
-        };
-        let client = tokio::task::spawn_blocking(move || crate::issuer::create_client(args))
-            .await
-            .context("client creation task failed")?
-            .context("cannot create the demo client")?;
-
-        self.first_request(&http, &client.client_id, &client.client_secret, deadline)
-            .await?;
-        self.print_banner(&client.client_id, &client.client_secret, envoy.pid)
+        let client = self.demo_client(&http, deadline).await?;
+        self.print_banner(&client.id, &client.secret, envoy.pid)
             .context("cannot write to stdout")?;
 
         tokio::select! {
@@ -565,15 +551,68 @@ impl Demo<'_> {
         }
     }
 
-    /// One allowed request through Envoy, so `ready` means the whole path works (and the token is
-    /// cached). A 5xx (e.g. Envoy's 1 s ext_authz timeout on a busy machine) is retried.
+    /// The demo client: the one saved in the state directory by an earlier run when the issuer
+    /// still accepts it, else a new one (saved for the next run). Either way one request went
+    /// through Envoy with it.
+    async fn demo_client(
+        &self,
+        http: &reqwest::Client,
+        deadline: Instant,
+    ) -> anyhow::Result<SavedClient> {
+        let saved_path = self.state.path(DEMO_CLIENT_FILE);
+        if let Some(saved) = SavedClient::read(&saved_path) {
+            match self
+                .first_request(http, &saved.id, &saved.secret, deadline)
+                .await?
+            {
+                FirstRequest::Allowed => return Ok(saved),
+                // Deleted, deactivated or rotated since: make a new one.
+                FirstRequest::Refused => {}
+            }
+        }
+        let args = CreateArgs {
+            config: ConfigArg {
+                config: self.issuer_config.clone(),
+            },
+            user_id: DEMO_USER.to_owned(),
+            scopes: DEMO_SCOPES.to_owned(),
+            name: None,
+            description: Some("created by m2m-authz demo".to_owned()),
+            metadata: None,
+            client_id: None,
+            json: false,
+        };
+        let created = tokio::task::spawn_blocking(move || crate::issuer::create_client(args))
+            .await
+            .context("client creation task failed")?
+            .context("cannot create the demo client")?;
+        let client = SavedClient {
+            id: created.client_id,
+            secret: created.client_secret,
+        };
+        write_private(&saved_path, &client.to_text())?;
+        match self
+            .first_request(http, &client.id, &client.secret, deadline)
+            .await?
+        {
+            FirstRequest::Allowed => Ok(client),
+            FirstRequest::Refused => bail!(
+                "the first request through Envoy was refused with the demo client just created (see {})",
+                self.state.shown("m2m-authz.log")
+            ),
+        }
+    }
+
+    /// One request through Envoy, so `ready` means the whole path works (and the token is
+    /// cached). A 5xx (e.g. Envoy's 1 s ext_authz timeout on a busy machine) is retried; a 401
+    /// or 403 is [`FirstRequest::Refused`].
     async fn first_request(
         &self,
         http: &reqwest::Client,
         id: &str,
         secret: &str,
         deadline: Instant,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<FirstRequest> {
         let url = format!("http://{}{DEMO_PATH}", self.ports.listener.addr());
         loop {
             let last = match http.get(&url).basic_auth(id, Some(secret)).send().await {
@@ -586,11 +625,14 @@ impl Demo<'_> {
                         if user == Some(DEMO_USER)
                             && echo.pointer("/headers/authorization").is_none()
                         {
-                            return Ok(());
+                            return Ok(FirstRequest::Allowed);
                         }
                         bail!(
                             "the first request through Envoy was not rewritten as expected: {body}"
                         );
+                    }
+                    if matches!(status.as_u16(), 401 | 403) {
+                        return Ok(FirstRequest::Refused);
                     }
                     if !status.is_server_error() {
                         bail!(
@@ -706,6 +748,41 @@ impl Demo<'_> {
     }
 }
 
+/// How the demo's first request through Envoy ended (other outcomes are errors).
+enum FirstRequest {
+    Allowed,
+    /// 401/403: the credential is not (or no longer) valid.
+    Refused,
+}
+
+/// The demo client kept in the state directory (`demo-client`, 0600 like the project secret),
+/// so every run shows the same `client_id` and secret. No `Debug`: it holds a secret.
+struct SavedClient {
+    id: String,
+    secret: String,
+}
+
+impl SavedClient {
+    /// The saved client, or `None` when the file is missing, empty, half-written or not ours
+    /// (then a new client is made and the file rewritten).
+    fn read(path: &Path) -> Option<SavedClient> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut lines = text.lines();
+        let id = lines.next()?.strip_prefix("client_id: ")?;
+        let secret = lines.next()?.strip_prefix("client_secret: ")?;
+        // Only what the issuer generates: no header-breaking byte, no `:` in the id.
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        (plain(id) && plain(secret) && lines.next().is_none()).then(|| SavedClient {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+
+    fn to_text(&self) -> String {
+        format!("client_id: {}\nclient_secret: {}\n", self.id, self.secret)
+    }
+}
+
 async fn envoy_is_live(http: &reqwest::Client, url: &str) -> bool {
     match http.get(url).timeout(Duration::from_secs(1)).send().await {
         Ok(resp) if resp.status().is_success() => {
@@ -734,6 +811,40 @@ async fn health_is_serving(addr: SocketAddr) -> bool {
         Ok(resp) => resp.into_inner().status == ServingStatus::Serving as i32,
         Err(_) => false,
     }
+}
+
+/// Makes the child ask the kernel for SIGKILL when the demo dies, however it dies (SIGKILL
+/// included, where no handler of ours runs): no Envoy is left holding the demo's ports.
+///
+/// Linux sends the parent-death signal when the *thread* that forked the child exits, not the
+/// process. The demo spawns Envoy from `run_async`, the future `block_on` drives on the main
+/// thread, which lives exactly as long as the process; this refuses any other thread, so a
+/// refactor that moves the spawn into a worker task fails loudly instead of killing Envoy when
+/// an idle thread exits.
+///
+/// The demo may die between the fork and the `prctl`; the child then checks that its parent is
+/// still the demo and does not start Envoy if it was already re-parented.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_this_process(command: &mut tokio::process::Command) -> anyhow::Result<()> {
+    use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
+    if std::thread::current().name() != Some("main") {
+        bail!("internal error: Envoy must be started from the main thread");
+    }
+    let parent = Pid::from_raw(std::process::id() as i32);
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it makes two raw system calls (prctl, getppid) and builds an
+    // `io::Error` from a raw errno, with no allocation, lock or shared state.
+    unsafe {
+        command.pre_exec(move || {
+            set_parent_process_death_signal(Some(Signal::KILL))?;
+            if getppid() != parent {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Envoy as a child process, in its own process group (so a terminal's ctrl-c reaches only the
@@ -765,6 +876,8 @@ impl Envoy {
             .kill_on_drop(true);
         #[cfg(unix)]
         command.process_group(0);
+        #[cfg(target_os = "linux")]
+        die_with_this_process(&mut command)?;
         let child = command
             .spawn()
             .with_context(|| format!("cannot start envoy {}", bin.display()))?;
@@ -885,6 +998,38 @@ mod tests {
             err.to_string(),
             format!("port {port} (sidecar gRPC) is in use; pass --grpc-port to choose another")
         );
+    }
+
+    #[test]
+    fn a_saved_client_is_read_back_and_a_damaged_file_is_not() {
+        let dir = std::env::temp_dir().join(format!("m2m-authz-demo-saved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(DEMO_CLIENT_FILE);
+        let saved = SavedClient {
+            id: "m2m-client-test-abc".to_owned(),
+            secret: "secret-test-xyz".to_owned(),
+        };
+        std::fs::write(&path, saved.to_text()).unwrap();
+        let back = SavedClient::read(&path).expect("read back");
+        assert_eq!(
+            (back.id.as_str(), back.secret.as_str()),
+            ("m2m-client-test-abc", "secret-test-xyz")
+        );
+        for damaged in [
+            "",
+            "client_id: m2m-client-test-abc\n",
+            "client_id: m2m-client-test-abc\nclient_secret: \n",
+            "client_id: a:b\nclient_secret: s\n",
+            "client_id: a\nclient_secret: s t\n",
+            "client_id: a\nclient_secret: s\nextra\n",
+            "client_secret: s\nclient_id: a\n",
+        ] {
+            std::fs::write(&path, damaged).unwrap();
+            assert!(SavedClient::read(&path).is_none(), "{damaged:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(SavedClient::read(&path).is_none(), "missing file");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]

@@ -37,10 +37,11 @@ const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read issuer config {}: {source}", path.display())]
+    /// The I/O error is said in the message, not chained as a source, so `{:#}` says it once.
+    #[error("cannot read issuer config {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid issuer config {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -51,6 +52,19 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Exposed(#[from] PrivateFileError),
+}
+
+/// The part of a sidecar config (`m2m-authz serve --config`) that holds the embedded issuer;
+/// the rest is the sidecar's and not read here (`serve` and `check-config` validate it).
+#[derive(Deserialize)]
+struct SidecarView {
+    provider: SidecarProvider,
+}
+
+#[derive(Deserialize)]
+struct SidecarProvider {
+    kind: Option<String>,
+    embedded: Option<IssuerConfig>,
 }
 
 /// What a config file holding the project secret holds, for the errors.
@@ -278,20 +292,39 @@ pub struct IssuerEndpoints {
 impl IssuerConfig {
     /// Parses YAML without touching the environment or validating; `origin`
     /// names the source in error messages.
+    ///
+    /// A sidecar config (it has `provider`) is accepted when it embeds the issuer
+    /// (`provider.kind: embedded`): its `provider.embedded` section is the issuer config, so
+    /// `clients …` and `issuer …` work on the very database and secret `serve` uses. Any other
+    /// sidecar config is refused, saying which file is needed.
     pub fn from_yaml_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError::Parse {
+        let parse_error = |(field, problem): (Option<String>, String)| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: match field {
+                Some(field) => format!("{field}: {problem}"),
+                None => problem,
+            },
+        };
+        let is_sidecar = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            .ok()
+            .and_then(|doc| doc.as_mapping().map(|m| m.contains_key("provider")))
+            .unwrap_or(false);
+        if !is_sidecar {
+            return crate::yaml::from_str(text).map_err(parse_error);
+        }
+        let sidecar: SidecarView = crate::yaml::from_str(text).map_err(parse_error)?;
+        match (sidecar.provider.kind.as_deref(), sidecar.provider.embedded) {
+            (Some("embedded"), Some(config)) => Ok(config),
+            (kind, _) => Err(ConfigError::Parse {
                 path: origin.to_owned(),
-                message: if path == "." {
-                    inner.to_string()
-                } else {
-                    format!("{path}: {inner}")
-                },
-            }
-        })
+                message: format!(
+                    "a sidecar config whose provider.kind is {}, so it holds no issuer; pass \
+                     the issuer's own config (the demo's is .demo/issuer.yaml) or a sidecar \
+                     config with provider.kind: embedded",
+                    kind.map_or_else(|| "missing".to_owned(), |k| format!("`{k}`"))
+                ),
+            }),
+        }
     }
 
     /// Reads the file, resolves a relative `database` against the file's
@@ -299,11 +332,10 @@ impl IssuerConfig {
     /// the secret in effect ([`IssuerConfig::check_file_access`]) and
     /// validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (text, meta) =
-            private_files::read_config(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        let (text, meta) = private_files::read_config(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
         let mut config = Self::from_yaml_str(&text, path)?;
         if let Some(dir) = path.parent() {
             config.resolve_paths_in(dir);

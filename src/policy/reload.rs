@@ -383,11 +383,11 @@ pub fn parse(
             problem: "the policy file is empty; it must state rules and a default".into(),
         });
     }
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    let doc: PolicyDocument = serde_path_to_error::deserialize(de).map_err(|e| PolicyError {
-        field: e.path().to_string(),
-        problem: e.into_inner().to_string(),
-    })?;
+    let doc: PolicyDocument =
+        crate::yaml::from_str(text).map_err(|(field, problem)| PolicyError {
+            field: field.unwrap_or_else(|| ".".to_owned()),
+            problem,
+        })?;
     let Some(default) = doc.default.as_ref() else {
         return Err(PolicyError {
             field: "default".into(),
