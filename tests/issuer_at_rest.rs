@@ -399,3 +399,36 @@ fn a_database_folder_its_group_or_others_can_write_is_refused() {
         assert!(out.status.success(), "{good:o}: {out:?}");
     }
 }
+
+/// A sidecar config whose embedded issuer holds the management key secret (the project secret
+/// coming from the environment) is refused when others can read it, naming that field.
+#[test]
+fn an_exposed_management_key_in_a_sidecar_config_is_named() {
+    let dir = TempDir::new("issuer-config-mode");
+    let sidecar = write_embedded_sidecar_config(dir.path(), "issuer.db", None);
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    let key = "management-key-secret-0123456789";
+    std::fs::write(
+        &sidecar,
+        format!("{text}    management:\n      key_secret: {key}\n"),
+    )
+    .unwrap();
+    set_mode(&sidecar, 0o600);
+    assert!(
+        cli_output_env(&sidecar, &["check-config"], Some(PROJECT_SECRET))
+            .status
+            .success()
+    );
+    set_mode(&sidecar, 0o644);
+    let err = one_line_error(&cli_output_env(
+        &sidecar,
+        &["check-config"],
+        Some(PROJECT_SECRET),
+    ));
+    assert!(
+        err.starts_with("error: provider.embedded.management.key_secret: "),
+        "{err}"
+    );
+    assert!(err.contains("M2M_ISSUER_MANAGEMENT_KEY_SECRET"), "{err}");
+    assert!(!err.contains(key), "{err}");
+}

@@ -120,9 +120,11 @@ impl Config {
         let config = Config::from_yaml_in(&text, path.parent())?;
         #[cfg(feature = "issuer")]
         if let Some(embedded) = &config.provider.embedded {
-            embedded.check_file_access(path, &meta).map_err(|e| {
-                ConfigError::invalid("provider.embedded.project_secret", e.to_string())
-            })?;
+            embedded
+                .check_file_access_naming(path, &meta)
+                .map_err(|(field, e)| {
+                    ConfigError::invalid(&format!("provider.embedded.{field}"), e.to_string())
+                })?;
         }
         Ok(config)
     }

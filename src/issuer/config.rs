@@ -404,8 +404,20 @@ impl IssuerConfig {
         path: &Path,
         meta: &std::fs::Metadata,
     ) -> Result<(), PrivateFileError> {
+        self.check_file_access_naming(path, meta)
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`IssuerConfig::check_file_access`], also naming the field whose secret the file
+    /// exposes (`project_secret` or `management.key_secret`).
+    pub fn check_file_access_naming(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), (&'static str, PrivateFileError)> {
         if self.secret_is_from_config() {
-            private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)?;
+            private_files::check_secret_config(path, meta, SECRET_WHAT, PROJECT_SECRET_ENV)
+                .map_err(|e| ("project_secret", e))?;
         }
         if self.management.key_secret.is_some() && !self.management.secret_overridden {
             private_files::check_secret_config(
@@ -413,7 +425,8 @@ impl IssuerConfig {
                 meta,
                 MANAGEMENT_SECRET_WHAT,
                 MANAGEMENT_KEY_SECRET_ENV,
-            )?;
+            )
+            .map_err(|e| ("management.key_secret", e))?;
         }
         Ok(())
     }
