@@ -473,3 +473,128 @@ async fn no_child_survives_any_way_the_demo_ends() {
         }
     }
 }
+
+/// The README's walkthrough, as written: every `sh` block between its `<!-- walkthrough: begin
+/// -->` and `<!-- walkthrough: end -->` markers.
+fn walkthrough_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split_once("<!-- walkthrough: begin -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- walkthrough: end -->"))
+        .map(|(section, _)| section)
+        .expect("the README's walkthrough markers");
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some((_, after)) = rest.split_once("```sh\n") {
+        let (block, after) = after.split_once("```").expect("a closed sh block");
+        blocks.push(block.to_owned());
+        rest = after;
+    }
+    blocks
+}
+
+/// What a block says it prints: its `# ⇒ TEXT` lines.
+fn expectations(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("# ⇒ "))
+        .collect()
+}
+
+/// The README's walkthrough — a backend creating one M2M client per user with Stytch's Python
+/// SDK, the seed's M2M template, the user's calls through Envoy, rotation without downtime, and
+/// the refusal of a client that tries to manage clients — run block by block in one shell
+/// against a real demo (issuer, sidecar, Envoy) in a scratch directory laid out like the
+/// repository (`target/debug/m2m-authz`, `.demo/`). Each block must print what its `# ⇒` lines
+/// say, and the shell must end without error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_walkthrough_runs_as_written() {
+    crate::needs!(Envoy);
+    crate::needs!(PythonStytch);
+    let blocks = walkthrough_blocks();
+    assert!(blocks.len() >= 5, "walkthrough blocks: {}", blocks.len());
+    let tmp = TempDir::new("walkthrough");
+    let state = tmp.join(".demo");
+    std::fs::create_dir_all(tmp.join("target/debug")).unwrap();
+    std::os::unix::fs::symlink(BIN, tmp.join("target/debug/m2m-authz")).unwrap();
+    let mut failures = Vec::new();
+    let mut demo = None;
+    for _attempt in 0..3 {
+        match start_demo(tmp.path(), &state).await {
+            Ok(running) => {
+                demo = Some(running);
+                break;
+            }
+            Err((report, retry)) => {
+                failures.push(report);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let Some(mut demo) = demo else {
+        panic!(
+            "scripts/demo did not reach ready:\n{}",
+            failures.join("\n-----\n")
+        );
+    };
+
+    let mut script = String::from("set -euo pipefail\nexec 2>&1\n");
+    for (i, block) in blocks.iter().enumerate() {
+        script.push_str(&format!("echo '@@block {i}'\n{block}\n"));
+    }
+    script.push_str("echo '@@end'\n");
+    let python = common::tools::python_stytch();
+    let path = format!(
+        "{}:{}",
+        python.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cwd = tmp.path().to_owned();
+    let (api, issuer) = (
+        format!("http://127.0.0.1:{}", demo.ports.listener),
+        format!("http://127.0.0.1:{}", demo.ports.issuer),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["120", "bash", "-c", &script])
+            .current_dir(cwd)
+            .env("PATH", path)
+            .env("API", api)
+            .env("ISSUER", issuer)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the walkthrough");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!(
+        "walkthrough output:\n{stdout}\nsidecar log:\n{}",
+        tail(&state.join("m2m-authz.log"), 20)
+    );
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("@@end"),
+        "the walkthrough failed ({:?})\n{context}",
+        out.status
+    );
+    for (i, block) in blocks.iter().enumerate() {
+        let printed = stdout
+            .split(&format!("@@block {i}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("@@").next())
+            .unwrap_or_default();
+        for want in expectations(block) {
+            assert!(
+                printed.contains(want),
+                "block {i} did not print {want:?}\n{context}"
+            );
+        }
+    }
+    // The secrets the walkthrough handled are not in the sidecar's log.
+    let log = std::fs::read_to_string(state.join("m2m-authz.log")).unwrap_or_default();
+    assert!(!log.contains("secret-test-"), "a client secret in the log");
+    demo.child.stop();
+}

@@ -58,6 +58,9 @@ const DEMO_USER: &str = "user-demo-1";
 /// The demo client's id and secret, kept between runs in the state directory.
 const DEMO_CLIENT_FILE: &str = "demo-client";
 const DEMO_SCOPES: &str = "read:orders write:orders";
+/// The M2M template a new demo database starts with: the one Stytch's M2M guides use, reading
+/// the user's id from `trusted_metadata.stytch_user_id`.
+const DEMO_TEMPLATE: &str = r#"{"user_id": {{ client.trusted_metadata.stytch_user_id }}}"#;
 const PROJECT_ID: &str = "project-test-demo";
 /// What the state directory's files hold, for permission errors.
 const STATE_WHAT: &str = "the demo's state (project secret, issuer database)";
@@ -288,8 +291,11 @@ impl StateDir {
                  listen: {issuer_listen}\n\
                  database: {database}\n\
                  project_id: {PROJECT_ID}\n\
-                 project_secret: {secret}\n",
-                self.shown("issuer.yaml")
+                 project_secret: {secret}\n\
+                 # The template a new database starts with (later ones: `issuer template set`).\n\
+                 claims_template: {template}\n",
+                self.shown("issuer.yaml"),
+                template = quoted(DEMO_TEMPLATE),
             ),
         )?;
 
@@ -298,8 +304,10 @@ impl StateDir {
              # embedded issuer. `m2m-authz serve --config` on this file runs the same sidecar.\n\
              listen:\n  grpc: {grpc}\n  admin: {admin}\n  drain_timeout: {drain}s\n\
              provider:\n  kind: embedded\n  embedded:\n    listen: {issuer_listen}\n    \
-             database: {database}\n    project_id: {PROJECT_ID}\n    project_secret: {secret}\n",
+             database: {database}\n    project_id: {PROJECT_ID}\n    project_secret: {secret}\n    \
+             claims_template: {template}\n",
             grpc = quoted(&ports.grpc.addr().to_string()),
+            template = quoted(DEMO_TEMPLATE),
             admin = quoted(&ports.metrics.addr().to_string()),
             drain = DRAIN_TIMEOUT.as_secs(),
         );
