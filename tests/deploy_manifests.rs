@@ -760,6 +760,54 @@ fn probe_port(container: &Value, probe: &Value, what: &str) -> u16 {
     }
 }
 
+/// An image reference that cannot move: `@sha256:` plus 64 hex digits, or a
+/// full `[v]MAJOR.MINOR.PATCH[-suffix]` version tag (not `latest`, `1`, `1.0`,
+/// `stable`, `alpine`: tags that are re-pointed as releases come out).
+fn image_is_pinned(image: &str) -> bool {
+    if let Some((_, digest)) = image.split_once("@sha256:") {
+        return digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    let Some(tag) = image
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .filter(|t| !t.contains('/'))
+    else {
+        return false;
+    };
+    let version = tag.strip_prefix('v').unwrap_or(tag);
+    let version = version.split_once('-').map_or(version, |(v, _)| v);
+    let parts: Vec<&str> = version.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[test]
+fn image_pinning_rule() {
+    for pinned in [
+        "envoyproxy/envoy:v1.40.0",
+        "registry.example.com:5000/m2m-authz:0.1.0",
+        "hashicorp/http-echo:1.0.0",
+        "redis:7.4.1-bookworm",
+        "gcr.io/distroless/cc-debian12@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(image_is_pinned(pinned), "{pinned}");
+    }
+    for floating in [
+        "m2m-authz",
+        "envoyproxy/envoy:latest",
+        "hashicorp/http-echo:1.0",
+        "redis:7",
+        "registry.example.com:5000/m2m-authz",
+        "gcr.io/distroless/cc-debian12:nonroot",
+        "x@sha256:abc",
+        "x:1..2",
+    ] {
+        assert!(!image_is_pinned(floating), "{floating}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -922,7 +970,7 @@ fn m2m_authz_configs_pass_check_config() {
     for file in [
         "deploy/kubernetes/m2m-authz.yaml",
         "deploy/kubernetes/shared-service/m2m-authz.yaml",
-        "deploy/kubernetes/components/config-in-secret/m2m-authz.yaml",
+        "deploy/kubernetes/components/shared-cache/m2m-authz.yaml",
     ] {
         let out = run(Command::new(binary)
             .arg("check-config")
@@ -1039,13 +1087,9 @@ fn check_pod(r: &Rendered, pod: &Value, what: &str) {
         }
         at(c, &["resources", "limits", "memory"], &what);
         let image = str_at(c, &["image"], &what);
-        let tag = image
-            .rsplit_once(':')
-            .map(|(_, t)| t)
-            .filter(|t| !t.contains('/'));
         assert!(
-            matches!(tag, Some(t) if t != "latest") || image.contains("@sha256:"),
-            "{what}: image {image:?} must be pinned to a tag or digest"
+            image_is_pinned(image),
+            "{what}: image {image:?} must be pinned to a full version tag (MAJOR.MINOR.PATCH) or a digest"
         );
         if let Some(seconds) = opt(c, &["lifecycle", "preStop", "sleep", "seconds"]) {
             pre_stop = pre_stop.max(Duration::from_secs(seconds.as_u64().unwrap()));
@@ -1261,24 +1305,127 @@ fn shared_service_is_wired_together() {
         port
     );
 
-    // The Check port is open to chosen peers only: every ingress rule names
-    // its peers, and one of them admits the Check port.
-    let policy = r.object("NetworkPolicy", "m2m-authz");
-    let ingress = seq_at(policy, &["spec", "ingress"], what);
-    let mut check_port_admitted = false;
-    for rule in ingress {
+    // NetworkPolicies: the Check port admits exactly the Pods labelled as
+    // check clients; the admin port exactly the monitoring namespace.
+    let admin_port = listen.admin.clone().expect("listen.admin").1;
+    let selects_m2m_authz = |p: &Value| {
+        at(p, &["spec", "podSelector", "matchLabels"], what)
+            == at(
+                r.deployment(),
+                &["spec", "template", "metadata", "labels"],
+                what,
+            )
+    };
+    let mut admitted: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+    for policy in r.objects("NetworkPolicy") {
         assert!(
-            !seq_at(rule, &["from"], what).is_empty(),
-            "{what}: NetworkPolicy rule without peers"
+            selects_m2m_authz(policy),
+            "{what}: NetworkPolicy selects m2m-authz's Pods"
         );
-        for p in seq_at(rule, &["ports"], what) {
-            check_port_admitted |= u64_at(p, &["port"], what) as u16 == port;
+        for rule in seq_at(policy, &["spec", "ingress"], what) {
+            let peers = seq_at(rule, &["from"], what);
+            assert!(
+                !peers.is_empty(),
+                "{what}: NetworkPolicy rule without peers"
+            );
+            for p in seq_at(rule, &["ports"], what) {
+                admitted
+                    .entry(u64_at(p, &["port"], what) as u16)
+                    .or_default()
+                    .extend(peers.iter().cloned());
+            }
         }
     }
-    assert!(
-        check_port_admitted,
-        "{what}: NetworkPolicy never admits port {port}"
+    let check_peer: Value =
+        serde_yaml_ng::from_str("podSelector: {matchLabels: {m2m-authz/check-client: \"true\"}}")
+            .unwrap();
+    let monitoring_peer: Value = serde_yaml_ng::from_str(
+        "namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}",
+    )
+    .unwrap();
+    assert_eq!(
+        admitted,
+        BTreeMap::from([
+            (port, vec![check_peer]),
+            (admin_port, vec![monitoring_peer])
+        ]),
+        "{what}: who may connect to which port"
     );
+    let readme = read(&repo_path("deploy/README.md"));
+    assert!(
+        readme.contains("m2m-authz/check-client"),
+        "deploy/README.md must document the check-client label"
+    );
+
+    // A fail-closed dependency: HPA on CPU over this Deployment, a shipped
+    // PriorityClass, spread over zones and nodes, memory requested in full,
+    // CPU requested from the benchmarks.
+    let deployment = r.deployment();
+    let hpa = r.object("HorizontalPodAutoscaler", "m2m-authz");
+    assert_eq!(str_at(hpa, &["apiVersion"], what), "autoscaling/v2");
+    let target = at(hpa, &["spec", "scaleTargetRef"], what);
+    assert_eq!(str_at(target, &["kind"], what), "Deployment");
+    assert_eq!(
+        str_at(target, &["name"], what),
+        str_at(deployment, &["metadata", "name"], what)
+    );
+    let min = u64_at(hpa, &["spec", "minReplicas"], what);
+    assert!(
+        min >= 2,
+        "{what}: minReplicas {min}: one replica is a single point of failure"
+    );
+    assert!(u64_at(hpa, &["spec", "maxReplicas"], what) > min);
+    let metrics = seq_at(hpa, &["spec", "metrics"], what);
+    assert!(
+        metrics
+            .iter()
+            .any(
+                |m| opt(m, &["resource", "name"]).and_then(Value::as_str) == Some("cpu")
+                    && opt(m, &["resource", "target", "type"]).and_then(Value::as_str)
+                        == Some("Utilization")
+            ),
+        "{what}: the HPA scales on CPU utilization"
+    );
+    let class = str_at(&pod, &["priorityClassName"], what);
+    let priority = r.object("PriorityClass", class);
+    let value = u64_at(priority, &["value"], what);
+    assert!(
+        value > 0 && value < 1_000_000_000,
+        "{what}: priority {value}: above ordinary workloads, below the system classes"
+    );
+    assert_ne!(
+        priority.get("globalDefault").and_then(Value::as_bool),
+        Some(true)
+    );
+    let keys: BTreeSet<&str> = seq_at(&pod, &["topologySpreadConstraints"], what)
+        .iter()
+        .map(|c| {
+            assert_eq!(
+                at(c, &["labelSelector", "matchLabels"], what),
+                at(deployment, &["spec", "selector", "matchLabels"], what),
+                "{what}: spread counts this Deployment's Pods"
+            );
+            str_at(c, &["topologyKey"], what)
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["topology.kubernetes.io/zone", "kubernetes.io/hostname"]),
+        "{what}: spread over zones and nodes"
+    );
+    let resources = at(m2m, &["resources"], what);
+    assert_eq!(
+        memory_bytes(str_at(resources, &["requests", "memory"], what), what),
+        memory_bytes(str_at(resources, &["limits", "memory"], what), what),
+        "{what}: memory requested up to the limit"
+    );
+    let cpu = millicores(str_at(resources, &["requests", "cpu"], what), what);
+    assert!(
+        (250..=2000).contains(&cpu),
+        "{what}: cpu request {cpu}m (500m = about 7k cached checks/s at 14.3k per core)"
+    );
+    let config = yaml_one(&m2m_authz_config(r), what);
+    check_cache_sized_for_limit(r, &config, what);
 }
 
 /// deploy/istio: parse every file; the AuthorizationPolicy is CUSTOM with a
@@ -1477,4 +1624,359 @@ fn secret_and_config_volumes_are_owner_and_group_only() {
         }
     }
     assert!(checked >= 3, "only {checked} secret/config volumes found");
+}
+
+// ---------------------------------------------------------------------------
+// Issue 20: components that compose, the shared service, images
+
+const SHARED_CACHE_COMPONENT: &str = "deploy/kubernetes/components/shared-cache";
+/// The Secret the operator creates for the shared cache (never shipped).
+const SHARED_CACHE_SECRET: &str = "m2m-authz-shared-cache";
+/// Worst-case memory per cached credential (BENCHMARKS.md: 1,190 B at 1M
+/// entries with the access token kept), and what the runtime needs besides.
+const BYTES_PER_CACHED_CREDENTIAL: u64 = 1_190;
+const RUNTIME_HEADROOM_BYTES: u64 = 64 << 20;
+
+/// `resources` plus `components`, in this order, in an overlay outside
+/// deploy/ (as an operator's own overlay would be).
+fn render_overlay(resources: &[&str], components: &[&str]) -> Rendered {
+    let overlay = TempDir::new("kustomize-combination");
+    let list = |dirs: &[&str]| -> String {
+        dirs.iter()
+            .map(|d| {
+                format!(
+                    "  - {}\n",
+                    relative_path(overlay.path(), &repo_path(d)).display()
+                )
+            })
+            .collect()
+    };
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{}components:\n{}",
+            list(resources),
+            list(components)
+        ),
+    )
+    .expect("write overlay");
+    let text = run_ok(Command::new(kubectl()).arg("kustomize").arg(overlay.path()));
+    let dir = format!("{} + {}", resources.join(" + "), components.join(" + "));
+    let docs = yaml_docs(&text, &dir);
+    Rendered { dir, text, docs }
+}
+
+/// A Kubernetes memory quantity (`256Mi`, `1Gi`, plain bytes) in bytes.
+fn memory_bytes(quantity: &str, what: &str) -> u64 {
+    let (digits, unit) = quantity.split_at(
+        quantity
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(quantity.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: memory {quantity:?}"));
+    n * match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => panic!("{what}: memory unit {other:?}"),
+    }
+}
+
+/// A CPU quantity (`500m`, `2`) in millicores.
+fn millicores(quantity: &str, what: &str) -> u64 {
+    match quantity.strip_suffix('m') {
+        Some(m) => m.parse(),
+        None => quantity.parse::<u64>().map(|c| c * 1000),
+    }
+    .unwrap_or_else(|_| panic!("{what}: cpu {quantity:?}"))
+}
+
+/// m2m-authz's `cache.max_entries` in a Pod is set explicitly, and its
+/// memory limit covers that many worst-case entries plus the runtime.
+fn check_cache_sized_for_limit(r: &Rendered, config: &Value, what: &str) -> u64 {
+    let max_entries = u64_at(config, &["cache", "max_entries"], what);
+    let pod = pod_spec(r.deployment(), what);
+    let limit = memory_bytes(
+        str_at(
+            container(&pod, "m2m-authz", what),
+            &["resources", "limits", "memory"],
+            what,
+        ),
+        what,
+    );
+    assert!(
+        max_entries * BYTES_PER_CACHED_CREDENTIAL + RUNTIME_HEADROOM_BYTES <= limit,
+        "{what}: cache.max_entries {max_entries} needs about {} MiB; the memory limit is {} MiB",
+        (max_entries * BYTES_PER_CACHED_CREDENTIAL + RUNTIME_HEADROOM_BYTES) >> 20,
+        limit >> 20
+    );
+    max_entries
+}
+
+/// The config `cache.shared` with everything else equal to `base`.
+fn without_shared_cache(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(cache) = config.get_mut("cache").and_then(Value::as_mapping_mut) {
+        cache.remove("shared");
+    }
+    config
+}
+
+/// Every combination deploy/README.md offers renders, validates, and yields
+/// the config it promises: config-in-secret holds exactly the config of the
+/// same overlay without it; shared-cache adds `cache.shared` (no URL, no key:
+/// those come from the operator's Secret) and nothing else; both, in either
+/// order, give the same objects; `cache.max_entries` never moves away from
+/// what the memory limit was sized for; no Secret value is shipped.
+#[test]
+fn components_compose_into_the_config_they_promise() {
+    crate::needs!(Kubectl, KubernetesValidate);
+    let base = rendered_dir(BASE);
+    let base_config = yaml_one(&m2m_authz_config(base), BASE);
+    let base_entries = check_cache_sized_for_limit(base, &base_config, BASE);
+
+    let secret = render_overlay(&[BASE], &[SECRET_COMPONENT]);
+    let cache = render_overlay(&[BASE], &[SHARED_CACHE_COMPONENT]);
+    let both = render_overlay(&[BASE], &[SECRET_COMPONENT, SHARED_CACHE_COMPONENT]);
+    let both_reversed = render_overlay(&[BASE], &[SHARED_CACHE_COMPONENT, SECRET_COMPONENT]);
+    let combinations = [&secret, &cache, &both, &both_reversed];
+
+    // Either order: the same objects, byte for byte.
+    assert_eq!(
+        both.text, both_reversed.text,
+        "config-in-secret and shared-cache must give the same result in either order"
+    );
+
+    for r in combinations {
+        let what = r.dir.as_str();
+        let pod = pod_spec(r.deployment(), what);
+        let sidecar = container(&pod, "m2m-authz", what);
+        let (kind, name) =
+            mounted_source(&pod, sidecar, flag_value(sidecar, "--config", what), what);
+        let in_secret = r.dir.contains(SECRET_COMPONENT);
+        let with_cache = r.dir.contains(SHARED_CACHE_COMPONENT);
+        assert_eq!(
+            kind,
+            if in_secret { "Secret" } else { "ConfigMap" },
+            "{what}: the config's holder"
+        );
+        let config = yaml_one(&m2m_authz_config(r), what);
+        assert_eq!(
+            check_cache_sized_for_limit(r, &config, what),
+            base_entries,
+            "{what}: cache.max_entries must stay what the base's memory limit was sized for"
+        );
+        // The rest of the Pod is wired as in the base.
+        sidecar_pod_wiring(r);
+
+        // Nothing but the config's one holder: no stray ConfigMap or helper.
+        let holders: Vec<String> = r
+            .objects("ConfigMap")
+            .into_iter()
+            .chain(r.objects("Secret"))
+            .filter(|o| files_of(o, what).contains_key(M2M_AUTHZ_CONFIG_KEY))
+            .map(|o| str_at(o, &["metadata", "name"], what).to_owned())
+            .collect();
+        assert_eq!(holders, [name.clone()], "{what}: one config holder");
+        if in_secret {
+            assert_eq!(
+                opt(&pod, &["volumes"])
+                    .and_then(Value::as_sequence)
+                    .and_then(|v| v.iter().find(|v| opt(v, &["secret", "secretName"])
+                        .and_then(Value::as_str)
+                        == Some(name.as_str())))
+                    .and_then(|v| opt(v, &["secret", "optional"]))
+                    .and_then(Value::as_bool),
+                Some(false),
+                "{what}: the config Secret volume must not be optional"
+            );
+        }
+
+        // What each variant promises about the config itself.
+        if with_cache {
+            let shared = at(&config, &["cache", "shared"], what);
+            for key in ["url", "fleet_key"] {
+                assert!(
+                    shared.get(key).is_none(),
+                    "{what}: cache.shared.{key} must come from the operator's Secret, not the config"
+                );
+            }
+            assert_eq!(
+                without_shared_cache(&config),
+                base_config,
+                "{what}: the shared-cache config must be the base's plus cache.shared"
+            );
+        } else {
+            assert_eq!(
+                config, base_config,
+                "{what}: must hold the base's config unchanged"
+            );
+        }
+
+        // Secrets are referenced, never shipped: the shared cache's Secret is
+        // not rendered, and its references are not optional (a missing
+        // Secret keeps the Pod from starting: CreateContainerConfigError).
+        assert!(
+            r.objects("Secret")
+                .iter()
+                .all(|s| str_at(s, &["metadata", "name"], what) != SHARED_CACHE_SECRET),
+            "{what}: Secret {SHARED_CACHE_SECRET} must be created by the operator, not shipped"
+        );
+        for s in r.objects("Secret") {
+            let keys: BTreeSet<String> = files_of(s, what).into_keys().collect();
+            assert_eq!(
+                keys,
+                BTreeSet::from([M2M_AUTHZ_CONFIG_KEY.to_owned()]),
+                "{what}: a shipped Secret may only hold the config file"
+            );
+        }
+        let env = sidecar
+            .get("env")
+            .and_then(Value::as_sequence)
+            .cloned()
+            .unwrap_or_default();
+        let refs: BTreeMap<String, (String, String, Option<bool>)> = env
+            .iter()
+            .filter_map(|e| {
+                let r = opt(e, &["valueFrom", "secretKeyRef"])?;
+                Some((
+                    str_at(e, &["name"], what).to_owned(),
+                    (
+                        str_at(r, &["name"], what).to_owned(),
+                        str_at(r, &["key"], what).to_owned(),
+                        r.get("optional").and_then(Value::as_bool),
+                    ),
+                ))
+            })
+            .collect();
+        let want: BTreeMap<String, (String, String, Option<bool>)> = if with_cache {
+            [
+                ("M2M_AUTHZ_FLEET_KEY", "fleet-key"),
+                ("M2M_AUTHZ_REDIS_URL", "redis-url"),
+            ]
+            .into_iter()
+            .map(|(env, key)| {
+                (
+                    env.to_owned(),
+                    (SHARED_CACHE_SECRET.to_owned(), key.to_owned(), Some(false)),
+                )
+            })
+            .collect()
+        } else {
+            BTreeMap::new()
+        };
+        assert_eq!(refs, want, "{what}: Secret references of m2m-authz");
+    }
+
+    // The shared-cache file is the base's plus cache.shared.
+    let source = yaml_one(
+        &read(&repo_path(&format!(
+            "{SHARED_CACHE_COMPONENT}/m2m-authz.yaml"
+        ))),
+        SHARED_CACHE_COMPONENT,
+    );
+    assert_eq!(without_shared_cache(&source), base_config);
+
+    // Every combination validates, and its config passes check-config.
+    let validate = kubernetes_validate();
+    let dir = TempDir::new("combinations");
+    let binary = env!("CARGO_BIN_EXE_m2m-authz");
+    for (i, r) in combinations.iter().enumerate() {
+        let config = dir.join(&format!("config-{i}.yaml"));
+        std::fs::write(&config, m2m_authz_config(r)).expect("write config");
+        let out = run(Command::new(binary)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config));
+        assert!(
+            out.success,
+            "{}: check-config:\n{}{}",
+            r.dir, out.stdout, out.stderr
+        );
+        let file = dir.join(&format!("rendered-{i}.yaml"));
+        std::fs::write(&file, &r.text).expect("write rendered");
+        for version in KUBERNETES_VERSIONS {
+            let out = run(Command::new(&validate)
+                .arg("--strict")
+                .args(["-k", version])
+                .arg(&file));
+            assert!(
+                out.success && !out.stdout.contains("WARN"),
+                "{} on {version}:\n{}{}",
+                r.dir,
+                out.stdout,
+                out.stderr
+            );
+            assert_eq!(
+                out.stdout.matches(" passed for resource ").count(),
+                r.docs.len(),
+                "{}: not every object validated",
+                r.dir
+            );
+        }
+    }
+}
+
+/// deploy/Dockerfile: every FROM takes its image from a digest or from one of
+/// the image ARGs the release process pins by digest; the OCI labels come
+/// from build args; the builder runs on the build platform and compiles for
+/// TARGETARCH.
+#[test]
+fn dockerfile_pins_bases_labels_and_builds_multi_arch() {
+    let text = read(&repo_path("deploy/Dockerfile"));
+    // Joined continuation lines.
+    let text = text.replace("\\\n", " ");
+    let image_args = ["RUST_IMAGE", "RUNTIME_IMAGE"];
+    let mut stages = BTreeSet::new();
+    let mut froms = 0;
+    for line in text.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("FROM ") else {
+            continue;
+        };
+        froms += 1;
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let image = words
+            .iter()
+            .find(|w| !w.starts_with("--"))
+            .expect("FROM image");
+        let pinned = image.contains("@sha256:")
+            || stages.contains(*image)
+            || image_args.iter().any(|a| *image == format!("${{{a}}}"));
+        assert!(
+            pinned,
+            "Dockerfile: FROM {image}: pin by digest or use one of {image_args:?}"
+        );
+        if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
+            stages.insert(words[i + 1].to_owned());
+        }
+    }
+    assert!(froms >= 2, "Dockerfile: {froms} FROM lines");
+    for arg in image_args {
+        assert!(
+            text.contains(&format!("--build-arg {arg}=")) && text.contains("@sha256:<digest>"),
+            "Dockerfile: the release command must pin {arg} by digest"
+        );
+    }
+    for (label, arg) in [
+        ("org.opencontainers.image.version", "VERSION"),
+        ("org.opencontainers.image.revision", "REVISION"),
+        ("org.opencontainers.image.source", "SOURCE"),
+    ] {
+        assert!(
+            text.contains(&format!("{label}=\"${{{arg}}}\""))
+                && text.contains(&format!("ARG {arg}")),
+            "Dockerfile: LABEL {label} from ARG {arg}"
+        );
+    }
+    assert!(
+        text.contains("FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS builder")
+            && text.contains("ARG TARGETARCH"),
+        "Dockerfile: the builder cross-compiles from the build platform for TARGETARCH"
+    );
+    for stale in ["planned", "Nothing else is read and nothing is written"] {
+        assert!(!text.contains(stale), "Dockerfile: stale comment {stale:?}");
+    }
 }
