@@ -1780,7 +1780,11 @@ fn components_compose_into_the_config_they_promise() {
             .filter(|o| files_of(o, what).contains_key(M2M_AUTHZ_CONFIG_KEY))
             .map(|o| str_at(o, &["metadata", "name"], what).to_owned())
             .collect();
-        assert_eq!(holders, [name.clone()], "{what}: one config holder");
+        assert_eq!(
+            holders,
+            std::slice::from_ref(&name),
+            "{what}: one config holder"
+        );
         if in_secret {
             assert_eq!(
                 opt(&pod, &["volumes"])
