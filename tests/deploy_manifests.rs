@@ -1094,6 +1094,20 @@ fn check_pod(r: &Rendered, pod: &Value, what: &str) {
         if let Some(seconds) = opt(c, &["lifecycle", "preStop", "sleep", "seconds"]) {
             pre_stop = pre_stop.max(Duration::from_secs(seconds.as_u64().unwrap()));
         }
+        // Envoy's drain hook: `envoy-drain.sh ADMIN_PORT MIN_SECONDS MAX_SECONDS`.
+        if let Some(command) = opt(c, &["lifecycle", "preStop", "exec", "command"]) {
+            let command = command.as_sequence().unwrap();
+            let is_drain = command
+                .iter()
+                .any(|a| a.as_str().is_some_and(|a| a.ends_with("/envoy-drain.sh")));
+            assert!(is_drain, "{what}: unknown preStop command {command:?}");
+            let max: u64 = command
+                .last()
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: envoy-drain.sh needs MAX_SECONDS last"));
+            pre_stop = pre_stop.max(Duration::from_secs(max));
+        }
     }
 
     // Containers stop in parallel (after their preStop), then native
