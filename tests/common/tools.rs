@@ -1,5 +1,5 @@
 //! The external programs some tests drive (Envoy, oidc-provider on Node, redis-server, kubectl,
-//! kubernetes-validate, Stytch's Python and Node SDKs), found in one place, and what a test does when one is missing.
+//! kubernetes-validate, promtool, Stytch's Python and Node SDKs), found in one place, and what a test does when one is missing.
 //!
 //! A test that needs tools starts with `needs!(Envoy)` (or several: `needs!(Kubectl, Envoy)`).
 //! When a tool is missing, plain `cargo test` leaves that test out and says so on stderr —
@@ -21,6 +21,8 @@ pub const NODE_ENV: &str = "M2M_AUTHZ_NODE";
 pub const REDIS_ENV: &str = "M2M_AUTHZ_REDIS_SERVER";
 /// The `kubectl` executable (default: `kubectl` on PATH).
 pub const KUBECTL_ENV: &str = "KUBECTL";
+/// The `promtool` executable (default: `promtool` on PATH).
+pub const PROMTOOL_ENV: &str = "M2M_AUTHZ_PROMTOOL";
 
 /// Leaves the calling test out (returns from it) unless every named [`Tool`] is present; see the
 /// module docs. `needs!(Envoy)`, `needs!(Kubectl, KubernetesValidate)`.
@@ -52,6 +54,8 @@ pub enum Tool {
     NodeStytch,
     /// Stytch's Management SDK (PyPI `stytch-management`) beside `stytch` in `.tools/venv`.
     PythonStytchManagement,
+    /// Prometheus's `promtool` (`$M2M_AUTHZ_PROMTOOL` or PATH; Debian package `prometheus`).
+    Promtool,
 }
 
 impl Tool {
@@ -65,6 +69,7 @@ impl Tool {
             Tool::PythonStytch => "Stytch's Python SDK",
             Tool::NodeStytch => "Stytch's Node SDK",
             Tool::PythonStytchManagement => "Stytch's Python Management SDK",
+            Tool::Promtool => "promtool",
         }
     }
 
@@ -84,6 +89,9 @@ impl Tool {
                 "run scripts/tools (Debian package redis-server), or set {REDIS_ENV} to the binary"
             ),
             Tool::Kubectl => format!("install kubectl, or set {KUBECTL_ENV} to the binary"),
+            Tool::Promtool => format!(
+                "run scripts/tools (Debian package prometheus), or set {PROMTOOL_ENV} to the binary"
+            ),
         }
     }
 
@@ -98,6 +106,7 @@ impl Tool {
             }
             Tool::RedisServer => runnable(program(REDIS_ENV, "redis-server"), &["--version"]),
             Tool::Kubectl => runnable(program(KUBECTL_ENV, "kubectl"), &["version", "--client"]),
+            Tool::Promtool => runnable(program(PROMTOOL_ENV, "promtool"), &["--version"]),
             Tool::PythonStytch => runnable(
                 existing(tools_dir().join("venv/bin/python"))?,
                 &["-c", "import stytch"],
@@ -221,6 +230,11 @@ pub fn redis_server() -> PathBuf {
 /// The `kubectl` executable: `$KUBECTL` or `kubectl` from PATH.
 pub fn kubectl() -> PathBuf {
     Tool::Kubectl.path()
+}
+
+/// The `promtool` executable: `$M2M_AUTHZ_PROMTOOL` or `promtool` from PATH.
+pub fn promtool() -> PathBuf {
+    Tool::Promtool.path()
 }
 
 /// The `kubernetes-validate` executable in `.tools/venv`.
