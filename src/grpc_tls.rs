@@ -463,7 +463,7 @@ mod tests {
             ("listen: {tls: {cert_file: c}}", "listen.tls"),
             (
                 "listen: {tls: {cert_file: c, key_file: k, ca_file: x}}",
-                "listen.tls",
+                "listen.tls.ca_file",
             ),
         ] {
             let yaml = format!(
