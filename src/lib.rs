@@ -37,6 +37,7 @@ pub mod exchange;
 pub mod ext_authz;
 pub mod features;
 pub mod flight;
+pub mod grpc_tls;
 mod http_body;
 pub mod identity;
 #[cfg(feature = "issuer")]
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod otel;
 pub mod outcome;
 pub mod policy;
+pub mod private_files;
 pub mod provider;
 pub mod request;
 pub mod server;

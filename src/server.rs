@@ -25,6 +25,7 @@ use crate::authorizer::{Authorizer, BuildError, Parts};
 use crate::config::ProviderKind;
 use crate::config::{Config, ListenAddr, parse_admin_listen, parse_listen};
 use crate::ext_authz::ExtAuthz;
+use crate::grpc_tls::GrpcTls;
 #[cfg(feature = "issuer")]
 use crate::issuer::{Issuer, IssuerError};
 use crate::metrics::Metrics;
@@ -86,17 +87,23 @@ impl From<TcpListener> for Listener {
 pub struct Prepared {
     authorizer: Arc<Authorizer>,
     grpc: ListenAddr,
+    grpc_tls: Option<GrpcTls>,
     admin: SocketAddr,
     #[cfg(feature = "issuer")]
     issuer: Option<Issuer>,
 }
 
 /// Builds and checks everything `serve` needs (see the module docs), binding nothing.
-pub async fn prepare(config: &Config, settings: Settings) -> Result<Prepared, ServeError> {
+pub async fn prepare(config: &Config, mut settings: Settings) -> Result<Prepared, ServeError> {
     let listen = |field, problem| ServeError::Listen { field, problem };
     let grpc = parse_listen(&config.listen.grpc).map_err(|p| listen(GRPC_FIELD, p))?;
+    let grpc_tls = settings.grpc_tls.take();
     if let ListenAddr::Unix(path) = &grpc {
         check_socket_path(path).map_err(|p| listen(GRPC_FIELD, p))?;
+        if grpc_tls.is_some() {
+            // `ListenConfig::validate` says so first; settings built by hand meet this.
+            return Err(listen("listen.tls", "TLS is for a TCP listen.grpc".into()));
+        }
     }
     let admin = parse_admin_listen(&config.listen.admin).map_err(|p| listen(ADMIN_FIELD, p))?;
     let authorizer = Arc::new(Authorizer::from_settings(
@@ -119,6 +126,7 @@ pub async fn prepare(config: &Config, settings: Settings) -> Result<Prepared, Se
     Ok(Prepared {
         authorizer,
         grpc,
+        grpc_tls,
         admin,
         #[cfg(feature = "issuer")]
         issuer,
@@ -180,6 +188,7 @@ impl Prepared {
         Ok(Bound {
             authorizer: self.authorizer,
             grpc,
+            grpc_tls: self.grpc_tls,
             admin,
             socket,
             #[cfg(feature = "issuer")]
@@ -269,6 +278,7 @@ impl OurSocket {
 pub struct Bound {
     authorizer: Arc<Authorizer>,
     grpc: Listener,
+    grpc_tls: Option<GrpcTls>,
     admin: TcpListener,
     socket: Option<OurSocket>,
     #[cfg(feature = "issuer")]
@@ -291,6 +301,7 @@ impl Bound {
         let Bound {
             authorizer,
             grpc,
+            grpc_tls,
             admin,
             socket,
             #[cfg(feature = "issuer")]
@@ -351,8 +362,18 @@ impl Bound {
             .add_service(AuthorizationServer::new(
                 ExtAuthz::new(authorizer).with_metrics(metrics),
             ));
-        match grpc {
-            Listener::Tcp(l) => {
+        let tls = match &grpc_tls {
+            None => "off",
+            Some(t) if t.requires_client_certs() => "mtls",
+            Some(_) => "on",
+        };
+        match (grpc, grpc_tls) {
+            (Listener::Tcp(l), Some(grpc_tls)) => {
+                supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
+                    router.serve_with_incoming_shutdown(grpc_tls.incoming(l), stop)
+                })
+            }
+            (Listener::Tcp(l), None) => {
                 supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
                     router.serve_with_incoming_shutdown(
                         // Checks are small request/response pairs: without TCP_NODELAY, Nagle's
@@ -362,14 +383,17 @@ impl Bound {
                     )
                 })
             }
-            Listener::Unix(l) => supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
-                router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
-            }),
+            // `prepare` refuses TLS with a socket.
+            (Listener::Unix(l), _) => {
+                supervisor.spawn_server(Stage::Checks, "gRPC server", |stop| {
+                    router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                })
+            }
         }
         if let Some(socket) = socket {
             supervisor.on_stop("remove the Check socket", move || socket.remove());
         }
-        tracing::info!(addr = %grpc_addr, "m2m-authz listening for ext_authz checks");
+        tracing::info!(addr = %grpc_addr, tls, "m2m-authz listening for ext_authz checks");
     }
 
     fn addr_of(l: &Listener) -> String {

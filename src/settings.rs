@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::cache::CacheSettings;
 use crate::config::{Config, ConfigError, ProviderConfig, ResolvedProvider};
+use crate::grpc_tls::GrpcTls;
 use crate::identity::IdentityMap;
 use crate::policy::reload::LivePolicy;
 
@@ -26,6 +27,8 @@ pub struct Settings {
     /// Read from `policy.file` when there is one; the watcher reloads it from there.
     pub policy: LivePolicy,
     pub cache: CacheSettings,
+    /// `listen.tls`, its files read and checked; `None` serves Check in plain text.
+    pub grpc_tls: Option<GrpcTls>,
 }
 
 impl Settings {
@@ -48,11 +51,13 @@ impl Settings {
             &config.provider_names(),
         )
         .map_err(|e| ConfigError::invalid(&e.field, e.problem))?;
+        let grpc_tls = config.listen.tls.as_ref().map(GrpcTls::load).transpose()?;
         Ok(Settings {
             providers,
             identity,
             policy,
             cache: CacheSettings::from(&config.cache),
+            grpc_tls,
         })
     }
 }

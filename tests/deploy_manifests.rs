@@ -11,7 +11,8 @@
 //! - ports, names and mounts agree between the manifests, the Envoy bootstrap
 //!   and the m2m-authz config, and every Pod is locked down;
 //! - the Istio files (no schemas here) parse and agree with each other and
-//!   with the shared Service.
+//!   with the shared Service: the CUSTOM provider, path normalization, STRICT
+//!   mTLS, the ALLOW policy's ports and principals, the provider's egress.
 //!
 //! Needs `kubectl` on PATH (or `$KUBECTL`) and `scripts/tools` (Envoy and
 //! kubernetes-validate in .tools/venv): without them each test says what it
@@ -1479,16 +1480,7 @@ fn shared_service_is_wired_together() {
 fn istio_provider_policy_and_service_agree() {
     crate::needs!(Kubectl);
     let dir = repo_path(ISTIO);
-    let mut docs: Vec<(String, Value)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("read deploy/istio") {
-        let path = entry.expect("dir entry").path();
-        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
-            let name = path.display().to_string();
-            for doc in yaml_docs(&read(&path), &name) {
-                docs.push((name.clone(), doc));
-            }
-        }
-    }
+    let docs = istio_docs();
 
     // meshconfig.yaml: values for the istiod chart.
     let mesh = yaml_one(&read(&dir.join("meshconfig.yaml")), "meshconfig.yaml");
@@ -1560,12 +1552,17 @@ fn istio_provider_policy_and_service_agree() {
         "provider port = shared Service port"
     );
 
-    // Every AuthorizationPolicy.
+    // Every CUSTOM AuthorizationPolicy (m2m-authz-callers.yaml, the ALLOW one, is checked by
+    // istio_shared_service_is_mtls_only_and_egress_is_declared).
     let policies: Vec<&(String, Value)> = docs
         .iter()
         .filter(|(_, d)| d.get("kind").and_then(Value::as_str) == Some("AuthorizationPolicy"))
+        .filter(|(_, d)| opt(d, &["spec", "action"]).and_then(Value::as_str) == Some("CUSTOM"))
         .collect();
-    assert!(!policies.is_empty(), "no AuthorizationPolicy in {ISTIO}");
+    assert!(
+        !policies.is_empty(),
+        "no CUSTOM AuthorizationPolicy in {ISTIO}"
+    );
     for (file, policy) in policies {
         assert_eq!(
             str_at(policy, &["apiVersion"], file),
@@ -1606,14 +1603,250 @@ fn istio_provider_policy_and_service_agree() {
             "{what}: a CUSTOM policy without rules matches nothing"
         );
     }
-    // Every other document is one of the two kinds above.
+    // Every other document is of a kind checked here or below.
     for (file, doc) in &docs {
         let kind = doc.get("kind").and_then(Value::as_str);
         assert!(
-            kind == Some("AuthorizationPolicy") || doc.get("meshConfig").is_some(),
+            matches!(
+                kind,
+                Some("AuthorizationPolicy" | "PeerAuthentication" | "ServiceEntry")
+            ) || doc.get("meshConfig").is_some(),
             "{file}: unexpected document"
         );
     }
+}
+
+/// Every YAML document of deploy/istio, with its file.
+fn istio_docs() -> Vec<(String, Value)> {
+    let dir = repo_path(ISTIO);
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read deploy/istio") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            let name = path.display().to_string();
+            for doc in yaml_docs(&read(&path), &name) {
+                docs.push((name.clone(), doc));
+            }
+        }
+    }
+    docs
+}
+
+/// The documents of one kind, as (file, document).
+fn istio_kind<'a>(docs: &'a [(String, Value)], kind: &str) -> Vec<(&'a str, &'a Value)> {
+    docs.iter()
+        .filter(|(_, d)| d.get("kind").and_then(Value::as_str) == Some(kind))
+        .map(|(f, d)| (f.as_str(), d))
+        .collect()
+}
+
+/// Issue 20 item 2: the mesh decodes and merges slashes; the shared m2m-authz takes only mTLS
+/// (STRICT, on every port), and only from the principals of the workloads the CUSTOM policies
+/// protect (Check port) and from the monitoring namespace (admin port), both ports being the
+/// Deployment's own; its provider's host is declared for egress on 443 as TLS. Namespaces,
+/// labels and ports agree with meshconfig.yaml and the rendered shared service.
+#[test]
+fn istio_shared_service_is_mtls_only_and_egress_is_declared() {
+    crate::needs!(Kubectl);
+    let docs = istio_docs();
+    let mesh = yaml_one(
+        &read(&repo_path(ISTIO).join("meshconfig.yaml")),
+        "meshconfig.yaml",
+    );
+    assert_eq!(
+        str_at(
+            &mesh,
+            &["meshConfig", "pathNormalization", "normalization"],
+            "meshconfig.yaml"
+        ),
+        "DECODE_AND_MERGE_SLASHES",
+        "the mesh must decode %2F/%5C and merge slashes before policies match"
+    );
+    // The namespace the provider's Service lives in.
+    let provider = named(
+        seq_at(
+            &mesh,
+            &["meshConfig", "extensionProviders"],
+            "meshconfig.yaml",
+        ),
+        "m2m-authz",
+        "meshconfig.yaml",
+    );
+    let host = str_at(
+        provider,
+        &["envoyExtAuthzGrpc", "service"],
+        "meshconfig.yaml",
+    );
+    let namespace = host
+        .split('.')
+        .nth(1)
+        .expect("NAME.NAMESPACE.svc.cluster.local");
+
+    let shared = rendered_dir(SHARED);
+    let pod = pod_spec(shared.deployment(), SHARED);
+    let pod_labels = at(
+        shared.deployment(),
+        &["spec", "template", "metadata", "labels"],
+        SHARED,
+    );
+    let m2m = container(&pod, "m2m-authz", SHARED);
+    let grpc_port = container_port(m2m, "grpc", SHARED).to_string();
+    let admin_port = container_port(m2m, "admin", SHARED).to_string();
+
+    // A selector that picks the shared service's Pods and nothing else of ours.
+    let selects_m2m_authz = |doc: &Value, what: &str| {
+        let selector = at(doc, &["spec", "selector", "matchLabels"], what);
+        let keys = mapping_keys(selector);
+        assert!(
+            !keys.is_empty(),
+            "{what}: an empty selector selects every Pod"
+        );
+        for key in keys {
+            assert_eq!(
+                selector.get(key.as_str()),
+                pod_labels.get(key.as_str()),
+                "{what}: selector {key} does not match the shared Deployment's Pods"
+            );
+        }
+        assert_eq!(
+            str_at(doc, &["metadata", "namespace"], what),
+            namespace,
+            "{what}"
+        );
+    };
+
+    // STRICT mTLS, with no port let off.
+    let peer = istio_kind(&docs, "PeerAuthentication");
+    assert_eq!(
+        peer.len(),
+        1,
+        "one PeerAuthentication for the shared service"
+    );
+    let (file, peer) = peer[0];
+    let what = format!("{file} PeerAuthentication");
+    assert_eq!(str_at(peer, &["apiVersion"], &what), "security.istio.io/v1");
+    selects_m2m_authz(peer, &what);
+    assert_eq!(str_at(peer, &["spec", "mtls", "mode"], &what), "STRICT");
+    assert!(
+        opt(peer, &["spec", "portLevelMtls"]).is_none(),
+        "{what}: no port may be exempt from STRICT"
+    );
+
+    // The principals the CUSTOM policies' workloads run as live in their namespaces.
+    let custom_namespaces: BTreeSet<&str> = istio_kind(&docs, "AuthorizationPolicy")
+        .into_iter()
+        .filter(|(_, d)| opt(d, &["spec", "action"]).and_then(Value::as_str) == Some("CUSTOM"))
+        .map(|(f, d)| str_at(d, &["metadata", "namespace"], f))
+        .collect();
+    let allows: Vec<(&str, &Value)> = istio_kind(&docs, "AuthorizationPolicy")
+        .into_iter()
+        .filter(|(_, d)| opt(d, &["spec", "action"]).and_then(Value::as_str) == Some("ALLOW"))
+        .collect();
+    assert_eq!(allows.len(), 1, "one ALLOW policy for the shared service");
+    let (file, allow) = allows[0];
+    let what = format!("{file} AuthorizationPolicy");
+    assert_eq!(
+        str_at(allow, &["apiVersion"], &what),
+        "security.istio.io/v1"
+    );
+    selects_m2m_authz(allow, &what);
+    let mut ports_seen = BTreeSet::new();
+    for rule in seq_at(allow, &["spec", "rules"], &what) {
+        // A rule without `from` would admit any caller, meshed or not.
+        let sources = seq_at(rule, &["from"], &what);
+        assert!(!sources.is_empty(), "{what}: every rule names its callers");
+        let mut ports = BTreeSet::new();
+        for to in seq_at(rule, &["to"], &what) {
+            for port in seq_at(to, &["operation", "ports"], &what) {
+                ports.insert(port.as_str().expect("ports are strings").to_owned());
+            }
+        }
+        assert_eq!(
+            ports.len(),
+            1,
+            "{what}: each rule is for one port: {ports:?}"
+        );
+        let port = ports.into_iter().next().unwrap_or_default();
+        for source in sources {
+            let source = at(source, &["source"], &what);
+            let keys = mapping_keys(source);
+            if port == grpc_port {
+                // Check: named workload identities only.
+                assert_eq!(keys, BTreeSet::from(["principals".to_owned()]), "{what}");
+                for principal in seq_at(source, &["principals"], &what) {
+                    let principal = principal.as_str().expect("principal");
+                    let parts: Vec<&str> = principal.split('/').collect();
+                    assert!(
+                        parts.len() == 5
+                            && parts[1] == "ns"
+                            && parts[3] == "sa"
+                            && !parts[4].is_empty()
+                            && !principal.contains('*'),
+                        "{what}: {principal:?} must be TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT"
+                    );
+                    assert!(
+                        custom_namespaces.contains(parts[2]),
+                        "{what}: {principal:?} is not in a namespace a CUSTOM policy protects \
+                         ({custom_namespaces:?})"
+                    );
+                }
+            } else if port == admin_port {
+                // Admin: the monitoring namespace.
+                assert_eq!(keys, BTreeSet::from(["namespaces".to_owned()]), "{what}");
+                assert!(!seq_at(source, &["namespaces"], &what).is_empty(), "{what}");
+            } else {
+                panic!(
+                    "{what}: port {port} is neither the Check port {grpc_port} nor the admin \
+                     port {admin_port} of the shared Deployment"
+                );
+            }
+        }
+        ports_seen.insert(port);
+    }
+    assert_eq!(
+        ports_seen,
+        BTreeSet::from([grpc_port.clone(), admin_port.clone()]),
+        "{what}: Check and admin ports each need their callers"
+    );
+
+    // Egress: the shared config's provider host, on 443, as TLS passed through.
+    let config: Value =
+        serde_yaml_ng::from_str(&m2m_authz_config(shared)).expect("shared config parses");
+    let base_url = str_at(&config, &["provider", "base_url"], SHARED);
+    let provider_host = base_url
+        .strip_prefix("https://")
+        .and_then(|h| h.split(['/', ':']).next())
+        .expect("an https base_url");
+    let entries = istio_kind(&docs, "ServiceEntry");
+    assert_eq!(entries.len(), 1, "one ServiceEntry for the provider");
+    let (file, entry) = entries[0];
+    let what = format!("{file} ServiceEntry");
+    assert_eq!(
+        str_at(entry, &["apiVersion"], &what),
+        "networking.istio.io/v1"
+    );
+    assert_eq!(str_at(entry, &["metadata", "namespace"], &what), namespace);
+    let hosts: BTreeSet<&str> = seq_at(entry, &["spec", "hosts"], &what)
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for host in [provider_host, "api.stytch.com", "test.stytch.com"] {
+        assert!(
+            hosts.contains(host),
+            "{what}: {host} missing from {hosts:?}"
+        );
+    }
+    assert_eq!(str_at(entry, &["spec", "location"], &what), "MESH_EXTERNAL");
+    assert_eq!(str_at(entry, &["spec", "resolution"], &what), "DNS");
+    let export: Vec<&str> = seq_at(entry, &["spec", "exportTo"], &what)
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(export, ["."], "{what}: only m2m-authz's namespace needs it");
+    let ports = seq_at(entry, &["spec", "ports"], &what);
+    assert_eq!(ports.len(), 1, "{what}");
+    assert_eq!(u64_at(&ports[0], &["number"], &what), 443);
+    assert_eq!(str_at(&ports[0], &["protocol"], &what), "TLS");
 }
 
 /// Issue 13, key material at rest: every Secret volume, and the volume m2m-authz reads its

@@ -1,6 +1,8 @@
-//! `listen`: where the sidecar serves gRPC (TCP or a Unix socket) and its admin HTTP port.
+//! `listen`: where the sidecar serves gRPC (TCP or a Unix socket, TLS optional) and its admin
+//! HTTP port.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,6 +22,37 @@ pub struct ListenConfig {
     /// How long in-flight checks may take to finish after SIGTERM.
     #[serde(default = "default_drain", with = "crate::config::duration")]
     pub drain_timeout: Duration,
+    /// TLS on the Check port, for Envoy outside a mesh (`crate::grpc_tls` reads the files).
+    #[serde(default)]
+    pub tls: Option<GrpcTlsConfig>,
+}
+
+/// `listen.tls`: the Check port serves TLS 1.2+ with these PEM files; with `client_ca_file` it
+/// requires client certificates signed by one of its CAs (mTLS). Relative paths are taken from
+/// the config file's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// The server certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// Its private key; the same rules as every private key file (owner-only, no symlink).
+    pub key_file: PathBuf,
+    /// The CAs a client certificate must chain to; without it no client certificate is asked.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl GrpcTlsConfig {
+    /// Every file with its field path.
+    pub fn files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [
+            ("listen.tls.cert_file", Some(self.cert_file.as_path())),
+            ("listen.tls.key_file", Some(self.key_file.as_path())),
+            ("listen.tls.client_ca_file", self.client_ca_file.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| path.map(|p| (field, p)))
+    }
 }
 
 fn default_grpc_listen() -> String {
@@ -40,6 +73,7 @@ impl Default for ListenConfig {
             grpc: default_grpc_listen(),
             admin: default_admin_listen(),
             drain_timeout: default_drain(),
+            tls: None,
         }
     }
 }
@@ -83,6 +117,37 @@ impl ListenConfig {
                 "must differ from listen.grpc",
             ));
         }
+        if let Some(tls) = &self.tls {
+            // A socket is reached only by who may open its file (mode 0660, the Pod's own
+            // containers): TLS there would guard nothing the file mode does not.
+            if let ListenAddr::Unix(_) = grpc {
+                return Err(ConfigError::invalid(
+                    "listen.tls",
+                    "TLS is for a TCP listen.grpc; a unix: socket is guarded by its file mode \
+                     (remove listen.tls, or listen on host:port)",
+                ));
+            }
+            for (field, path) in tls.files() {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(field, "expected a file path"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Takes relative `listen.tls` paths from `dir` (the config file's folder).
+    pub fn resolve_paths_in(&mut self, dir: &Path) {
+        if let Some(tls) = self.tls.as_mut() {
+            for path in [Some(&mut tls.cert_file), Some(&mut tls.key_file)]
+                .into_iter()
+                .chain([tls.client_ca_file.as_mut()])
+                .flatten()
+            {
+                if path.is_relative() && !path.as_os_str().is_empty() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ use serde::Deserialize;
 pub use cache::{CacheConfig, MAX_CREDENTIAL_AGE_RANGE, MAX_STALE_IF_ERROR, SharedCacheConfig};
 pub use credentials::{CredentialsConfig, HeaderPairConfig};
 pub use identity::IdentityConfig;
-pub use listen::{ListenAddr, ListenConfig, parse_admin_listen, parse_listen};
+pub use listen::{GrpcTlsConfig, ListenAddr, ListenConfig, parse_admin_listen, parse_listen};
 pub use policy::PolicyConfig;
 pub use provider::{EmbeddedConfig, ProviderConfig, ProviderKind, ResolvedProvider};
 use text::is_visible;
@@ -143,6 +143,7 @@ impl Config {
         let mut config = config;
         config.dir = dir.map(Path::to_path_buf);
         if let Some(dir) = dir {
+            config.listen.resolve_paths_in(dir);
             config.provider.resolve_paths_in(dir);
             for p in config.providers.values_mut() {
                 p.resolve_paths_in(dir);

@@ -51,7 +51,7 @@ impl Sidecar {
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
-            let mut sidecar = Self::spawn_serve(config, env);
+            let mut sidecar = Self::spawn_serve("", config, env);
             match sidecar.serving_within(READY_TIMEOUT).await {
                 Ok(()) => return sidecar,
                 Err(logs) if attempt < ATTEMPTS && logs.contains("Address already in use") => {
@@ -66,14 +66,26 @@ impl Sidecar {
     /// Starts the binary with `config` and returns once its gRPC port accepts connections,
     /// without waiting for SERVING: for a sidecar that cannot load its provider's keys.
     pub async fn start_unready(config: &str) -> Sidecar {
-        let sidecar = Self::spawn_serve(config, &[]);
+        let sidecar = Self::spawn_serve("", config, &[]);
         if let Err(e) = super::process::wait_for_tcp(sidecar.addr, READY_TIMEOUT).await {
             panic!("m2m-authz did not listen: {e}\n{}", sidecar.logs());
         }
         sidecar
     }
 
-    fn spawn_serve(config: &str, env: &[(&str, &str)]) -> Sidecar {
+    /// Starts the binary with more `listen` fields (YAML lines indented by two spaces, such as
+    /// `  tls:\n    cert_file: …\n`); ready once its admin port's `/readyz` answers 200, for a
+    /// Check port the plain-text health check cannot reach (TLS).
+    pub async fn start_with_listen(listen: &str, config: &str) -> Sidecar {
+        let sidecar = Self::spawn_serve(listen, config, &[]);
+        let ready = format!("{}/readyz", sidecar.admin_url());
+        if let Err(e) = super::process::wait_for_http_ok(&ready, READY_TIMEOUT).await {
+            panic!("m2m-authz not ready: {e}\n{}", sidecar.logs());
+        }
+        sidecar
+    }
+
+    fn spawn_serve(listen: &str, config: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = TempDir::new("sidecar");
         let addr = free_addr();
         let admin = admin_addr(&dir);
@@ -81,7 +93,7 @@ impl Sidecar {
         std::fs::write(
             &path,
             format!(
-                "listen:\n  grpc: \"{addr}\"\n  admin: \"{admin}\"\n  drain_timeout: 5s\n{config}"
+                "listen:\n  grpc: \"{addr}\"\n  admin: \"{admin}\"\n  drain_timeout: 5s\n{listen}{config}"
             ),
         )
         .unwrap();

@@ -1,5 +1,6 @@
 //! Files that hold secrets or private keys: created owner-only, refused when
-//! anyone else could read or swap them.
+//! anyone else could read or swap them. The embedded issuer's files, and the
+//! Check listener's TLS key (`listen.tls.key_file`), which the lean build has too.
 //!
 //! What must hold:
 //! - a file is created with mode 0600 in the `open` call itself (never
@@ -378,7 +379,7 @@ pub fn create_truncate(path: &Path, what: &'static str) -> Result<File, PrivateF
     Ok(file)
 }
 
-#[cfg(all(test, unix))]
+#[cfg(all(test, unix, feature = "issuer"))]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
