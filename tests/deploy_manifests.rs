@@ -1352,13 +1352,19 @@ fn shared_service_is_wired_together() {
     // NetworkPolicies: the Check port admits exactly the Pods labelled as
     // check clients; the admin port exactly the monitoring namespace.
     let admin_port = listen.admin.clone().expect("listen.admin").1;
+    // A selector matches when each of its labels is on the Pod template (which may carry more).
     let selects_m2m_authz = |p: &Value| {
-        at(p, &["spec", "podSelector", "matchLabels"], what)
-            == at(
-                r.deployment(),
-                &["spec", "template", "metadata", "labels"],
-                what,
-            )
+        let pod = at(
+            r.deployment(),
+            &["spec", "template", "metadata", "labels"],
+            what,
+        );
+        match at(p, &["spec", "podSelector", "matchLabels"], what) {
+            Value::Mapping(wanted) => {
+                !wanted.is_empty() && wanted.iter().all(|(k, v)| pod.get(k) == Some(v))
+            }
+            _ => false,
+        }
     };
     let mut admitted: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
     for policy in r.objects("NetworkPolicy") {
