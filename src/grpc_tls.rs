@@ -16,24 +16,19 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::{ConfigError, GrpcTlsConfig};
 use crate::private_files;
 
-/// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
+use crate::tls_accept::Handshakes;
+pub use crate::tls_accept::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
 /// The largest certificate file read: certificates and CA bundles are a few kilobytes.
 const MAX_PEM_BYTES: u64 = 4 << 20;
 const KEY_WHAT: &str = "the Check listener's TLS private key";
@@ -122,10 +117,8 @@ impl GrpcTls {
     /// The connections of `tcp` whose TLS handshake finished, for tonic's
     /// `serve_with_incoming_shutdown`. Dropping it stops accepting.
     pub fn incoming(&self, tcp: TcpListener) -> TlsIncoming {
-        let (tx, ready) = mpsc::channel(MAX_PENDING_HANDSHAKES);
         let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
-        let task = tokio::spawn(accept_loop(tcp, acceptor, tx));
-        TlsIncoming { ready, task }
+        TlsIncoming(Handshakes::start(tcp, acceptor, "Check"))
     }
 }
 
@@ -176,68 +169,16 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// The finished handshakes of one listener, as tonic's incoming stream.
-pub struct TlsIncoming {
-    ready: mpsc::Receiver<TlsConn>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TlsIncoming {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub struct TlsIncoming(Handshakes);
 
 impl futures::Stream for TlsIncoming {
     type Item = std::io::Result<TlsConn>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.ready.poll_recv(cx).map(|c| c.map(Ok))
+        self.0
+            .poll_recv(cx)
+            .map(|accepted| accepted.map(|(tls, _)| Ok(TlsConn(tls))))
     }
-}
-
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<TlsConn>) {
-    let slots = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) if is_per_connection(&e) => continue,
-            Err(e) => {
-                // Out of descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "cannot accept Check connections");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Checks are small request/response pairs: without TCP_NODELAY, Nagle's algorithm and
-        // delayed ACKs add tens of milliseconds to some of them.
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(slot);
-            match done {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send(TlsConn(tls)).await;
-                }
-                // Debug only: a scanner or a flood must not fill the logs.
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "Check TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "Check TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-fn is_per_connection(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
 }
 
 /// One Check connection after its TLS handshake.

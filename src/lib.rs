@@ -59,6 +59,7 @@ pub mod shutdown;
 pub mod stats;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls_accept;
 pub mod verify;
 pub mod yaml;
 

@@ -132,6 +132,27 @@ async fn start_demo_on(
     }
 }
 
+/// [`start_demo`], again on new ports (up to three times) when one chosen as free was taken in
+/// the meantime; panics with every attempt's report otherwise.
+async fn start_demo_retrying(cwd: &Path, state: &Path) -> RunningDemo {
+    let mut failures = Vec::new();
+    for _attempt in 0..3 {
+        match start_demo(cwd, state).await {
+            Ok(running) => return running,
+            Err((report, retry)) => {
+                failures.push(report);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    panic!(
+        "scripts/demo did not reach ready:\n{}",
+        failures.join("\n-----\n")
+    );
+}
+
 async fn value_after(lines: &mut Lines, prefix: &str) -> String {
     let line = lines
         .wait_for_prefix(prefix, Duration::from_secs(5))
@@ -158,28 +179,7 @@ async fn readme_demo_command_reaches_ready_and_allows_a_request() {
     crate::needs!(Envoy);
     let tmp = TempDir::new("demo");
     let state = tmp.join(".demo");
-    let mut failures = Vec::new();
-    let mut demo = None;
-    for _attempt in 0..3 {
-        match start_demo(tmp.path(), &state).await {
-            Ok(running) => {
-                demo = Some(running);
-                break;
-            }
-            Err((report, retry)) => {
-                failures.push(report);
-                if !retry {
-                    break;
-                }
-            }
-        }
-    }
-    let Some(mut demo) = demo else {
-        panic!(
-            "scripts/demo did not reach ready:\n{}",
-            failures.join("\n-----\n")
-        );
-    };
+    let mut demo = start_demo_retrying(tmp.path(), &state).await;
 
     let id = value_after(&mut demo.lines, "client_id: ").await;
     let secret = value_after(&mut demo.lines, "client_secret: ").await;
@@ -517,28 +517,7 @@ async fn readme_walkthrough_runs_as_written() {
     let state = tmp.join(".demo");
     std::fs::create_dir_all(tmp.join("target/debug")).unwrap();
     std::os::unix::fs::symlink(BIN, tmp.join("target/debug/m2m-authz")).unwrap();
-    let mut failures = Vec::new();
-    let mut demo = None;
-    for _attempt in 0..3 {
-        match start_demo(tmp.path(), &state).await {
-            Ok(running) => {
-                demo = Some(running);
-                break;
-            }
-            Err((report, retry)) => {
-                failures.push(report);
-                if !retry {
-                    break;
-                }
-            }
-        }
-    }
-    let Some(mut demo) = demo else {
-        panic!(
-            "scripts/demo did not reach ready:\n{}",
-            failures.join("\n-----\n")
-        );
-    };
+    let mut demo = start_demo_retrying(tmp.path(), &state).await;
 
     let mut script = String::from("set -euo pipefail\nexec 2>&1\n");
     for (i, block) in blocks.iter().enumerate() {

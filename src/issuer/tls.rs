@@ -11,22 +11,22 @@
 //! - a key file, given or generated, passes the private-file rules (owner, mode, no symlink);
 //! - a client that never finishes its handshake, or a flood of them, cannot stop others being
 //!   served: each handshake runs in its own task with [`HANDSHAKE_TIMEOUT`], at most
-//!   [`MAX_PENDING_HANDSHAKES`] at once.
+//!   [`crate::tls_accept::MAX_PENDING_HANDSHAKES`] at once ([`crate::tls_accept`]).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::tls_accept::Handshakes;
 
 use super::config::TlsConfig;
 use super::private_files::{self, PrivateFileError};
@@ -39,10 +39,7 @@ pub const GENERATED_CERT_FILE: &str = "issuer-tls-cert.pem";
 pub const GENERATED_KEY_FILE: &str = "issuer-tls-key.pem";
 /// The names the generated leaf is valid for.
 pub const GENERATED_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
-/// How long a client may take to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
+pub use crate::tls_accept::HANDSHAKE_TIMEOUT;
 /// How many years a generated certificate is valid for.
 const GENERATED_VALID_YEARS: i32 = 10;
 
@@ -329,71 +326,21 @@ fn write_atomically(
 }
 
 /// Accepts TCP connections and runs each TLS handshake in its own task, bounded in time and in
-/// number; axum's `serve` receives only finished handshakes. Dropping it stops the accept task.
+/// number ([`crate::tls_accept`]); axum's `serve` receives only finished handshakes. Dropping it
+/// stops accepting.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    handshakes: Handshakes,
     local: SocketAddr,
-    task: JoinHandle<()>,
 }
 
 impl TlsListener {
     fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(MAX_PENDING_HANDSHAKES);
-        let task = tokio::spawn(accept_loop(tcp, acceptor, tx));
-        Ok(TlsListener { ready, local, task })
+        Ok(TlsListener {
+            handshakes: Handshakes::start(tcp, acceptor, "issuer"),
+            local,
+        })
     }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) if is_per_connection(&e) => continue,
-            Err(e) => {
-                // Out of descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "issuer cannot accept connections");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-            drop(slot);
-            match done {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-fn is_per_connection(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -401,7 +348,7 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
+        match self.handshakes.recv().await {
             Some(accepted) => accepted,
             // The accept task ended (only if aborted): nothing more will come.
             None => std::future::pending().await,
