@@ -11,26 +11,24 @@
 //!   served: each handshake runs in its own task with [`HANDSHAKE_TIMEOUT`], at most
 //!   [`MAX_PENDING_HANDSHAKES`] at once; tonic receives only finished handshakes.
 
-use std::io::Read as _;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::{ConfigError, GrpcTlsConfig};
+use crate::pem;
 use crate::private_files;
 
 use crate::tls_accept::Handshakes;
 pub use crate::tls_accept::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
-/// The largest certificate file read: certificates and CA bundles are a few kilobytes.
-const MAX_PEM_BYTES: u64 = 4 << 20;
 const KEY_WHAT: &str = "the Check listener's TLS private key";
 
 /// The Check listener's TLS, built from `listen.tls`.
@@ -54,7 +52,8 @@ impl GrpcTls {
         let cert_field = "listen.tls.cert_file";
         let key_field = "listen.tls.key_file";
         let ca_field = "listen.tls.client_ca_file";
-        let chain = read_certs(&tls.cert_file).map_err(|p| ConfigError::invalid(cert_field, p))?;
+        let chain =
+            pem::read_certs(&tls.cert_file).map_err(|p| ConfigError::invalid(cert_field, p))?;
         let key = read_key(&tls.key_file).map_err(|p| ConfigError::invalid(key_field, p))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -64,7 +63,7 @@ impl GrpcTls {
             Some(path) => {
                 let invalid = |p: String| ConfigError::invalid(ca_field, p);
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in read_certs(path).map_err(invalid)? {
+                for cert in pem::read_certs(path).map_err(invalid)? {
                     roots.add(cert).map_err(|e| {
                         invalid(format!(
                             "{}: not a usable CA certificate: {e}",
@@ -122,30 +121,6 @@ impl GrpcTls {
     }
 }
 
-/// The certificates in a PEM file, first to last; the error names the path.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(format!(
-            "{shown} is larger than {MAX_PEM_BYTES} bytes; expected a PEM certificate file"
-        ));
-    }
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown} is not a valid PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        ));
-    }
-    Ok(certs)
-}
-
 /// A private key from a PEM file that passes the private-file rules; the error names the path
 /// but never shows what the file holds.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
@@ -155,11 +130,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         Ok(None) => return Err(format!("{shown} does not exist")),
         Err(e) => return Err(e.to_string()),
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let bytes = pem::read_bounded(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
         format!(
             "{shown} holds no PEM private key (PKCS#8, PKCS#1 or SEC1: -----BEGIN … PRIVATE \

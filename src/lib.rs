@@ -47,6 +47,7 @@ pub mod limits;
 pub mod metrics;
 pub mod otel;
 pub mod outcome;
+pub mod pem;
 pub mod policy;
 pub mod private_files;
 pub mod provider;

@@ -631,36 +631,11 @@ impl ProviderConfig {
     }
 }
 
-/// The largest `ca_file` read: a bundle of every public root is about 250 KiB.
-const MAX_CA_FILE_BYTES: u64 = 4 << 20;
-
 /// The certificates of a PEM CA file, each checked to be usable as a trust anchor; the error
 /// says what is wrong with the file (naming it), for `provider.ca_file`.
 fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    use std::io::Read as _;
-
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-
     let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if bytes.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(format!(
-            "{shown} is larger than {MAX_CA_FILE_BYTES} bytes; expected a PEM file of CA certificates"
-        ));
-    }
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown} is not a valid PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        ));
-    }
+    let certs = crate::pem::read_certs(path)?;
     let mut anchors = rustls::RootCertStore::empty();
     certs
         .into_iter()
