@@ -352,8 +352,8 @@ impl SharedTier {
         let store = match store {
             Some(s) => s,
             None => {
-                let url = config.resolved_url().map_err(field("url"))?;
-                Arc::new(redis_store::RedisStore::open(&url, config.timeout).map_err(field("url"))?)
+                config.resolved_url().map_err(field("url"))?;
+                Arc::new(redis_store::RedisStore::open(config)?)
             }
         };
         Ok(SharedTier {
@@ -407,6 +407,15 @@ impl SharedTier {
             .last_ok = Some(self.clock.unix_now());
     }
 
+    /// Counts a failed operation; a skipped one (backoff) is counted but neither logged again
+    /// nor allowed to hide the failure that started the pause from `/readyz`.
+    fn record_op_error(&self, what: &str, e: OpError) {
+        match e {
+            OpError::Backoff => Stats::add(&self.stats.shared_errors),
+            OpError::Store(e) => self.record_error(what, e),
+        }
+    }
+
     /// Counts a failure and remembers it for `/readyz`.
     fn record_error(&self, what: &str, e: impl fmt::Display) {
         Stats::add(&self.stats.shared_errors);
@@ -446,7 +455,7 @@ impl SharedTier {
         let value = match self.run(|| self.store.get(&key.entry)).await {
             Ok(v) => v,
             Err(e) => {
-                self.record_error("read", e);
+                self.record_op_error("read", e);
                 return None;
             }
         };
@@ -487,7 +496,7 @@ impl SharedTier {
                 Some(taken)
             }
             Err(e) => {
-                self.record_error("lock", e);
+                self.record_op_error("lock", e);
                 None
             }
         }
@@ -496,7 +505,7 @@ impl SharedTier {
     /// Releases the lock if this pod still holds it.
     async fn unlock(&self, key: &str, token: &str) {
         if let Err(e) = self.run(|| self.store.unlock(key, token)).await {
-            self.record_error("unlock", e);
+            self.record_op_error("unlock", e);
         }
     }
 
@@ -590,7 +599,7 @@ impl Ticket {
                 .await
             {
                 Ok(()) => self.tier.record_ok(),
-                Err(e) => self.tier.record_error("write", e),
+                Err(e) => self.tier.record_op_error("write", e),
             }
         }
         if let Some(token) = self.lock.take() {
@@ -692,6 +701,9 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             lock_ttl: DEFAULT_LOCK_TTL,
             lock_wait: DEFAULT_LOCK_WAIT,
+            ca_file: None,
+            cluster: false,
+            nodes: Vec::new(),
         };
         c.validate().unwrap();
         let Err(e) = SharedTier::new(&c, 0.8, None, Arc::default()) else {

@@ -1,9 +1,11 @@
 //! The shared token cache tier (`cache.shared`, issue 9) with a real `redis-server` and several
 //! real sidecar processes sharing one token endpoint: sharing across pods, one exchange for a
 //! burst across pods, Redis outages that fail no check, values that reveal nothing without the
-//! caller's secret, tampering, and a provider-load figure for N pods with and without the tier.
+//! caller's secret, tampering, and a provider-load figure for N pods with and without the tier;
+//! `rediss://` with a generated CA, and a three-node Redis Cluster with a node stopped mid-run.
 //!
-//! Needs `redis-server` (Debian package `redis-server`, installed by `scripts/tools`) on PATH or
+//! Needs `redis-server` (Debian package `redis-server`, installed by `scripts/tools`, which
+//! brings `redis-cli` for the Cluster) on PATH or
 //! at `$M2M_AUTHZ_REDIS_SERVER`: without it each test says so and is skipped, or fails under
 //! `M2M_AUTHZ_REQUIRE_TOOLS=1`.
 #![cfg(feature = "shared-cache")]
@@ -13,13 +15,14 @@ mod common;
 use common::check::check_request;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::process::{ChildGuard, TempDir, free_addr, log_file};
+use common::process::{ChildGuard, TempDir, free_addr, free_port, log_file};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
 use common::sidecar::Sidecar;
 use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
@@ -39,14 +42,29 @@ struct Redis {
     addr: SocketAddr,
     dir: TempDir,
     child: Option<ChildGuard>,
+    /// More `redis-server` arguments (Cluster mode).
+    args: Vec<String>,
+    /// With TLS only (`--tls-port`, no plain port): the CA that signed its certificate.
+    tls_ca: Option<PathBuf>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(Vec::new(), None)
+    }
+
+    fn start_with(args: Vec<String>, tls: Option<&TestCa>) -> Redis {
+        let dir = TempDir::new("redis");
+        let tls_ca = tls.map(|ca| {
+            ca.leaf(&dir, "redis", "127.0.0.1");
+            ca.ca.clone()
+        });
         let mut r = Redis {
             addr: free_addr(),
-            dir: TempDir::new("redis"),
+            dir,
             child: None,
+            args,
+            tls_ca,
         };
         r.restart();
         r
@@ -56,7 +74,20 @@ impl Redis {
     fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new(common::tools::redis_server());
-        cmd.args(["--port", &self.addr.port().to_string()])
+        let port = self.addr.port().to_string();
+        match &self.tls_ca {
+            None => cmd.args(["--port", &port]),
+            Some(ca) => cmd
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("redis.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("redis-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(&self.args)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -86,12 +117,24 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
+        match self.tls_ca {
+            None => format!("redis://{}/", self.addr),
+            Some(_) => format!("rediss://{}/", self.addr),
+        }
     }
 
     fn connection(&self) -> Option<redis::Connection> {
-        let mut c = redis::Client::open(self.url())
-            .ok()?
+        let client = match &self.tls_ca {
+            None => redis::Client::open(self.url()).ok()?,
+            Some(ca) => {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca).ok()?),
+                };
+                redis::Client::build_with_tls(self.url(), certs).ok()?
+            }
+        };
+        let mut c = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;
         redis::cmd("PING").query::<String>(&mut c).ok()?;
@@ -486,9 +529,9 @@ async fn redis_reveals_no_token_without_the_callers_secret_and_bad_values_are_re
     );
 }
 
-/// Provider token requests per hour for N pods, each serving every client, with and without
-/// the shared tier: counted exchanges over a short run with short-lived tokens, scaled to an
-/// hour and to 1-hour tokens.
+/// Provider token requests per hour for N pods, each serving every client, without the shared
+/// tier, with it on one Redis and on a three-node Redis Cluster: counted exchanges over a short
+/// run with short-lived tokens, scaled to an hour and to 1-hour tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchmark_provider_requests_per_hour() {
     crate::needs!(RedisServer);
@@ -497,14 +540,26 @@ async fn benchmark_provider_requests_per_hour() {
     const LIFETIME_SECS: u64 = 6;
     const RUN: Duration = Duration::from_secs(13);
     let redis = Redis::start();
+    let cluster = start_cluster();
     let mut rates = Vec::new();
-    for shared in [false, true] {
+    for tier in ["off", "one Redis", "Redis Cluster (3 nodes)"] {
         let p = FakeProvider::start().await;
         p.set_lifetime(LIFETIME_SECS);
         let cs = clients(&p, CLIENTS);
         let mut pods = Vec::new();
         for _ in 0..PODS {
-            pods.push(Arc::new(pod(&p, shared.then_some(&redis)).await));
+            pods.push(Arc::new(match tier {
+                "off" => pod(&p, None).await,
+                "one Redis" => pod(&p, Some(&redis)).await,
+                _ => {
+                    let seeds = format!(
+                        "    cluster: true\n    nodes: [{}, {}]\n",
+                        cluster[1].url(),
+                        cluster[2].url()
+                    );
+                    pod_with(&config_shared(&p, &cluster[0].url(), &seeds)).await
+                }
+            }));
         }
         let end = Instant::now() + RUN;
         let mut load = Vec::new();
@@ -531,8 +586,7 @@ async fn benchmark_provider_requests_per_hour() {
             calls / CLIENTS as f64 / (RUN.as_secs_f64() / LIFETIME_SECS as f64);
         let per_hour_10k = per_client_lifetime * 10_000.0;
         eprintln!(
-            "shared tier {}: {PODS} pods x {CLIENTS} clients, {LIFETIME_SECS}s tokens, {:?}: {calls} token requests = {:.0}/h measured; {:.2} per client per token lifetime => {:.0}/h for 10,000 clients with 1h tokens",
-            if shared { "on " } else { "off" },
+            "shared tier {tier}: {PODS} pods x {CLIENTS} clients, {LIFETIME_SECS}s tokens, {:?}: {calls} token requests = {:.0}/h measured; {:.2} per client per token lifetime => {:.0}/h for 10,000 clients with 1h tokens",
             RUN,
             calls * 3600.0 / RUN.as_secs_f64(),
             per_client_lifetime,
@@ -541,13 +595,312 @@ async fn benchmark_provider_requests_per_hour() {
         rates.push(calls);
     }
     println!(
-        "BENCHMARK provider token requests, {PODS} pods: without shared tier {}, with {} ({:.1}x fewer)",
+        "BENCHMARK provider token requests, {PODS} pods: without shared tier {}, with one Redis {} ({:.1}x fewer), with a Redis Cluster {} ({:.1}x fewer)",
         rates[0],
         rates[1],
-        rates[0] / rates[1].max(1.0)
+        rates[0] / rates[1].max(1.0),
+        rates[2],
+        rates[0] / rates[2].max(1.0)
     );
+    for (tier, rate) in [("one Redis", rates[1]), ("a Redis Cluster", rates[2])] {
+        assert!(
+            rate * 2.0 <= rates[0],
+            "the shared tier on {tier} should at least halve provider requests with {PODS} pods: {rates:?}"
+        );
+    }
+}
+
+/// A generated CA in its own folder (`ca.pem`), signing server certificates for Redis.
+struct TestCa {
+    _dir: TempDir,
+    ca: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let dir = TempDir::new("redis-ca");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        TestCa {
+            _dir: dir,
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes `NAME.pem` and `NAME-key.pem` into `dir`: a server certificate for `host` (an IP
+    /// address becomes an IP SAN).
+    fn leaf(&self, dir: &TempDir, name: &str, host: &str) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `config` with `cache.shared` written out by the caller (`extra` goes under `shared:`).
+fn config_shared(p: &FakeProvider, url: &str, extra: &str) -> String {
+    let mut yaml = config(p, None);
+    yaml.push_str(&format!(
+        "cache:\n  shared:\n    url: {url}\n    timeout: 250ms\n    lock_ttl: 5s\n    lock_wait: 2s\n{extra}"
+    ));
+    yaml
+}
+
+async fn pod_with(yaml: &str) -> Sidecar {
+    let key = fleet_key_b64();
+    Sidecar::start_with_env(yaml, &[(FLEET_KEY_ENV, key.as_str())]).await
+}
+
+fn ca_line(ca: &Path) -> String {
+    format!("    ca_file: {}\n", ca.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_share_tokens_over_rediss_and_a_wrong_ca_is_reported() {
+    crate::needs!(RedisServer);
+    let ca = TestCa::new("redis test CA");
+    let redis = Redis::start_with(Vec::new(), Some(&ca));
+    assert!(redis.url().starts_with("rediss://"));
+    let p = FakeProvider::start().await;
+    p.add_client("client-1", "s3cret", "user-1");
+    let yaml = config_shared(&p, &redis.url(), &ca_line(&ca.ca));
+    let a = pod_with(&yaml).await;
+    let b = pod_with(&yaml).await;
+
+    assert_eq!(check(&a, "client-1", "s3cret").await.unwrap(), "user-1");
+    assert_eq!(check(&b, "client-1", "s3cret").await.unwrap(), "user-1");
+    assert_eq!(
+        p.token_calls(),
+        1,
+        "the second pod exchanged again over TLS"
+    );
+    assert_eq!(metric(&b, "m2m_authz_shared_cache_hits").await, 1);
+    assert_eq!(redis.values().len(), 1);
+    let (status, body) = admin_get(&b, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["shared_cache"]["status"], "ok", "{body}");
     assert!(
-        rates[1] * 2.0 <= rates[0],
-        "the shared tier should at least halve provider requests with {PODS} pods: {rates:?}"
+        v["shared_cache"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("rediss://"),
+        "{body}"
     );
+
+    // A pod trusting another CA (or only the system roots) never talks to this Redis: its
+    // checks go on locally, and /readyz says why.
+    let other = TestCa::new("some other CA");
+    for extra in [ca_line(&other.ca), String::new()] {
+        let c = pod_with(&config_shared(&p, &redis.url(), &extra)).await;
+        let before = p.token_calls();
+        assert_eq!(check(&c, "client-1", "s3cret").await.unwrap(), "user-1");
+        assert_eq!(p.token_calls(), before + 1, "exchanged locally");
+        assert!(metric(&c, "m2m_authz_shared_cache_errors").await >= 1);
+        let (status, body) = admin_get(&c, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["shared_cache"]["status"], "degraded", "{body}");
+        let err = v["shared_cache"]["last_error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase();
+        assert!(err.contains("certificate"), "{body}");
+        assert!(!c.full_logs().contains("s3cret"));
+    }
+
+    // A CA file that is no certificate stops the sidecar at load, naming the field.
+    let dir = TempDir::new("bad-ca");
+    for (name, text) in [
+        ("empty.pem", ""),
+        ("junk.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n"),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        let yaml = config_shared(&p, &redis.url(), &ca_line(&dir.join(name)));
+        let out = check_config(&yaml);
+        assert!(!out.status.success(), "{name} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cache.shared.ca_file"), "{name}: {stderr}");
+    }
+    // ca_file with a plain redis:// URL is a mistake, not silently ignored.
+    let plain = config_shared(&p, "redis://127.0.0.1:6379/", &ca_line(&ca.ca));
+    let out = check_config(&plain);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache.shared.ca_file"));
+}
+
+/// `m2m-authz check-config` on `yaml`, with the fleet key in the environment.
+fn check_config(yaml: &str) -> std::process::Output {
+    let dir = TempDir::new("check-config");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Command::new(common::sidecar::binary())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .env(FLEET_KEY_ENV, fleet_key_b64())
+        .output()
+        .unwrap()
+}
+
+/// Three `redis-server --cluster-enabled yes` nodes without replicas, their slots assigned by
+/// `redis-cli --cluster create`; each node's bus port is picked free too.
+fn start_cluster() -> Vec<Redis> {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| {
+            Redis::start_with(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+                None,
+            )
+        })
+        .collect();
+    let out = Command::new(redis_cli())
+        .args(["--cluster", "create"])
+        .args(nodes.iter().map(|n| n.addr.to_string()))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        loop {
+            let info: String = n
+                .connection()
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok())
+                .unwrap_or_default();
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never became ok: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    nodes
+}
+
+/// `redis-cli`, beside `redis-server` (the same Debian package).
+fn redis_cli() -> PathBuf {
+    let server = common::tools::redis_server();
+    match server.parent() {
+        Some(dir) if dir.join("redis-cli").exists() => dir.join("redis-cli"),
+        _ => PathBuf::from("redis-cli"),
+    }
+}
+
+/// Every shared value in the cluster, from each node.
+fn cluster_values(nodes: &[Redis]) -> usize {
+    nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.values().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_shares_tokens_and_a_stopped_node_only_costs_local_exchanges() {
+    crate::needs!(RedisServer);
+    let mut nodes = start_cluster();
+    let p = FakeProvider::start().await;
+    let cs = clients(&p, 12);
+    let seeds = format!(
+        "    cluster: true\n    nodes: [{}, {}]\n",
+        nodes[1].url(),
+        nodes[2].url()
+    );
+    let yaml = config_shared(&p, &nodes[0].url(), &seeds);
+    let a = pod_with(&yaml).await;
+    let b = pod_with(&yaml).await;
+
+    for (i, (id, secret)) in cs.iter().enumerate() {
+        assert_eq!(check(&a, id, secret).await.unwrap(), format!("user-{i}"));
+    }
+    for (i, (id, secret)) in cs.iter().enumerate() {
+        assert_eq!(check(&b, id, secret).await.unwrap(), format!("user-{i}"));
+    }
+    assert_eq!(
+        p.token_calls(),
+        12,
+        "one exchange per credential across two pods"
+    );
+    assert_eq!(metric(&b, "m2m_authz_shared_cache_hits").await, 12);
+    assert_eq!(
+        cluster_values(&nodes),
+        12,
+        "every value on the node owning its slot"
+    );
+    let spread = nodes.iter().filter(|n| !n.values().is_empty()).count();
+    assert!(
+        spread >= 2,
+        "12 keys all on one node: not spread over slots"
+    );
+    let (_, body) = admin_get(&a, "/readyz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["shared_cache"]["status"], "ok", "{body}");
+    assert!(
+        v["shared_cache"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("cluster "),
+        "{body}"
+    );
+
+    // A node stops mid-run: every check is still allowed, some exchanged locally again,
+    // counted as shared-tier errors; a pod starting now still finds the cluster from its
+    // other seeds.
+    nodes[0].stop();
+    let c = pod_with(&yaml).await;
+    let before = p.token_calls();
+    for s in [&a, &b, &c] {
+        for (i, (id, secret)) in cs.iter().enumerate() {
+            assert_eq!(check(s, id, secret).await.unwrap(), format!("user-{i}"));
+        }
+    }
+    let extra = p.token_calls() - before;
+    eprintln!("exchanges after a node stopped: {extra} (of 12 known credentials)");
+    assert!(
+        extra <= 12,
+        "{extra}: more than one local exchange per credential, on pod c"
+    );
+    let mut errors = 0;
+    for s in [&a, &b, &c] {
+        errors += metric(s, "m2m_authz_shared_cache_errors").await;
+    }
+    assert!(errors >= 1, "the stopped node was never noticed");
+    for s in [&a, &b, &c] {
+        assert!(!s.full_logs().contains("secret-1-xyz"));
+    }
 }

@@ -148,6 +148,10 @@ impl Config {
             for p in config.providers.values_mut() {
                 p.resolve_paths_in(dir);
             }
+            #[cfg(feature = "shared-cache")]
+            if let Some(shared) = config.cache.shared.as_mut() {
+                shared.resolve_paths_in(dir);
+            }
         }
         #[cfg(feature = "issuer")]
         if let Some(embedded) = config.provider.embedded.as_mut() {

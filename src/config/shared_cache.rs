@@ -3,6 +3,7 @@
 //! the file, so that a Kubernetes Secret holds them.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,6 +21,8 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// The shortest fleet key accepted, in bytes (after base64 decoding).
 pub const MIN_FLEET_KEY_BYTES: usize = 32;
+/// The most extra seed nodes `cache.shared.nodes` may list.
+pub const MAX_SEED_NODES: usize = 16;
 
 /// `cache.shared`.
 #[derive(Clone, Deserialize)]
@@ -42,6 +45,18 @@ pub struct SharedCacheConfig {
     /// Longest a pod waits for another pod's exchange before exchanging itself.
     #[serde(default = "default_lock_wait", with = "super::duration")]
     pub lock_wait: Duration,
+    /// PEM CA certificate(s) that `rediss://` servers are checked against, instead of the
+    /// system roots (a private CA, as managed Redis and self-run TLS use). Only with `rediss://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Redis Cluster: `url` (and `nodes`) are seed nodes; the client learns the slot map from
+    /// them and sends each key to the node that owns it.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More Cluster seed nodes besides `url` (only with `cluster: true`), so that a pod starting
+    /// while one node is down still finds the cluster. Same scheme as `url`.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -66,6 +81,12 @@ impl fmt::Debug for SharedCacheConfig {
             .field("timeout", &self.timeout)
             .field("lock_ttl", &self.lock_ttl)
             .field("lock_wait", &self.lock_wait)
+            .field("ca_file", &self.ca_file)
+            .field("cluster", &self.cluster)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -123,10 +144,87 @@ impl SharedCacheConfig {
     /// (`check-config` runs where the Pod's Secret is not): `serve` refuses to start without
     /// them (`SharedTier::new`), naming the field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Ok(url) = self.resolved_url() {
-            Self::validate_url(&url)?;
+        let url = self.resolved_url().ok();
+        if let Some(url) = &url {
+            Self::validate_url(url)?;
         }
+        self.validate_cluster(url.as_deref())?;
+        self.validate_tls(url.as_deref())?;
         self.validate_rest()
+    }
+
+    /// A relative `ca_file` is taken relative to `dir` (the config file's folder).
+    pub fn resolve_paths_in(&mut self, dir: &Path) {
+        if let Some(path) = self.ca_file.as_mut()
+            && path.is_relative()
+        {
+            *path = dir.join(&*path);
+        }
+    }
+
+    /// The CA certificates in `ca_file` as PEM text, for the Redis client (which parses them
+    /// again); `None` without `ca_file`. Every certificate is parsed here, so a bad file is a
+    /// config error, not a failed connection later.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        crate::pem::read_certs(path)?;
+        crate::pem::read_bounded(path).map(Some)
+    }
+
+    /// Every seed URL: `url`, then `nodes`.
+    pub fn seed_urls(&self) -> Result<Vec<String>, String> {
+        let mut urls = vec![self.resolved_url()?];
+        urls.extend(self.nodes.iter().cloned());
+        Ok(urls)
+    }
+
+    fn validate_cluster(&self, url: Option<&str>) -> Result<(), (&'static str, String)> {
+        if self.nodes.is_empty() {
+            return Ok(());
+        }
+        if !self.cluster {
+            return Err((
+                "cache.shared.nodes",
+                "only with cache.shared.cluster: true (a single Redis takes one url)".into(),
+            ));
+        }
+        if self.nodes.len() > MAX_SEED_NODES {
+            return Err((
+                "cache.shared.nodes",
+                format!("expected at most {MAX_SEED_NODES} seed nodes"),
+            ));
+        }
+        let scheme = url.and_then(|u| url::Url::parse(u).ok().map(|u| u.scheme().to_owned()));
+        for node in &self.nodes {
+            Self::validate_url(node).map_err(|(_, p)| ("cache.shared.nodes", p))?;
+            let node_scheme = url::Url::parse(node).map(|u| u.scheme().to_owned()).ok();
+            if scheme.is_some() && node_scheme != scheme {
+                return Err((
+                    "cache.shared.nodes",
+                    "expected the same scheme (redis:// or rediss://) as cache.shared.url".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self, url: Option<&str>) -> Result<(), (&'static str, String)> {
+        if self.ca_file.is_none() {
+            return Ok(());
+        }
+        if let Some(url) = url
+            && !url.starts_with("rediss://")
+        {
+            return Err((
+                "cache.shared.ca_file",
+                "only with a rediss:// (TLS) url".into(),
+            ));
+        }
+        self.ca_pem()
+            .map(drop)
+            .map_err(|p| ("cache.shared.ca_file", p))
     }
 
     fn validate_url(url: &str) -> Result<(), (&'static str, String)> {
@@ -197,6 +295,9 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             lock_ttl: DEFAULT_LOCK_TTL,
             lock_wait: DEFAULT_LOCK_WAIT,
+            ca_file: None,
+            cluster: false,
+            nodes: Vec::new(),
         };
         base.validate().unwrap();
         let mut c = base.clone();
@@ -211,6 +312,36 @@ mod tests {
         let mut c = base.clone();
         c.timeout = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().0, "cache.shared.timeout");
+        let mut c = base.clone();
+        c.nodes = vec!["redis://127.0.0.1:7001".into()];
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "cache.shared.nodes",
+            "nodes without cluster"
+        );
+        c.cluster = true;
+        c.validate().unwrap();
+        c.nodes = vec!["rediss://127.0.0.1:7001".into()];
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "cache.shared.nodes",
+            "mixed schemes"
+        );
+        c.nodes = vec!["http://127.0.0.1:7001".into()];
+        assert_eq!(c.validate().unwrap_err().0, "cache.shared.nodes");
+        let mut c = base.clone();
+        c.ca_file = Some("/nonexistent/ca.pem".into());
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "cache.shared.ca_file",
+            "plain redis://"
+        );
+        c.url = Some("rediss://127.0.0.1:6380".into());
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "cache.shared.ca_file",
+            "missing file"
+        );
         let mut c = base;
         c.key_prefix = "has space".into();
         assert_eq!(c.validate().unwrap_err().0, "cache.shared.key_prefix");

@@ -1,36 +1,109 @@
 //! The shared store on Redis: one multiplexed connection (made on first use, dropped and remade
 //! after a connection-level failure), every command bounded by the tier's `timeout`; the lock is
 //! `SET NX PX`, released by a compare-and-delete script.
+//!
+//! The same store speaks to one Redis or to a Redis Cluster (`cache.shared.cluster`): every
+//! command names exactly one key (the script too), so the cluster client routes each to the
+//! node owning its slot, and a value and its lock need not share a slot. `rediss://` is checked
+//! against `cache.shared.ca_file` when given, else the system roots.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 
-use super::{SharedStore, StoreError, redact_url};
+use super::{SharedCacheConfig, SharedStore, StoreError, redact_url};
+
+/// One Redis, or a Cluster's seed nodes.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per process, made once at startup: its size costs nothing"
+)]
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection of either kind; both are cheap to clone (they multiplex).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
 
 /// Releases a lock only while it still holds this pod's token.
 const UNLOCK_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 pub struct RedisStore {
-    client: redis::Client,
+    client: Client,
     /// Without its password.
     url: String,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     timeout: Duration,
 }
 
 impl RedisStore {
-    /// A store at `url` (`redis://` or `rediss://`); no connection is made here. The error
-    /// says what is wrong with the URL, never the URL itself (it may hold a password).
-    pub fn open(url: &str, timeout: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    /// A store for `config` (`redis://` or `rediss://`, one server or a Cluster's seeds); no
+    /// connection is made here. The error names the field and says what is wrong, never the
+    /// URL itself (it may hold a password).
+    pub fn open(config: &SharedCacheConfig) -> Result<RedisStore, String> {
+        let urls = config
+            .seed_urls()
+            .map_err(|p| format!("cache.shared.url: {p}"))?;
+        let ca = config
+            .ca_pem()
+            .map_err(|p| format!("cache.shared.ca_file: {p}"))?;
+        let certs = ca.map(|root| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
+        });
+        let bad = |e: redis::RedisError| format!("cache.shared.url: {e}");
+        let client = if config.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout);
+            if let Some(certs) = certs {
+                b = b.certs(certs);
+            }
+            Client::Cluster(b.build().map_err(bad)?)
+        } else {
+            let url = urls[0].as_str();
+            Client::Single(match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs).map_err(bad)?,
+                None => redis::Client::open(url).map_err(bad)?,
+            })
+        };
+        let mut shown = urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
+        if config.cluster {
+            shown.insert_str(0, "cluster ");
+        }
         Ok(RedisStore {
             client,
-            url: redact_url(url),
+            url: shown,
             conn: tokio::sync::Mutex::new(None),
-            timeout,
+            timeout: config.timeout,
         })
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match &self.client {
+            Client::Single(c) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                Ok(Conn::Single(
+                    c.get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Client::Cluster(c) => Ok(Conn::Cluster(c.get_async_connection().await?)),
+        }
     }
 
     /// Runs one command within `timeout`, connecting first if needed.
@@ -41,22 +114,17 @@ impl RedisStore {
                 match &*slot {
                     Some(c) => c.clone(),
                     None => {
-                        let config = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout));
-                        let c = self
-                            .client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await
-                            .map_err(|e| (true, e))?;
+                        let c = self.connect().await.map_err(|e| (true, e))?;
                         *slot = Some(c.clone());
                         c
                     }
                 }
             };
-            cmd.query_async::<T>(&mut conn)
-                .await
-                .map_err(|e| (false, e))
+            match &mut conn {
+                Conn::Single(c) => cmd.query_async::<T>(c).await,
+                Conn::Cluster(c) => cmd.query_async::<T>(c).await,
+            }
+            .map_err(|e| (false, e))
         };
         let (reset, err) = match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(v)) => return Ok(v),
