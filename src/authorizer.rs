@@ -206,6 +206,9 @@ struct Slot {
     /// Longest a check waits for an exchange flight (queue, exchange, key refetch).
     flight_wait: Duration,
     clock: SharedClock,
+    /// This provider's own exchange counts and latency (the authorizer's `stats` holds the
+    /// totals), for the `provider`-labelled metrics.
+    stats: Stats,
 }
 
 impl Slot {
@@ -244,6 +247,7 @@ impl Slot {
                 .saturating_add(p.request_timeout.saturating_mul(2))
                 .saturating_add(Duration::from_secs(1)),
             clock: parts.clock.clone(),
+            stats: Stats::default(),
         })
     }
 
@@ -385,6 +389,15 @@ impl Authorizer {
     }
 
     /// Every provider by name, `default` first.
+    /// Every provider's own exchange counts and latency, by its config name (the metrics'
+    /// `provider` label).
+    pub fn provider_stats(&self) -> impl Iterator<Item = (&str, &Stats)> {
+        self.inner
+            .providers
+            .iter()
+            .map(|s| (s.name.as_str(), &s.stats))
+    }
+
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Provider)> {
         self.inner
             .providers
@@ -744,6 +757,7 @@ impl Inner {
             Ok(p) => p,
             Err(retry_after) => {
                 Stats::add(&self.stats.exchanges_limited);
+                Stats::add(&slot.stats.exchanges_limited);
                 if class == Class::Known {
                     Stats::add(&self.stats.exchanges_limited_known);
                 }
@@ -753,19 +767,21 @@ impl Inner {
         };
         let started = slot.clock.now();
         let exchanged = slot.provider.exchange(&client_id, &secret).await;
-        self.stats
-            .exchange_latency
-            .record(slot.clock.now().saturating_duration_since(started));
+        let took = slot.clock.now().saturating_duration_since(started);
+        self.stats.exchange_latency.record(took);
+        slot.stats.exchange_latency.record(took);
         let issued = match exchanged {
             Ok(issued) => issued,
             // The provider's own rate limit: answered 429 like ours, never cached as a refusal.
             Err(ExchangeError::RateLimited { retry_after }) => {
                 Stats::add(&self.stats.exchanges_failed);
+                Stats::add(&slot.stats.exchanges_failed);
                 self.cache.refresh_failed(&key);
                 return Loaded::Refused(Refusal::Limited { retry_after });
             }
             Err(e) if e.is_callers_fault() => {
                 Stats::add(&self.stats.exchanges_rejected);
+                Stats::add(&slot.stats.exchanges_rejected);
                 if matches!(e, ExchangeError::Rejected { .. }) {
                     self.cache.refuse(key);
                 } else {
@@ -775,12 +791,14 @@ impl Inner {
             }
             Err(e) => {
                 Stats::add(&self.stats.exchanges_failed);
+                Stats::add(&slot.stats.exchanges_failed);
                 self.cache.refresh_failed(&key);
                 return Loaded::Failed(Unavailable::Exchange(e));
             }
         };
         drop(permit);
         Stats::add(&self.stats.exchanges_ok);
+        Stats::add(&slot.stats.exchanges_ok);
         let verified: Verified = match slot.provider.verify(&issued.access_token).await {
             Ok(v) => v,
             Err(e) => {

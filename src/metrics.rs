@@ -240,6 +240,7 @@ impl Collector for CoreCollector {
             &[("check", s.check_panics), ("exchange", s.flight_panics)],
         )?;
         encode_jwks(&mut encoder, a)?;
+        encode_providers(&mut encoder, a)?;
         counter_family(
             &mut encoder,
             "m2m_authz_policy_reloads",
@@ -314,6 +315,55 @@ fn encode_jwks(encoder: &mut DescriptorEncoder, a: &Authorizer) -> Result<(), fm
     Ok(())
 }
 
+/// Each provider's exchanges by outcome and their latency (`provider` is its name in the
+/// config: a fixed, small set). The unlabelled `m2m_authz_exchanges` and
+/// `m2m_authz_exchange_duration` stay the totals over every provider.
+fn encode_providers(encoder: &mut DescriptorEncoder, a: &Authorizer) -> Result<(), fmt::Error> {
+    let mut exchanges = encoder.encode_descriptor(
+        "m2m_authz_provider_exchanges",
+        "Token exchanges, by provider and outcome (rejected: the provider refused the credentials; failed: unreachable, erroring or rate limiting; limited: refused by the sidecar's own limits)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, s) in a.provider_stats() {
+        for (outcome, counter) in [
+            ("ok", &s.exchanges_ok),
+            ("rejected", &s.exchanges_rejected),
+            ("failed", &s.exchanges_failed),
+            ("limited", &s.exchanges_limited),
+        ] {
+            ConstCounter::new(load(counter))
+                .encode(exchanges.encode_family(&[("provider", name), ("outcome", outcome)])?)?;
+        }
+    }
+    let mut duration = encoder.encode_descriptor(
+        "m2m_authz_provider_exchange_duration",
+        "Time each provider's token endpoint took to answer, whatever the outcome",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (name, s) in a.provider_stats() {
+        let h = s.exchange_latency.snapshot();
+        duration
+            .encode_family(&[("provider", name)])?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                micros_to_seconds(h.sum_micros),
+                h.count,
+                &buckets(&h),
+                None,
+            )?;
+    }
+    Ok(())
+}
+
+fn buckets(h: &LatencySnapshot) -> Vec<(f64, u64)> {
+    LATENCY_BUCKETS_MICROS
+        .iter()
+        .zip(h.per_bucket)
+        .map(|(bound, n)| (micros_to_seconds(*bound), n))
+        .collect()
+}
+
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -368,11 +418,7 @@ fn histogram(
     help: &str,
     h: &LatencySnapshot,
 ) -> Result<(), fmt::Error> {
-    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MICROS
-        .iter()
-        .zip(h.per_bucket)
-        .map(|(bound, n)| (micros_to_seconds(*bound), n))
-        .collect();
+    let buckets = buckets(h);
     let mut metric =
         encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(

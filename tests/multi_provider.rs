@@ -62,7 +62,7 @@ async fn rules_and_context_extensions_pick_the_provider() {
         b.jwks_url()
     );
     let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
-    let authz = Authorizer::new(&config).unwrap();
+    let authz = std::sync::Arc::new(Authorizer::new(&config).unwrap());
     let names: Vec<&str> = authz.providers().map(|(n, _)| n).collect();
     assert_eq!(names, ["default", "internal"]);
     for (_, p) in authz.providers() {
@@ -124,6 +124,64 @@ async fn rules_and_context_extensions_pick_the_provider() {
         ),
         "403 unknown_provider"
     );
+
+    // /metrics tells the providers apart: a refusal at B is B's, and each has its own latency.
+    assert_eq!(
+        outcome(
+            &authz
+                .check(&request("/internal/x", &[], &basic("c1", "wrong")))
+                .await
+                .unwrap()
+        ),
+        "401 invalid_client"
+    );
+    let text = m2m_authz::metrics::Metrics::new(authz.clone())
+        .render()
+        .unwrap();
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .trim()
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    for (series, expected) in [
+        (
+            r#"m2m_authz_provider_exchanges_total{provider="default",outcome="ok"}"#,
+            1,
+        ),
+        (
+            r#"m2m_authz_provider_exchanges_total{provider="default",outcome="rejected"}"#,
+            0,
+        ),
+        (
+            r#"m2m_authz_provider_exchanges_total{provider="internal",outcome="ok"}"#,
+            1,
+        ),
+        (
+            r#"m2m_authz_provider_exchanges_total{provider="internal",outcome="rejected"}"#,
+            1,
+        ),
+        (
+            r#"m2m_authz_provider_exchanges_total{provider="internal",outcome="failed"}"#,
+            0,
+        ),
+        (
+            r#"m2m_authz_provider_exchange_duration_seconds_count{provider="default"}"#,
+            1,
+        ),
+        (
+            r#"m2m_authz_provider_exchange_duration_seconds_count{provider="internal"}"#,
+            2,
+        ),
+        // The unlabelled totals are unchanged.
+        (r#"m2m_authz_exchanges_total{outcome="ok"}"#, 2),
+        (r#"m2m_authz_exchanges_total{outcome="rejected"}"#, 1),
+    ] {
+        assert_eq!(value(series), expected, "{series}");
+    }
+    assert!(!text.contains("s3cret"));
 }
 
 #[test]
