@@ -225,9 +225,13 @@ impl Slot {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("m2m-authz/", env!("CARGO_PKG_VERSION")))
             // `provider.ca_file`: trusted besides the system roots, for this provider only.
-            .tls_certs_merge(resolved.extra_roots.iter().cloned())
-            .build()
-            .map_err(|e| BuildError::Http(e.to_string()))?;
+            .tls_certs_merge(resolved.extra_roots.iter().cloned());
+        // `provider.client_cert`/`client_key`: presented to this provider only (mutual TLS).
+        let http = match &resolved.client_identity {
+            Some(identity) => http.identity(identity.clone()),
+            None => http,
+        };
+        let http = http.build().map_err(|e| BuildError::Http(e.to_string()))?;
         Ok(Slot {
             name: name.to_owned(),
             provider: Provider::with_parts(resolved, parts.for_provider(name, http, resolved)),

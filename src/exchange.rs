@@ -57,6 +57,11 @@ pub enum ExchangeError {
     Connect,
     #[error("the token endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)")]
     UntrustedCertificate,
+    #[error(
+        "the token endpoint refused the TLS handshake (it may require a client certificate: \
+         provider.client_cert and provider.client_key, or not accept the one sent)"
+    )]
+    TlsRefused,
     #[error("the token endpoint answered HTTP {status}")]
     Status { status: u16 },
     #[error("the token endpoint refused our request ({code}); check provider settings")]

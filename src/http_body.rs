@@ -25,6 +25,23 @@ pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
     false
 }
 
+/// Whether `e` is the server ending the TLS handshake with an alert: a server that requires a
+/// client certificate (mutual TLS) and got none, or did not accept the one it got.
+pub fn is_tls_refused(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(tls, rustls::Error::AlertReceived(_));
+        }
+        next = inner.or_else(|| err.source());
+    }
+    false
+}
+
 #[derive(Debug)]
 pub enum BodyError {
     TooLarge,

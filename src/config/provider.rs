@@ -122,6 +122,15 @@ pub struct ProviderConfig {
     /// addition to the system's roots (a private CA, or the embedded issuer's generated one).
     /// A relative path is taken from the config file's folder.
     pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain, leaf first) this sidecar presents to the provider's
+    /// token and JWKS endpoints, for providers that authenticate it with mutual TLS (RFC 8705
+    /// endpoints); with `client_key`. A relative path is taken from the config file's folder.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`, under the private-file rules (a regular file of
+    /// this user's, mode 0600 or stricter).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -175,6 +184,8 @@ pub struct ResolvedProvider {
     pub jwks_min_refetch_interval: Duration,
     /// `ca_file`'s certificates, trusted besides the system roots.
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// `client_cert` and `client_key`, presented to the provider (mutual TLS).
+    pub client_identity: Option<reqwest::Identity>,
 }
 
 impl ProviderConfig {
@@ -211,8 +222,74 @@ impl ProviderConfig {
                     .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?,
                 None => Vec::new(),
             },
+            client_identity: self.client_identity()?,
         })
     }
+
+    /// `client_cert` and `client_key` read and checked together: both or neither, the key
+    /// under the private-file rules and belonging to the certificate. The error names the
+    /// field and the file, never what the key file holds.
+    fn client_identity(&self) -> Result<Option<reqwest::Identity>, ConfigError> {
+        let (cert, key) = match (&self.client_cert, &self.client_key) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (c, k),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "provider.client_key",
+                    "required with provider.client_cert (its private key)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "provider.client_cert",
+                    "required with provider.client_key (the certificate it belongs to)",
+                ));
+            }
+        };
+        let cert_err = |p: String| ConfigError::invalid("provider.client_cert", p);
+        let key_err = |p: String| ConfigError::invalid("provider.client_key", p);
+        let chain = crate::pem::read_certs(cert).map_err(cert_err)?;
+        let key_der = read_client_key(key).map_err(key_err)?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| key_err(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(chain, key_der)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => key_err(format!(
+                    "{}: the private key does not belong to provider.client_cert's first \
+                     certificate",
+                    key.display()
+                )),
+                e => key_err(format!("{}: not a usable private key: {e}", key.display())),
+            })?;
+        let mut pem = crate::pem::read_bounded(cert).map_err(cert_err)?;
+        pem.push(b'\n');
+        pem.extend_from_slice(&crate::pem::read_bounded(key).map_err(key_err)?);
+        reqwest::Identity::from_pem(&pem)
+            .map(Some)
+            .map_err(|_| key_err(format!("{}: not a usable private key", key.display())))
+    }
+}
+
+/// A private key from a PEM file that passes the private-file rules; the error names the path
+/// but never shows what the file holds.
+fn read_client_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let shown = path.display();
+    match crate::private_files::check_file(path, "the provider client certificate's private key") {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(format!("{shown} does not exist")),
+        Err(e) => return Err(e.to_string()),
+    }
+    let bytes = crate::pem::read_bounded(path)?;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
+        format!(
+            "{shown} holds no PEM private key (PKCS#8, PKCS#1 or SEC1: -----BEGIN … PRIVATE \
+             KEY-----)"
+        )
+    })
 }
 
 impl ProviderConfig {
@@ -438,15 +515,23 @@ impl ProviderConfig {
             read_ca_file(path)
                 .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?;
         }
+        self.client_identity()?;
         Ok(())
     }
 
     /// Takes a relative `ca_file` from `dir` (the config file's folder).
     pub fn resolve_paths_in(&mut self, dir: &Path) {
-        if let Some(path) = self.ca_file.as_mut()
-            && path.is_relative()
+        for path in [
+            self.ca_file.as_mut(),
+            self.client_cert.as_mut(),
+            self.client_key.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
-            *path = dir.join(&*path);
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
         }
     }
 

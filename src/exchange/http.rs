@@ -12,7 +12,7 @@ use crate::clock::SharedClock;
 use crate::config::{ClientAuth, ResolvedProvider};
 use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
 
 /// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
 const FORM: &AsciiSet = &NON_ALPHANUMERIC
@@ -116,6 +116,8 @@ fn classify_send(e: reqwest::Error) -> ExchangeError {
         ExchangeError::Timeout
     } else if is_untrusted_certificate(&e) {
         ExchangeError::UntrustedCertificate
+    } else if is_tls_refused(&e) {
+        ExchangeError::TlsRefused
     } else if e.is_connect() {
         ExchangeError::Connect
     } else {

@@ -5,7 +5,7 @@ use url::Url;
 
 use super::{JwksError, KeySource};
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
 
 /// The JWKS endpoint, reached with reqwest.
 pub struct HttpKeySource {
@@ -54,6 +54,8 @@ fn classify(e: reqwest::Error) -> JwksError {
         JwksError::Timeout
     } else if is_untrusted_certificate(&e) {
         JwksError::UntrustedCertificate
+    } else if is_tls_refused(&e) {
+        JwksError::TlsRefused
     } else if e.is_connect() {
         JwksError::Connect
     } else {
