@@ -652,11 +652,13 @@ impl TestCa {
     }
 }
 
-/// `config` with `cache.shared` written out by the caller (`extra` goes under `shared:`).
+/// `config` with `cache.shared` written out by the caller (`extra` goes under `shared:`). The
+/// timeout leaves room for a TLS handshake, or a cluster's first slot map, on a machine busy
+/// with compilers.
 fn config_shared(p: &FakeProvider, url: &str, extra: &str) -> String {
     let mut yaml = config(p, None);
     yaml.push_str(&format!(
-        "cache:\n  shared:\n    url: {url}\n    timeout: 250ms\n    lock_ttl: 5s\n    lock_wait: 2s\n{extra}"
+        "cache:\n  shared:\n    url: {url}\n    timeout: 1s\n    lock_ttl: 5s\n    lock_wait: 2s\n{extra}"
     ));
     yaml
 }
