@@ -1,6 +1,8 @@
 //! Envoy dynamic metadata end to end: a real Envoy 1.40 with deploy/envoy/envoy.yaml asks the
 //! real `m2m-authz` process; its access log names who was let in (and why others were not)
-//! from the metadata, and an RBAC filter (deploy/envoy/rbac-user-deny-list.yaml) acts on it.
+//! from the metadata, and the shipped filter snippets act on it: an RBAC user deny-list
+//! (deploy/envoy/rbac-user-deny-list.yaml) and a per-user local rate limit
+//! (deploy/envoy/local-ratelimit-per-user.yaml).
 
 mod common;
 
@@ -260,7 +262,7 @@ async fn a_local_rate_limit_counts_each_user_on_its_own() {
     }
     assert_eq!(
         envoy
-            .stat("http.per_user.http_local_rate_limit.rate_limited")
+            .stat("per_user.http_local_rate_limit.rate_limited")
             .await,
         Some(1)
     );
