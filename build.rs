@@ -9,6 +9,10 @@ fn main() -> anyhow::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // `google.protobuf.Struct` is our own trimmed copy (proto/google/protobuf), not
+        // prost-types'; a B-tree for its handful of keys is cheaper to fill than a hash map.
+        .compile_well_known_types(true)
+        .btree_map(".google.protobuf.Struct.fields")
         .compile_protos(
             &["proto/envoy/service/auth/v3/external_auth.proto"],
             &["proto"],

@@ -131,6 +131,7 @@ impl Authorization for Floor {
                 message: String::new(),
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            dynamic_metadata: None,
         }))
     }
 }

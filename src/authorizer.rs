@@ -27,7 +27,7 @@ use crate::config::{Config, ConfigError, DEFAULT_PROVIDER, ProviderConfig, Resol
 pub const PROVIDER_CONTEXT_KEY: &str = "provider";
 use crate::clock::SharedClock;
 use crate::credentials::{BearerToken, Credential, Extractor, Secret};
-use crate::decision::{Allow, Decision, Refusal};
+use crate::decision::{Allow, DEFAULT_RULE, Decision, Refusal};
 use crate::defaults::CACHE_SWEEP_INTERVAL;
 use crate::exchange::{ExchangeError, TokenEndpoint};
 use crate::flight::SingleFlight;
@@ -35,7 +35,7 @@ use crate::identity::{Identity, IdentityBuilder, IdentityError};
 use crate::jwks::{JwksError, KeySource};
 use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
-use crate::policy::{Action, UpstreamCredential};
+use crate::policy::{Action, Matched, UpstreamCredential};
 use crate::provider::{Provider, ProviderParts, TokenCheckError};
 use crate::request::AuthRequest;
 use crate::settings::Settings;
@@ -192,7 +192,8 @@ pub struct Authorizer {
 
 /// One identity provider as checks use it: `default` (from `provider`) or one of `providers`.
 struct Slot {
-    name: String,
+    /// Shared, so each allowed decision can name its provider without a copy.
+    name: Arc<str>,
     provider: Provider,
     /// Each provider has its own exchange limits: a flood aimed at one cannot starve another.
     limiter: ExchangeLimiter,
@@ -233,7 +234,7 @@ impl Slot {
         };
         let http = http.build().map_err(|e| BuildError::Http(e.to_string()))?;
         Ok(Slot {
-            name: name.to_owned(),
+            name: name.into(),
             provider: Provider::with_parts(resolved, parts.for_provider(name, http, resolved)),
             limiter: ExchangeLimiter::with_clock(
                 c.max_concurrent_exchanges,
@@ -299,6 +300,8 @@ struct Inner {
     /// What anonymous routes send upstream: no identity, every identity and credential header
     /// stripped.
     anonymous: Arc<Identity>,
+    /// [`DEFAULT_RULE`], allocated once: what a decision names when no rule matched.
+    default_rule: Arc<str>,
 }
 
 impl Authorizer {
@@ -383,6 +386,7 @@ impl Authorizer {
                 stats,
                 policy,
                 anonymous,
+                default_rule: DEFAULT_RULE.into(),
             }),
         })
     }
@@ -403,10 +407,7 @@ impl Authorizer {
     }
 
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Provider)> {
-        self.inner
-            .providers
-            .iter()
-            .map(|s| (s.name.as_str(), &s.provider))
+        self.inner.providers.iter().map(|s| (&*s.name, &s.provider))
     }
 
     /// Keeps every provider's JWKS fresh, under `supervisor`; the receiver turns true once all
@@ -499,16 +500,30 @@ impl Authorizer {
     async fn decide(&self, request: &AuthRequest) -> Result<Decision, Unavailable> {
         // One whole policy snapshot per check, even if a reload lands meanwhile.
         let policy = self.inner.policy.snapshot();
-        let requirement = match policy.select(request) {
+        let (matched, action) = match policy.select(request) {
+            // Refused before any rule is consulted: the decision names no rule.
             Err(e) => return Ok(self.deny(Refusal::Target(e))),
-            Ok((_, action)) => action,
+            Ok(selected) => selected,
         };
-        let requirement = match requirement {
+        let rule = match matched {
+            Matched::Rule { index, .. } => &policy.rules()[index].name,
+            Matched::Default => &self.inner.default_rule,
+        };
+        self.apply(request, action)
+            .await
+            .map(|decision| decision.with_rule(rule))
+    }
+
+    /// Decides one check under the action its rule (or the default) chose.
+    async fn apply(&self, request: &AuthRequest, action: &Action) -> Result<Decision, Unavailable> {
+        let requirement = match action {
             Action::Deny => return Ok(self.deny(Refusal::RouteDenied)),
             Action::AllowAnonymous => {
                 return Ok(Decision::Allow(Allow {
                     identity: self.inner.anonymous.clone(),
                     forward: None,
+                    provider: None,
+                    rule: None,
                 }));
             }
             Action::Require(r) => r,
@@ -528,7 +543,7 @@ impl Authorizer {
                     .map(String::as_str)
             })
             .unwrap_or(DEFAULT_PROVIDER);
-        let Some(slot) = self.inner.providers.iter().find(|s| s.name == wanted) else {
+        let Some(slot) = self.inner.providers.iter().find(|s| &*s.name == wanted) else {
             return Ok(self.deny(Refusal::UnknownProvider));
         };
         let forward = requirement.upstream == UpstreamCredential::Bearer;
@@ -562,7 +577,12 @@ impl Authorizer {
                         None => return Ok(self.deny(Refusal::TokenNotKept)),
                     },
                 };
-                Ok(Decision::Allow(Allow { identity, forward }))
+                Ok(Decision::Allow(Allow {
+                    identity,
+                    forward,
+                    provider: Some(slot.name.clone()),
+                    rule: None,
+                }))
             }
             Loaded::Identity(_) => Ok(self.deny(Refusal::InsufficientScope {
                 required: requirement.describe(),

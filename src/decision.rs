@@ -23,6 +23,10 @@ pub struct Allow {
     /// The access token to send upstream as `Authorization: Bearer` (route policy
     /// `upstream_credential: bearer`) instead of stripping every credential.
     pub forward: Option<BearerToken>,
+    /// The provider that vouched for the identity; `None` on an anonymous route.
+    pub provider: Option<Arc<str>>,
+    /// The policy rule that decided, or [`DEFAULT_RULE`] for the policy's default.
+    pub rule: Option<Arc<str>>,
 }
 
 impl Allow {
@@ -47,6 +51,8 @@ impl PartialEq for Allow {
         self.set() == other.set()
             && self.remove() == other.remove()
             && self.forward == other.forward
+            && self.provider == other.provider
+            && self.rule == other.rule
     }
 }
 
@@ -64,6 +70,25 @@ pub struct Deny {
     pub body: String,
     /// A short, stable reason for logs and metrics.
     pub reason: &'static str,
+    /// The policy rule that had matched ([`DEFAULT_RULE`] for the policy's default); `None`
+    /// when the request was refused before any rule was consulted (a malformed path or host).
+    pub rule: Option<Arc<str>>,
+}
+
+/// How a decision names the policy's `default` action — also what every check matches when no
+/// policy is configured at all.
+pub const DEFAULT_RULE: &str = "default";
+
+impl Decision {
+    /// The same decision, naming the rule that made it.
+    pub fn with_rule(mut self, rule: &Arc<str>) -> Decision {
+        let slot = match &mut self {
+            Decision::Allow(a) => &mut a.rule,
+            Decision::Deny(d) => &mut d.rule,
+        };
+        *slot = Some(rule.clone());
+        self
+    }
 }
 
 /// Why a request is refused. Every variant's text is ours, never the caller's input.
@@ -109,6 +134,7 @@ impl Refusal {
                     "new credentials are arriving faster than the exchange limit; retry later",
                 ),
                 reason: "exchange_limited",
+                rule: None,
             };
         }
         if let Refusal::TokenNotKept = self {
@@ -121,6 +147,7 @@ impl Refusal {
                     "the access token to forward is not available yet; retry",
                 ),
                 reason: "token_not_kept",
+                rule: None,
             };
         }
         if let Refusal::RouteDenied | Refusal::UnknownProvider = self {
@@ -142,6 +169,7 @@ impl Refusal {
                 } else {
                     "route_denied"
                 },
+                rule: None,
             };
         }
         if let Refusal::InsufficientScope { required } = self {
@@ -154,6 +182,7 @@ impl Refusal {
                 retry_after: None,
                 body: body("insufficient_scope", description),
                 reason: "insufficient_scope",
+                rule: None,
             };
         }
         let (status, rfc_error, body_error, reason): (u16, Option<&str>, &str, &'static str) =
@@ -234,6 +263,7 @@ impl Refusal {
             retry_after: None,
             body: body(body_error, &description),
             reason,
+            rule: None,
         }
     }
 }

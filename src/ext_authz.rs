@@ -1,6 +1,12 @@
 //! The Envoy edge: `envoy.service.auth.v3.Authorization/Check` turned into an `AuthRequest`
 //! once, and a `Decision` turned back into a `CheckResponse`. Nothing here decides anything.
+//!
+//! Every answer also carries `dynamic_metadata`, which Envoy's ext_authz filter publishes under
+//! its namespace [`METADATA_NAMESPACE`] for access logs and later filters (RBAC, rate limits):
+//! see [`metadata`] for the keys.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +19,7 @@ use tracing::field::Empty;
 
 use crate::authorizer::Authorizer;
 use crate::decision::{Allow, Decision, Deny};
-use crate::defaults::AUTHORIZATION;
+use crate::defaults::{AUTHORIZATION, USER_ID_HEADER};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, log_check};
 use crate::proto::envoy::config::core::v3::{
@@ -24,6 +30,7 @@ use crate::proto::envoy::service::auth::v3::{
     authorization_server::Authorization, check_response::HttpResponse,
 };
 use crate::proto::envoy::r#type::v3::HttpStatus;
+use crate::proto::google::protobuf::{Struct, Value, value::Kind};
 use crate::proto::google::rpc;
 use crate::request::{AuthRequest, Headers};
 use crate::stats::Stats;
@@ -35,6 +42,29 @@ mod code {
     pub const PERMISSION_DENIED: i32 = 7;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// Where Envoy's HTTP ext_authz filter puts a `CheckResponse`'s `dynamic_metadata`.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
+
+/// The keys of `CheckResponse.dynamic_metadata`, all string values. A key with nothing to say
+/// is left out (an anonymous route has no user, client, scope or provider). Never a secret or
+/// a token: only what the identity headers and the logs already show.
+pub mod metadata {
+    /// Allowed: the value of the `x-user-id` identity header, when the identity sets one.
+    pub const USER_ID: &str = "user_id";
+    /// Allowed: the authenticated client (the token's `sub`).
+    pub const CLIENT_ID: &str = "client_id";
+    /// Allowed: the granted scopes, space-separated (RFC 6749 §3.3).
+    pub const SCOPE: &str = "scope";
+    /// Allowed: the provider's name (`default`, or a `providers` key).
+    pub const PROVIDER: &str = "provider";
+    /// Both: the policy rule that decided, `default` for the policy's default (and for every
+    /// check when no policy is configured). Absent on a denial made before any rule was
+    /// consulted (a malformed path or host).
+    pub const RULE: &str = "rule";
+    /// Denied: the denial's stable reason, as in the logs and the `reason` metric label.
+    pub const REASON: &str = "reason";
 }
 
 pub fn to_auth_request(check: CheckRequest) -> AuthRequest {
@@ -87,6 +117,51 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
     }
 }
 
+fn string(value: String) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(value)),
+    }
+}
+
+/// The metadata Struct of the non-empty `fields`; `None` when there are none. On every check's
+/// path: one allocation per key and value (plus the B-tree's node), nothing else.
+fn metadata_struct<'a>(
+    fields: impl IntoIterator<Item = (&'static str, Cow<'a, str>)>,
+) -> Option<Struct> {
+    let fields: BTreeMap<String, Value> = fields
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), string(v.into_owned())))
+        .collect();
+    (!fields.is_empty()).then_some(Struct { fields })
+}
+
+fn allowed_metadata(allow: &Allow) -> Option<Struct> {
+    let identity = &allow.identity;
+    let user_id = allow
+        .set()
+        .iter()
+        .find(|(name, _)| &**name == USER_ID_HEADER)
+        .map_or("", |(_, value)| value);
+    metadata_struct([
+        (metadata::USER_ID, Cow::Borrowed(user_id)),
+        (metadata::CLIENT_ID, Cow::Borrowed(&*identity.client_id)),
+        (metadata::SCOPE, Cow::Owned(identity.scopes.join(" "))),
+        (
+            metadata::PROVIDER,
+            allow.provider.as_deref().unwrap_or("").into(),
+        ),
+        (metadata::RULE, allow.rule.as_deref().unwrap_or("").into()),
+    ])
+}
+
+fn denied_metadata(deny: &Deny) -> Option<Struct> {
+    metadata_struct([
+        (metadata::REASON, Cow::Borrowed(deny.reason)),
+        (metadata::RULE, deny.rule.as_deref().unwrap_or("").into()),
+    ])
+}
+
 fn allowed(allow: &Allow) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
@@ -103,6 +178,7 @@ fn allowed(allow: &Allow) -> CheckResponse {
                 .collect(),
             response_headers_to_add: Vec::new(),
         })),
+        dynamic_metadata: allowed_metadata(allow),
     }
 }
 
@@ -125,6 +201,7 @@ fn denied(deny: &Deny) -> CheckResponse {
             headers: deny_headers(deny),
             body: deny.body.clone(),
         })),
+        dynamic_metadata: denied_metadata(deny),
     }
 }
 
@@ -250,5 +327,178 @@ impl ExtAuthz {
             // operator's `failure_mode_allow` decide (false by default, so Envoy fails closed).
             Err(error) => Err(Status::unavailable(error.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::BearerToken;
+    use crate::decision::{DEFAULT_RULE, Refusal};
+    use crate::identity::Identity;
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjbGllbnQtMSJ9.c2lnbmF0dXJl";
+
+    fn fields(response: &CheckResponse) -> Vec<(String, String)> {
+        let Some(meta) = &response.dynamic_metadata else {
+            return Vec::new();
+        };
+        meta.fields
+            .iter()
+            .map(|(k, v)| match &v.kind {
+                Some(Kind::StringValue(s)) => (k.clone(), s.clone()),
+                other => panic!("{k}: not a string value: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<_> = expected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn identity(user: Option<&str>, scopes: &[&str]) -> Arc<Identity> {
+        let mut headers: Vec<(Arc<str>, Box<str>)> =
+            vec![("x-client-id".into(), "client-1".into())];
+        if let Some(user) = user {
+            headers.push((USER_ID_HEADER.into(), user.into()));
+        }
+        Arc::new(Identity {
+            headers: headers.into(),
+            remove: Arc::new([AUTHORIZATION.into(), "x-client-secret".into()]),
+            client_id: "client-1".into(),
+            scopes: scopes.iter().map(|s| Box::<str>::from(*s)).collect(),
+            access_token: Some(BearerToken::new(TOKEN)),
+        })
+    }
+
+    #[test]
+    fn an_allowed_answer_carries_the_identity_as_dynamic_metadata() {
+        for (rule, forward) in [("orders-read", None), (DEFAULT_RULE, Some(TOKEN))] {
+            let allow = Allow {
+                identity: identity(Some("user-1"), &["read:orders", "write:orders"]),
+                forward: forward.map(BearerToken::new),
+                provider: Some("partners".into()),
+                rule: Some(rule.into()),
+            };
+            let response = to_check_response(&Decision::Allow(allow));
+            assert_eq!(
+                fields(&response),
+                pairs(&[
+                    (metadata::USER_ID, "user-1"),
+                    (metadata::CLIENT_ID, "client-1"),
+                    (metadata::SCOPE, "read:orders write:orders"),
+                    (metadata::PROVIDER, "partners"),
+                    (metadata::RULE, rule),
+                ])
+            );
+            // The access token may go upstream as a header, never into metadata.
+            let text = format!("{:?}", response.dynamic_metadata);
+            assert!(!text.contains(TOKEN) && !text.contains("Bearer"), "{text}");
+        }
+    }
+
+    #[test]
+    fn keys_with_nothing_to_say_are_left_out() {
+        // No user id header, no scopes: those keys are absent, not empty strings.
+        let allow = Allow {
+            identity: identity(None, &[]),
+            forward: None,
+            provider: Some("default".into()),
+            rule: Some(DEFAULT_RULE.into()),
+        };
+        assert_eq!(
+            fields(&to_check_response(&Decision::Allow(allow))),
+            pairs(&[
+                (metadata::CLIENT_ID, "client-1"),
+                (metadata::PROVIDER, "default"),
+                (metadata::RULE, DEFAULT_RULE),
+            ])
+        );
+        // An anonymous route: only the rule that opened it.
+        let anonymous = Allow {
+            identity: Arc::new(Identity {
+                headers: Box::new([]),
+                remove: Arc::new([AUTHORIZATION.into()]),
+                client_id: Box::default(),
+                scopes: Box::new([]),
+                access_token: None,
+            }),
+            forward: None,
+            provider: None,
+            rule: Some("health".into()),
+        };
+        assert_eq!(
+            fields(&to_check_response(&Decision::Allow(anonymous))),
+            pairs(&[(metadata::RULE, "health")])
+        );
+    }
+
+    #[test]
+    fn a_denied_answer_carries_its_reason_and_rule() {
+        let mut deny = Refusal::RouteDenied.to_deny("api");
+        deny.rule = Some("admin-block".into());
+        let response = to_check_response(&Decision::Deny(deny));
+        assert_eq!(
+            fields(&response),
+            pairs(&[
+                (metadata::REASON, "route_denied"),
+                (metadata::RULE, "admin-block")
+            ])
+        );
+        // Refused before any rule was consulted: the reason alone.
+        let deny = Refusal::Target(crate::canonical::TargetError::DotSegment).to_deny("api");
+        let response = to_check_response(&Decision::Deny(deny));
+        assert_eq!(
+            fields(&response),
+            pairs(&[(metadata::REASON, "malformed_path")])
+        );
+        // A wrong secret: the stable reason, nothing the caller sent.
+        let mut deny = Refusal::Exchange(crate::exchange::ExchangeError::Rejected {
+            code: "invalid_client".into(),
+        })
+        .to_deny("api");
+        deny.rule = Some(DEFAULT_RULE.into());
+        let response = to_check_response(&Decision::Deny(deny));
+        assert_eq!(
+            fields(&response),
+            pairs(&[
+                (metadata::REASON, "invalid_client"),
+                (metadata::RULE, DEFAULT_RULE)
+            ])
+        );
+    }
+
+    /// Envoy reads field 4 as a `google.protobuf.Struct`: the bytes must be the well-known
+    /// type's (a map entry of string key 1 and `Value` 2, whose `string_value` is field 3).
+    #[test]
+    fn dynamic_metadata_is_field_4_in_the_well_known_struct_encoding() {
+        use prost::Message;
+        let deny = Refusal::RouteDenied.to_deny("api");
+        let bytes = to_check_response(&Decision::Deny(deny)).encode_to_vec();
+        // field 4, length-delimited; one Struct.fields entry (field 1) of key "reason" and a
+        // Value with string_value (field 3) "route_denied".
+        let entry = [
+            &[0x0a, 6][..],
+            b"reason",
+            &[0x12, 14, 0x1a, 12],
+            b"route_denied",
+        ]
+        .concat();
+        let expected = [
+            &[0x22, entry.len() as u8 + 2, 0x0a, entry.len() as u8][..],
+            &entry,
+        ]
+        .concat();
+        assert!(
+            bytes
+                .windows(expected.len())
+                .any(|w| w == expected.as_slice()),
+            "{bytes:02x?}"
+        );
     }
 }

@@ -92,5 +92,8 @@ pub mod proto {
         pub mod rpc {
             tonic::include_proto!("google.rpc");
         }
+        pub mod protobuf {
+            tonic::include_proto!("google.protobuf");
+        }
     }
 }

@@ -82,6 +82,11 @@ async fn basic_credential_is_exchanged_once_then_served_from_cache() {
         assert_eq!(header(allow.set(), "x-client-id"), Some("client-1"));
         assert!(allow.remove().iter().any(|h| &**h == "authorization"));
         assert!(allow.remove().iter().any(|h| &**h == "x-client-secret"));
+        // What the dynamic metadata names: no policy, so the default rule, and the provider.
+        assert_eq!(
+            (allow.provider.as_deref(), allow.rule.as_deref()),
+            (Some("default"), Some("default"))
+        );
     }
     assert_eq!(p.token_calls(), 1, "one exchange for three checks");
     assert_eq!(a.cache().len(), 1);

@@ -12,7 +12,10 @@
 //!   and the m2m-authz config, and every Pod is locked down;
 //! - the Istio files (no schemas here) parse and agree with each other and
 //!   with the shared Service: the CUSTOM provider, path normalization, STRICT
-//!   mTLS, the ALLOW policy's ports and principals, the provider's egress.
+//!   mTLS, the ALLOW policy's ports and principals, the provider's egress;
+//! - the Envoy Gateway example (Gateway API and SecurityPolicy: no schemas
+//!   here either) is wired together and its `extAuth.grpc` reaches the
+//!   shared Service's Check port.
 //!
 //! Needs `kubectl` on PATH (or `$KUBECTL`) and `scripts/tools` (Envoy and
 //! kubernetes-validate in .tools/venv): without them each test says what it
@@ -41,6 +44,8 @@ const SECRET_COMPONENT: &str = "deploy/kubernetes/components/config-in-secret";
 /// PodMonitor, PrometheusRule and Grafana dashboard (tests/monitoring.rs checks the rules).
 const MONITORING_COMPONENT: &str = "deploy/kubernetes/components/monitoring";
 const ISTIO: &str = "deploy/istio";
+/// Gateway API objects and a SecurityPolicy in front of the shared service.
+const ENVOY_GATEWAY: &str = "deploy/envoy-gateway";
 
 /// The Kubernetes versions the manifests are validated against: the oldest
 /// they support (native sidecars, gRPC probes, preStop `sleep`) and the
@@ -48,7 +53,11 @@ const ISTIO: &str = "deploy/istio";
 const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 
 /// API groups of custom resources, which kubernetes-validate cannot check.
-const CUSTOM_RESOURCE_GROUPS: &[&str] = &["monitoring.coreos.com/"];
+const CUSTOM_RESOURCE_GROUPS: &[&str] = &[
+    "monitoring.coreos.com/",
+    "gateway.networking.k8s.io/",
+    "gateway.envoyproxy.io/",
+];
 
 /// Where m2m-authz's config is mounted and how it is named (the image's CMD).
 const M2M_AUTHZ_CONFIG_KEY: &str = "config.yaml";
@@ -910,9 +919,37 @@ fn envoy_configs_pass_envoy_validate() {
     let mut configs: Vec<(String, PathBuf)> = Vec::new();
 
     let envoy_dir = repo_path("deploy/envoy");
+    let bootstrap = read(&envoy_dir.join("envoy.yaml"));
     for entry in std::fs::read_dir(&envoy_dir).expect("read deploy/envoy") {
         let path = entry.expect("dir entry").path();
-        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = read(&path);
+        if yaml_one(&text, &path.display().to_string()).is_sequence() {
+            // An http_filters snippet (rbac-user-deny-list.yaml): validated in place, before
+            // envoy.yaml's router, as its comment says to use it.
+            let router = "                  - name: envoy.filters.http.router\n";
+            assert_eq!(
+                bootstrap.matches(router).count(),
+                1,
+                "envoy.yaml's router filter"
+            );
+            let indent = &router[..router.find('-').unwrap()];
+            let snippet: String = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("{indent}{l}\n"))
+                .collect();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let file = dir.join(&format!("envoy-with-{name}"));
+            std::fs::write(
+                &file,
+                bootstrap.replace(router, &format!("{snippet}{router}")),
+            )
+            .expect("write Envoy config");
+            configs.push((format!("deploy/envoy/envoy.yaml with {name}"), file));
+        } else {
             configs.push((path.display().to_string(), path));
         }
     }
@@ -2353,5 +2390,187 @@ fn monitoring_component_scrapes_what_the_pod_serves() {
         r.objects("PrometheusRule").len(),
         1,
         "{what}: one PrometheusRule"
+    );
+}
+
+/// deploy/envoy-gateway: kubernetes-validate has no schemas for the Gateway API or Envoy
+/// Gateway's SecurityPolicy, so the fields the example relies on are checked here: the route
+/// hangs off the Gateway of Envoy Gateway's class, the SecurityPolicy targets that route, fails
+/// closed, sends the credential headers, uses only `extAuth` fields Envoy Gateway has, and its
+/// gRPC backend is the m2m-authz Service's port that reaches the container's Check listener;
+/// the NetworkPolicy lets the Gateway's Envoy pods in.
+#[test]
+fn envoy_gateway_security_policy_reaches_the_check_service() {
+    crate::needs!(Kubectl);
+    let r = rendered_dir(ENVOY_GATEWAY);
+    let what = ENVOY_GATEWAY;
+
+    let class = &r.objects("GatewayClass");
+    assert_eq!(class.len(), 1, "{what}: one GatewayClass");
+    let class = class[0];
+    assert_eq!(
+        str_at(class, &["spec", "controllerName"], what),
+        "gateway.envoyproxy.io/gatewayclass-controller"
+    );
+    let class_name = str_at(class, &["metadata", "name"], what);
+    let gateways = r.objects("Gateway");
+    assert_eq!(gateways.len(), 1, "{what}: one Gateway");
+    let gateway = gateways[0];
+    assert_eq!(
+        str_at(gateway, &["apiVersion"], what),
+        "gateway.networking.k8s.io/v1"
+    );
+    assert_eq!(
+        str_at(gateway, &["spec", "gatewayClassName"], what),
+        class_name
+    );
+    let gateway_name = str_at(gateway, &["metadata", "name"], what);
+
+    let routes = r.objects("HTTPRoute");
+    assert_eq!(routes.len(), 1, "{what}: one HTTPRoute");
+    let route = routes[0];
+    assert_eq!(
+        str_at(route, &["apiVersion"], what),
+        "gateway.networking.k8s.io/v1"
+    );
+    let parents = seq_at(route, &["spec", "parentRefs"], what);
+    assert!(
+        parents
+            .iter()
+            .any(|p| str_at(p, &["name"], what) == gateway_name),
+        "{what}: the HTTPRoute is not attached to Gateway {gateway_name}"
+    );
+    let route_name = str_at(route, &["metadata", "name"], what);
+
+    let policies = r.objects("SecurityPolicy");
+    assert_eq!(policies.len(), 1, "{what}: one SecurityPolicy");
+    let policy = policies[0];
+    assert_eq!(
+        str_at(policy, &["apiVersion"], what),
+        "gateway.envoyproxy.io/v1alpha1"
+    );
+    let targets = seq_at(policy, &["spec", "targetRefs"], what);
+    assert_eq!(targets.len(), 1, "{what}: one targetRef");
+    assert_eq!(
+        str_at(&targets[0], &["group"], what),
+        "gateway.networking.k8s.io"
+    );
+    assert_eq!(str_at(&targets[0], &["kind"], what), "HTTPRoute");
+    assert_eq!(str_at(&targets[0], &["name"], what), route_name);
+    let ext_auth = at(policy, &["spec", "extAuth"], what);
+    // Envoy Gateway's ExtAuth fields (v1.x); a misspelt key would be dropped or refused by the
+    // CRD's schema, and the check silently not configured as intended.
+    let known: BTreeSet<String> = [
+        "grpc",
+        "http",
+        "headersToExtAuth",
+        "bodyToExtAuth",
+        "failOpen",
+        "recomputeRoute",
+        "timeout",
+        "contextExtensions",
+    ]
+    .map(str::to_owned)
+    .into();
+    let keys = mapping_keys(ext_auth);
+    assert!(
+        keys.is_subset(&known),
+        "{what}: unknown extAuth fields in {keys:?}"
+    );
+    assert!(
+        opt(ext_auth, &["http"]).is_none(),
+        "{what}: gRPC, not HTTP ext_authz"
+    );
+    assert_eq!(
+        opt(ext_auth, &["failOpen"]).and_then(Value::as_bool),
+        Some(false),
+        "{what}: extAuth must fail closed explicitly"
+    );
+    let sent: BTreeSet<&str> = seq_at(ext_auth, &["headersToExtAuth"], what)
+        .iter()
+        .map(|h| h.as_str().expect("header name"))
+        .collect();
+    for header in ["authorization", "x-client-id", "x-client-secret"] {
+        assert!(
+            sent.contains(header),
+            "{what}: headersToExtAuth lacks {header}"
+        );
+    }
+
+    // The backend is the m2m-authz Service, on the port whose target is the container's Check
+    // listener (listen.grpc of the config the Deployment mounts).
+    let backends = seq_at(ext_auth, &["grpc", "backendRefs"], what);
+    assert_eq!(backends.len(), 1, "{what}: one gRPC backendRef");
+    let backend = &backends[0];
+    assert!(
+        opt(backend, &["kind"]).is_none_or(|k| k.as_str() == Some("Service")),
+        "{what}: the backendRef must be a Service"
+    );
+    assert!(
+        opt(backend, &["namespace"]).is_none(),
+        "{what}: same namespace (no ReferenceGrant needed)"
+    );
+    let service = r.object("Service", str_at(backend, &["name"], what));
+    let port = u64_at(backend, &["port"], what);
+    let service_port = seq_at(service, &["spec", "ports"], what)
+        .iter()
+        .find(|p| u64_at(p, &["port"], what) == port)
+        .unwrap_or_else(|| panic!("{what}: the Service has no port {port}"));
+    let target = str_at(service_port, &["targetPort"], what);
+    let pod = pod_spec(r.deployment(), what);
+    let m2m = container(&pod, "m2m-authz", what);
+    let container_port = container_port(m2m, target, what);
+    let listen = m2m_authz_listen(&m2m_authz_config(r), what);
+    assert_eq!(
+        listen.grpc.tcp(what).1,
+        container_port,
+        "{what}: the backendRef's port does not reach m2m-authz's listen.grpc"
+    );
+    // No Istio sidecar behind Envoy Gateway.
+    assert!(
+        opt(
+            r.deployment(),
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "sidecar.istio.io/inject"
+            ]
+        )
+        .is_none(),
+        "{what}: the Istio injection label is left on"
+    );
+
+    // The Check port admits the Gateway's Envoy pods.
+    let check = r.object("NetworkPolicy", "m2m-authz-check");
+    let ingress = seq_at(check, &["spec", "ingress"], what);
+    let admits_gateway = ingress.iter().any(|rule| {
+        let to_port = seq_at(rule, &["ports"], what)
+            .iter()
+            .any(|p| u64_at(p, &["port"], what) == u64::from(container_port));
+        to_port
+            && seq_at(rule, &["from"], what).iter().any(|peer| {
+                opt(
+                    peer,
+                    &[
+                        "namespaceSelector",
+                        "matchLabels",
+                        "kubernetes.io/metadata.name",
+                    ],
+                )
+                .and_then(Value::as_str)
+                    == Some("envoy-gateway-system")
+                    && opt(
+                        peer,
+                        &["podSelector", "matchLabels", "app.kubernetes.io/managed-by"],
+                    )
+                    .and_then(Value::as_str)
+                        == Some("envoy-gateway")
+            })
+    });
+    assert!(
+        admits_gateway,
+        "{what}: the NetworkPolicy shuts out the Gateway's Envoy"
     );
 }

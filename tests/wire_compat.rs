@@ -121,10 +121,12 @@ fn our_ok_response_decodes_as_envoys() {
             headers: Box::new([("x-user-id".into(), "user-1".into())]),
             remove: std::sync::Arc::new(["authorization".into(), "x-client-secret".into()]),
             client_id: "client-1".into(),
-            scopes: Box::new([]),
+            scopes: Box::new(["read:orders".into(), "write:orders".into()]),
             access_token: None,
         }),
         forward: None,
+        provider: Some("default".into()),
+        rule: Some("orders-read".into()),
     });
     let bytes = to_check_response(&decision).encode_to_vec();
     let theirs = up::CheckResponse::decode(bytes.as_slice()).unwrap();
@@ -142,6 +144,32 @@ fn our_ok_response_decodes_as_envoys() {
         ok.headers_to_remove,
         vec!["authorization", "x-client-secret"]
     );
+    assert_eq!(
+        metadata(theirs.dynamic_metadata),
+        [
+            ("client_id", "client-1"),
+            ("provider", "default"),
+            ("rule", "orders-read"),
+            ("scope", "read:orders write:orders"),
+            ("user_id", "user-1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
+}
+
+/// Envoy's view of `CheckResponse.dynamic_metadata`: every field, each a string value.
+fn metadata(meta: Option<envoy_types::pb::google::protobuf::Struct>) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = meta
+        .expect("dynamic_metadata")
+        .fields
+        .into_iter()
+        .map(|(k, v)| match v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => (k, s),
+            other => panic!("{k}: {other:?}"),
+        })
+        .collect();
+    fields.sort();
+    fields
 }
 
 #[test]
@@ -152,6 +180,7 @@ fn our_denied_response_decodes_as_envoys() {
         retry_after: None,
         body: "{\"error\":\"unauthorized\"}".into(),
         reason: "no_credentials",
+        rule: Some("default".into()),
     });
     let bytes = to_check_response(&decision).encode_to_vec();
     let theirs = up::CheckResponse::decode(bytes.as_slice()).unwrap();
@@ -168,4 +197,9 @@ fn our_denied_response_decodes_as_envoys() {
         .find(|h| h.key == "www-authenticate")
         .unwrap();
     assert_eq!(www.value, "Bearer realm=\"m2m-authz\"");
+    assert_eq!(
+        metadata(theirs.dynamic_metadata),
+        [("reason", "no_credentials"), ("rule", "default")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
 }

@@ -18,6 +18,7 @@ pub mod reload;
 pub mod scopes;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::canonical::{self, TargetError};
 use crate::request::AuthRequest;
@@ -57,7 +58,8 @@ pub struct Policy {
 
 #[derive(Debug, Clone)]
 pub struct Rule {
-    pub name: String,
+    /// Shared, so a decision can name its rule (Envoy dynamic metadata) without a copy.
+    pub name: Arc<str>,
     host: Option<HostMatch>,
     path: Option<PathMatch>,
     /// `path` holds lower-case text and is compared with the lower-cased path.
@@ -201,7 +203,7 @@ impl Policy {
                 ));
             }
             compiled.push(Rule {
-                name: r.name.clone(),
+                name: r.name.as_str().into(),
                 host: m
                     .host
                     .as_deref()
