@@ -60,6 +60,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The most header lines one HTTP/1.1 request may carry.
 pub const MAX_HEADERS: usize = 100;
+/// The most body bytes read (and discarded) to keep a connection reusable.
+pub const MAX_DRAINED_BODY: usize = 64 * 1024;
+/// The longest a body is read for before the answer is sent anyway.
+const BODY_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// An idle h2 connection is pinged this often, and closed when a ping goes unanswered as long.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -97,9 +101,20 @@ impl HttpAuthz {
     }
 
     async fn answer(&self, mode: Mode, request: Request<Body>, started: Instant) -> Response<Body> {
-        let (parts, _body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let response = self.decide(mode, &parts, started).await;
+        drain(body).await;
+        response
+    }
+
+    async fn decide(
+        &self,
+        mode: Mode,
+        parts: &axum::http::request::Parts,
+        started: Instant,
+    ) -> Response<Body> {
         let built = match mode {
-            Mode::Envoy => Ok(envoy_request(&parts)),
+            Mode::Envoy => Ok(envoy_request(parts)),
             Mode::ForwardAuth => forward_auth_request(parts.uri.authority(), &parts.headers),
         };
         let auth = match built {
@@ -121,6 +136,17 @@ impl HttpAuthz {
             Err(_) => unavailable(),
         }
     }
+}
+
+/// Reads and discards a body the proxy sent (it is never looked at), up to
+/// [`MAX_DRAINED_BODY`] and [`BODY_DRAIN_TIMEOUT`]: the connection stays reusable for a small
+/// body, and a larger or slower one only costs its own connection (closed after the answer).
+async fn drain(body: Body) {
+    let _ = tokio::time::timeout(
+        BODY_DRAIN_TIMEOUT,
+        axum::body::to_bytes(body, MAX_DRAINED_BODY),
+    )
+    .await;
 }
 
 /// Which protocol a request speaks, by its path alone.
@@ -455,12 +481,15 @@ mod tests {
 
     #[test]
     fn forward_auth_reads_the_traefik_and_the_nginx_spellings() {
-        let traefik = forward_auth_request(None, &map(&[
-            ("x-forwarded-method", "DELETE"),
-            ("x-forwarded-uri", "/admin/x?q=1"),
-            ("x-forwarded-host", "api.example"),
-            ("host", "authz:9002"),
-        ]))
+        let traefik = forward_auth_request(
+            None,
+            &map(&[
+                ("x-forwarded-method", "DELETE"),
+                ("x-forwarded-uri", "/admin/x?q=1"),
+                ("x-forwarded-host", "api.example"),
+                ("host", "authz:9002"),
+            ]),
+        )
         .unwrap();
         assert_eq!(
             (
@@ -470,11 +499,14 @@ mod tests {
             ),
             ("DELETE", "api.example", "/admin/x?q=1")
         );
-        let nginx = forward_auth_request(None, &map(&[
-            ("x-original-method", "POST"),
-            ("x-original-uri", "/a"),
-            ("host", "api.example"),
-        ]))
+        let nginx = forward_auth_request(
+            None,
+            &map(&[
+                ("x-original-method", "POST"),
+                ("x-original-uri", "/a"),
+                ("host", "api.example"),
+            ]),
+        )
         .unwrap();
         assert_eq!(
             (
