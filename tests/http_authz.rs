@@ -283,6 +283,7 @@ async fn nginx_passes_400_429_and_503_to_the_caller() {
     // 400: a path with no canonical form (an encoded slash), decided before any exchange.
     let r = get("/a%2Fb", "svc").await.unwrap();
     assert_eq!(r.status(), 400, "{}", proxy.logs());
+    assert_eq!(r.headers().get_all("www-authenticate").iter().count(), 1);
     // 503: the provider is down, the exchange fails (uses the one exchange this second allows).
     authz.provider.stop();
     let r = get("/orders/1", "svc").await.unwrap();
@@ -487,4 +488,47 @@ async fn a_slow_header_sender_is_disconnected() {
         read.is_ok(),
         "the connection was kept open past the header timeout"
     );
+}
+
+/// SIGTERM: the HTTP port is drained like the Check port — a check in flight gets its answer,
+/// the process exits cleanly, and the port accepts nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_flight_on_the_http_port_finishes_during_the_drain() {
+    const SIGTERM: i32 = 15;
+    let mut authz = authz("").await;
+    authz.provider.set_latency(Duration::from_millis(1500));
+    let url = format!("http://{}/forward_auth", authz.http);
+    let in_flight = tokio::spawn(async move {
+        common::http_client()
+            .get(url)
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/orders/1")
+            .header("authorization", basic("svc", "right-secret"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while authz.provider.token_calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exchange never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    authz.sidecar.child.signal(SIGTERM);
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = authz.sidecar.child.try_wait() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}\n{}", authz.sidecar.logs());
+    assert!(tokio::net::TcpStream::connect(authz.http).await.is_err());
 }
