@@ -403,7 +403,7 @@ impl Authorizer {
         self.inner
             .providers
             .iter()
-            .map(|s| (s.name.as_str(), &s.stats))
+            .map(|s| (&*s.name, &s.stats))
     }
 
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Provider)> {

@@ -7,21 +7,16 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::FutureExt;
-
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
-use tracing::field::Empty;
 
+use crate::answer::Edge;
 use crate::authorizer::Authorizer;
 use crate::decision::{Allow, Decision, Deny};
 use crate::defaults::{AUTHORIZATION, USER_ID_HEADER};
 use crate::metrics::Metrics;
-use crate::outcome::{Outcome, log_check};
 use crate::proto::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
@@ -33,7 +28,6 @@ use crate::proto::envoy::r#type::v3::HttpStatus;
 use crate::proto::google::protobuf::{Struct, Value, value::Kind};
 use crate::proto::google::rpc;
 use crate::request::{AuthRequest, Headers};
-use crate::stats::Stats;
 
 /// gRPC status codes carried in `CheckResponse.status` (google.rpc.Code).
 mod code {
@@ -253,18 +247,14 @@ impl ExtAuthz {
 impl Authorization for ExtAuthz {
     /// A panic anywhere in answering — the conversion, the core, the response, the metrics —
     /// becomes a clean UNAVAILABLE (and is counted), never a reset stream: the core contains its
-    /// own, and this catches the adapter's.
+    /// own, and `answer::contained` catches the adapter's.
     async fn check(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        match AssertUnwindSafe(self.answer(request)).catch_unwind().await {
-            Ok(answer) => answer,
-            Err(_) => {
-                Stats::add(&self.authorizer.counters().check_panics);
-                tracing::error!("answering a check panicked; answered UNAVAILABLE");
-                Err(Status::unavailable("the check could not be answered"))
-            }
+        match crate::answer::contained(&self.authorizer, self.answer(request)).await {
+            Some(answer) => answer,
+            None => Err(Status::unavailable("the check could not be answered")),
         }
     }
 }
@@ -276,51 +266,14 @@ impl ExtAuthz {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let request = to_auth_request(request.into_inner());
-        // Only exported traces need a span per check; without them it would be pure cost.
-        let span = if crate::otel::enabled() {
-            tracing::info_span!(
-                "ext_authz.check",
-                otel.kind = "server",
-                otel.status_code = Empty,
-                decision = Empty,
-                reason = Empty,
-                status = Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        crate::otel::set_parent(&span, &request.headers);
-        let result = self
-            .authorizer
-            .check(&request)
-            .instrument(span.clone())
-            .await;
-        let elapsed = started.elapsed();
-        let outcome = Outcome::of(&result);
-        span.record("decision", outcome.decision.as_str());
-        span.record("reason", outcome.reason);
-        span.record("status", outcome.status);
-        if let Some(metrics) = &self.metrics {
-            metrics.record_check(&outcome, elapsed);
-        }
-        if result.is_err() {
-            span.record("otel.status_code", "error");
-        }
-        if outcome.is_logged() {
-            span.in_scope(|| match &result {
-                Ok(Decision::Allow(a)) => {
-                    log_check(&outcome, &request, Some(a.client_id()), elapsed, None);
-                }
-                Ok(Decision::Deny(_)) => {
-                    let claimed = self.authorizer.claimed_client_id(&request);
-                    log_check(&outcome, &request, claimed.as_deref(), elapsed, None);
-                }
-                Err(error) => {
-                    let claimed = self.authorizer.claimed_client_id(&request);
-                    log_check(&outcome, &request, claimed.as_deref(), elapsed, Some(error));
-                }
-            });
-        }
+        let result = crate::answer::decide(
+            &self.authorizer,
+            self.metrics.as_deref(),
+            Edge::Grpc,
+            &request,
+            started,
+        )
+        .await;
         match result {
             Ok(decision) => Ok(Response::new(to_check_response(&decision))),
             // An infrastructure failure is not a denial: answering UNAVAILABLE lets the

@@ -23,6 +23,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
 pub mod authorizer;
 pub mod cache;
 pub mod canonical;
@@ -38,6 +39,7 @@ pub mod ext_authz;
 pub mod features;
 pub mod flight;
 pub mod grpc_tls;
+pub mod http_authz;
 mod http_body;
 pub mod identity;
 #[cfg(feature = "issuer")]

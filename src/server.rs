@@ -68,6 +68,8 @@ pub enum ServeError {
 pub const GRPC_FIELD: &str = "listen.grpc";
 /// `listen.admin`, the admin port.
 pub const ADMIN_FIELD: &str = "listen.admin";
+/// `listen.http`, the HTTP authorization port (off unless set).
+pub const HTTP_FIELD: &str = "listen.http";
 /// `provider.embedded.listen`, the embedded issuer's port.
 pub const ISSUER_LISTEN_FIELD: &str = "provider.embedded.listen";
 
@@ -89,6 +91,7 @@ pub struct Prepared {
     grpc: ListenAddr,
     grpc_tls: Option<GrpcTls>,
     admin: SocketAddr,
+    http: Option<SocketAddr>,
     #[cfg(feature = "issuer")]
     issuer: Option<Issuer>,
 }
@@ -106,6 +109,10 @@ pub async fn prepare(config: &Config, mut settings: Settings) -> Result<Prepared
         }
     }
     let admin = parse_admin_listen(&config.listen.admin).map_err(|p| listen(ADMIN_FIELD, p))?;
+    let http = match &config.listen.http {
+        Some(http) => Some(parse_admin_listen(http).map_err(|p| listen(HTTP_FIELD, p))?),
+        None => None,
+    };
     let authorizer = Arc::new(Authorizer::from_settings(
         config,
         settings,
@@ -128,6 +135,7 @@ pub async fn prepare(config: &Config, mut settings: Settings) -> Result<Prepared
         grpc,
         grpc_tls,
         admin,
+        http,
         #[cfg(feature = "issuer")]
         issuer,
     })
@@ -173,10 +181,15 @@ fn shown_parent(path: &Path) -> String {
 }
 
 impl Prepared {
-    /// Binds the Check port, then the admin port, then the embedded issuer's.
+    /// Binds the Check port, then the admin port, the HTTP authorization port, the embedded
+    /// issuer's.
     pub async fn bind(self) -> Result<Bound, ServeError> {
         let (grpc, socket) = bind_grpc(&self.grpc).await?;
         let admin = bind_tcp(ADMIN_FIELD, self.admin).await?;
+        let http = match self.http {
+            Some(addr) => Some(bind_tcp(HTTP_FIELD, addr).await?),
+            None => None,
+        };
         #[cfg(feature = "issuer")]
         let issuer = match self.issuer {
             Some(issuer) => {
@@ -190,6 +203,7 @@ impl Prepared {
             grpc,
             grpc_tls: self.grpc_tls,
             admin,
+            http,
             socket,
             #[cfg(feature = "issuer")]
             issuer,
@@ -280,6 +294,7 @@ pub struct Bound {
     grpc: Listener,
     grpc_tls: Option<GrpcTls>,
     admin: TcpListener,
+    http: Option<TcpListener>,
     socket: Option<OurSocket>,
     #[cfg(feature = "issuer")]
     issuer: Option<(Issuer, TcpListener)>,
@@ -296,6 +311,11 @@ impl Bound {
         self.admin.local_addr().ok()
     }
 
+    /// The HTTP authorization port, when `listen.http` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Starts every server and loop under `supervisor`; they run until it stops them.
     pub async fn start(self, supervisor: &Supervisor) {
         let Bound {
@@ -303,6 +323,7 @@ impl Bound {
             grpc,
             grpc_tls,
             admin,
+            http,
             socket,
             #[cfg(feature = "issuer")]
             issuer,
@@ -356,6 +377,18 @@ impl Bound {
             crate::admin::serve(admin, state, stop)
         });
         tracing::info!(addr = %admin_addr, "admin HTTP listening (/metrics, /healthz, /readyz, /version)");
+
+        if let Some(http) = http {
+            let addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let service = Arc::new(
+                crate::http_authz::HttpAuthz::new(authorizer.clone()).with_metrics(metrics.clone()),
+            );
+            // The Check stage: drained with the gRPC port on shutdown.
+            supervisor.spawn_server(Stage::Checks, "HTTP authorization server", |stop| {
+                crate::http_authz::serve(http, service, stop)
+            });
+            tracing::info!(%addr, "HTTP authorization listening (/ext_authz/, /forward_auth)");
+        }
 
         let router = tonic::transport::Server::builder()
             .add_service(health_service)

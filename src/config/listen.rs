@@ -19,6 +19,10 @@ pub struct ListenConfig {
     /// The admin HTTP port (`/metrics`, `/healthz`, `/readyz`, `/version`); TCP only.
     #[serde(default = "default_admin_listen")]
     pub admin: String,
+    /// The HTTP authorization port (Envoy HTTP ext_authz under `/ext_authz/`, forward auth at
+    /// `/forward_auth` for nginx, Caddy and Traefik); off unless set. TCP only.
+    #[serde(default)]
+    pub http: Option<String>,
     /// How long in-flight checks may take to finish after SIGTERM.
     #[serde(default = "default_drain", with = "crate::config::duration")]
     pub drain_timeout: Duration,
@@ -72,6 +76,7 @@ impl Default for ListenConfig {
         ListenConfig {
             grpc: default_grpc_listen(),
             admin: default_admin_listen(),
+            http: None,
             drain_timeout: default_drain(),
             tls: None,
         }
@@ -116,6 +121,16 @@ impl ListenConfig {
                 "listen.admin",
                 "must differ from listen.grpc",
             ));
+        }
+        if let Some(http) = &self.http {
+            let http =
+                parse_admin_listen(http).map_err(|p| ConfigError::invalid("listen.http", p))?;
+            if http.port() != 0 && (grpc == ListenAddr::Tcp(http) || http == admin) {
+                return Err(ConfigError::invalid(
+                    "listen.http",
+                    "must differ from listen.grpc and listen.admin",
+                ));
+            }
         }
         if let Some(tls) = &self.tls {
             // A socket is reached only by who may open its file (mode 0660, the Pod's own

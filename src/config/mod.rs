@@ -347,6 +347,19 @@ mod tests {
                 &format!("{oauth2}listen: {{grpc: '127.0.0.1:9001', admin: '127.0.0.1:9001'}}"),
                 "listen.admin",
             ),
+            (&format!("{oauth2}listen: {{http: nope}}"), "listen.http"),
+            (
+                &format!("{oauth2}listen: {{http: 'unix:/run/http.sock'}}"),
+                "listen.http",
+            ),
+            (
+                &format!("{oauth2}listen: {{grpc: '127.0.0.1:9001', http: '127.0.0.1:9001'}}"),
+                "listen.http",
+            ),
+            (
+                &format!("{oauth2}listen: {{admin: '127.0.0.1:9901', http: '127.0.0.1:9901'}}"),
+                "listen.http",
+            ),
             (&format!("{oauth2}bogus: 1"), "bogus"),
             (&format!("{oauth2}credentials: {{bogus: 1}}"), "credentials"),
             (

@@ -23,6 +23,10 @@ pub const REDIS_ENV: &str = "M2M_AUTHZ_REDIS_SERVER";
 pub const KUBECTL_ENV: &str = "KUBECTL";
 /// The `promtool` executable (default: `promtool` on PATH).
 pub const PROMTOOL_ENV: &str = "M2M_AUTHZ_PROMTOOL";
+/// The `nginx` executable (default: `nginx` on PATH, then /usr/sbin/nginx).
+pub const NGINX_ENV: &str = "M2M_AUTHZ_NGINX";
+/// The `caddy` executable (default: `caddy` on PATH).
+pub const CADDY_ENV: &str = "M2M_AUTHZ_CADDY";
 
 /// Leaves the calling test out (returns from it) unless every named [`Tool`] is present; see the
 /// module docs. `needs!(Envoy)`, `needs!(Kubectl, KubernetesValidate)`.
@@ -56,6 +60,10 @@ pub enum Tool {
     PythonStytchManagement,
     /// Prometheus's `promtool` (`$M2M_AUTHZ_PROMTOOL` or PATH; Debian package `prometheus`).
     Promtool,
+    /// nginx with `auth_request` (`$M2M_AUTHZ_NGINX`, PATH or /usr/sbin; Debian `nginx-light`).
+    Nginx,
+    /// Caddy 2 with `forward_auth` (`$M2M_AUTHZ_CADDY` or PATH; Debian package `caddy`).
+    Caddy,
 }
 
 impl Tool {
@@ -70,6 +78,8 @@ impl Tool {
             Tool::NodeStytch => "Stytch's Node SDK",
             Tool::PythonStytchManagement => "Stytch's Python Management SDK",
             Tool::Promtool => "promtool",
+            Tool::Nginx => "nginx",
+            Tool::Caddy => "caddy",
         }
     }
 
@@ -87,6 +97,12 @@ impl Tool {
             ),
             Tool::RedisServer => format!(
                 "run scripts/tools (Debian package redis-server), or set {REDIS_ENV} to the binary"
+            ),
+            Tool::Nginx => format!(
+                "run scripts/tools (Debian package nginx-light), or set {NGINX_ENV} to the binary"
+            ),
+            Tool::Caddy => format!(
+                "run scripts/tools (Debian package caddy), or set {CADDY_ENV} to the binary"
             ),
             Tool::Kubectl => format!("install kubectl, or set {KUBECTL_ENV} to the binary"),
             Tool::Promtool => format!(
@@ -107,6 +123,16 @@ impl Tool {
             Tool::RedisServer => runnable(program(REDIS_ENV, "redis-server"), &["--version"]),
             Tool::Kubectl => runnable(program(KUBECTL_ENV, "kubectl"), &["version", "--client"]),
             Tool::Promtool => runnable(program(PROMTOOL_ENV, "promtool"), &["--version"]),
+            Tool::Nginx => {
+                // Debian puts nginx in /usr/sbin, which a non-root PATH often lacks.
+                let nginx = match std::env::var_os(NGINX_ENV) {
+                    Some(p) => PathBuf::from(p),
+                    None if Path::new("/usr/sbin/nginx").exists() => "/usr/sbin/nginx".into(),
+                    None => "nginx".into(),
+                };
+                runnable(nginx, &["-v"])
+            }
+            Tool::Caddy => runnable(program(CADDY_ENV, "caddy"), &["version"]),
             Tool::PythonStytch => runnable(
                 existing(tools_dir().join("venv/bin/python"))?,
                 &["-c", "import stytch"],
