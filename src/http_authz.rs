@@ -288,6 +288,7 @@ fn edge_deny(reason: &'static str, description: &str) -> Deny {
         body: serde_json::json!({ "error": "invalid_request", "error_description": description })
             .to_string(),
         reason,
+        rule: None,
     }
 }
 
@@ -592,6 +593,7 @@ mod tests {
             retry_after: Some(3),
             body: "{\"error\":\"too_many_requests\"}".into(),
             reason: "exchange_limited",
+            rule: None,
         };
         let r = denied(&deny);
         assert_eq!(r.status(), 429);
