@@ -400,10 +400,7 @@ impl Authorizer {
     /// Every provider's own exchange counts and latency, by its config name (the metrics'
     /// `provider` label).
     pub fn provider_stats(&self) -> impl Iterator<Item = (&str, &Stats)> {
-        self.inner
-            .providers
-            .iter()
-            .map(|s| (&*s.name, &s.stats))
+        self.inner.providers.iter().map(|s| (&*s.name, &s.stats))
     }
 
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Provider)> {
