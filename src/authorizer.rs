@@ -234,7 +234,17 @@ impl Slot {
                 c.exchange_queue_timeout,
                 parts.clock.clone(),
             ),
-            id: format!("{name} {}", resolved.token_url),
+            // A discovered provider is named by where its metadata is: stable across restarts
+            // and sidecars, as a shared cache entry's key must be.
+            id: format!(
+                "{name} {}",
+                resolved
+                    .token_url
+                    .as_ref()
+                    .or(resolved.discovery.as_ref().and_then(|d| d.urls.first()))
+                    .map(|u| u.as_str())
+                    .unwrap_or_default()
+            ),
             scope: p.scope.clone().unwrap_or_default(),
             max_token_age: p.max_token_age,
             max_token_lifetime: p.max_token_lifetime,
@@ -396,10 +406,14 @@ impl Authorizer {
     /// of them have loaded.
     pub fn start_key_refresh(&self, supervisor: &Supervisor) -> tokio::sync::watch::Receiver<bool> {
         for s in &self.inner.providers {
+            let discovered = s.provider.discovery().map(|d| {
+                d.clone().spawn_refresher(supervisor);
+                d.loaded()
+            });
             s.provider
                 .jwks()
                 .clone()
-                .spawn_refresher(s.jwks_refresh, supervisor);
+                .spawn_refresher(s.jwks_refresh, discovered, supervisor);
         }
         let (all_tx, all_rx) = tokio::sync::watch::channel(false);
         let mut each: Vec<_> = self

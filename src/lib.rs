@@ -33,6 +33,7 @@ pub mod decision;
 pub mod defaults;
 #[cfg(feature = "issuer")]
 pub mod demo;
+pub mod discovery;
 pub mod exchange;
 pub mod ext_authz;
 pub mod features;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::clock::SharedClock;
 use crate::config::ResolvedProvider;
 use crate::credentials::Secret;
+use crate::discovery::{Discovery, HttpDocumentSource};
 use crate::exchange::http::HttpTokenEndpoint;
 use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
 use crate::jwks::http::HttpKeySource;
@@ -27,6 +28,7 @@ pub enum TokenCheckError {
 
 pub struct Provider {
     token: Arc<dyn TokenEndpoint>,
+    discovery: Option<Arc<Discovery>>,
     jwks: Arc<Jwks>,
     rules: TokenRules,
     /// The time the token rules (`exp`, `nbf`, `iat`, maximum age) are checked against.
@@ -40,17 +42,69 @@ pub struct ProviderParts {
     pub token: Arc<dyn TokenEndpoint>,
     pub keys: Arc<dyn KeySource>,
     pub clock: SharedClock,
+    /// The provider's metadata, when an endpoint is discovered rather than configured.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 impl ProviderParts {
-    /// The real parts: the token endpoint and JWKS URL the config gives or its profile derives,
-    /// reached with `http`.
+    /// The real parts: the token endpoint and JWKS URL the config gives or its profile derives
+    /// (explicit ones win) or its metadata names, reached with `http`.
     pub fn http(http: reqwest::Client, config: &ResolvedProvider, clock: SharedClock) -> Self {
+        let discovery = config.discovery.clone().map(|plan| {
+            Arc::new(Discovery::new(
+                plan,
+                Arc::new(HttpDocumentSource::new(http.clone())),
+                http.clone(),
+                config,
+                clock.clone(),
+            ))
+        });
+        let token: Arc<dyn TokenEndpoint> = match (&config.token_url, &discovery) {
+            (Some(url), _) => Arc::new(HttpTokenEndpoint::new(
+                http.clone(),
+                config,
+                url.clone(),
+                config.client_auth,
+                clock.clone(),
+            )),
+            (None, Some(d)) => d.token_endpoint(),
+            (None, None) => Arc::new(Undiscoverable),
+        };
+        let keys: Arc<dyn KeySource> = match (&config.jwks_url, &discovery) {
+            (Some(url), _) => Arc::new(HttpKeySource::new(http, url.clone())),
+            (None, Some(d)) => d.key_source(),
+            (None, None) => Arc::new(Undiscoverable),
+        };
         ProviderParts {
-            token: Arc::new(HttpTokenEndpoint::new(http.clone(), config, clock.clone())),
-            keys: Arc::new(HttpKeySource::new(http, config.jwks_url.clone())),
+            token,
+            keys,
             clock,
+            discovery,
         }
+    }
+}
+
+/// A provider without an endpoint and without a way to discover one: `ProviderConfig::resolve`
+/// refuses such a config, so this only keeps the request path free of a panic.
+struct Undiscoverable;
+
+impl TokenEndpoint for Undiscoverable {
+    fn exchange<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a Secret,
+    ) -> futures::future::BoxFuture<'a, Result<Issued, ExchangeError>> {
+        Box::pin(async { Err(ExchangeError::NotDiscovered) })
+    }
+}
+
+impl KeySource for Undiscoverable {
+    fn fetch(&self) -> futures::future::BoxFuture<'_, Result<Vec<u8>, JwksError>> {
+        Box::pin(async { Err(JwksError::NotDiscovered) })
+    }
+
+    fn describe(&self) -> String {
+        "(no JWKS URL)".to_owned()
     }
 }
 
@@ -66,6 +120,7 @@ impl Provider {
         let pinned = config.algorithms.iter().map(|a| a.to_jwt()).collect();
         Provider {
             token: parts.token,
+            discovery: parts.discovery,
             jwks: Arc::new(Jwks::new(
                 parts.keys,
                 pinned,
@@ -86,6 +141,11 @@ impl Provider {
 
     pub fn jwks(&self) -> &Arc<Jwks> {
         &self.jwks
+    }
+
+    /// The provider's discovered metadata, when its endpoints are discovered.
+    pub fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.as_ref()
     }
 
     pub async fn exchange(

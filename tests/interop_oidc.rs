@@ -128,3 +128,43 @@ async fn a_profile_that_expects_stytch_tokens_refuses_rfc_9068_ones() {
         .unwrap();
     assert_eq!(status(&d), 401);
 }
+
+#[tokio::test]
+async fn an_issuer_alone_is_enough_oidc_provider_is_discovered() {
+    crate::needs!(OidcProvider);
+    // Only `issuer`: the token endpoint, the JWKS and the client authentication come from
+    // oidc-provider's /.well-known/openid-configuration. Without `client_auth` the sidecar
+    // picks client_secret_basic (both are listed); with it, the configured one is used.
+    let op = OidcProvider::start(OidcOptions::default()).await;
+    let secret = op.client_secret().to_owned();
+    for (client_auth, client) in [
+        ("", op.basic_client_id()),
+        (
+            "  client_auth: client_secret_post\n",
+            op.client_id().to_owned(),
+        ),
+    ] {
+        let yaml = format!(
+            "provider:\n  kind: oauth2\n  issuer: {}\n  audience: {}\n  token_type: at+jwt\n{client_auth}",
+            op.issuer(),
+            op.audience()
+        );
+        let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap()).unwrap();
+        let discovery = a.provider().discovery().expect("discovered");
+        let endpoints = discovery.refresh().await.expect("oidc-provider discovery");
+        assert_eq!(endpoints.token_endpoint.as_str(), op.token_url());
+        assert_eq!(endpoints.jwks_uri.as_str(), op.jwks_url());
+        assert!(endpoints.introspection_endpoint.is_some());
+        a.provider().jwks().refresh().await.expect("JWKS loads");
+        let d = a
+            .check(&request(&[("authorization", basic(&client, &secret))]))
+            .await
+            .unwrap();
+        assert_eq!(
+            user(&d).as_deref(),
+            Some(op.user_id()),
+            "{client_auth}: {d:?}\n{}",
+            op.stderr_log()
+        );
+    }
+}

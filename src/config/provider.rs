@@ -66,6 +66,10 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub token_url: Option<Url>,
     pub jwks_url: Option<Url>,
+    /// `oauth2` only: where the provider's metadata document is (OpenID Connect Discovery or
+    /// RFC 8414). Without it, and without `token_url` or `jwks_url`, the metadata is looked up
+    /// under the single `issuer` (see [`well_known_urls`]).
+    pub discovery_url: Option<Url>,
     /// The accepted `iss` values; never empty.
     pub issuer: Option<OneOrMany>,
     /// The accepted `aud` values; never empty. Required for `oauth2` unless
@@ -76,8 +80,9 @@ pub struct ProviderConfig {
     /// checks its project's audience.
     #[serde(default)]
     pub skip_audience_check: bool,
-    #[serde(default)]
-    pub client_auth: ClientAuth,
+    /// How the sidecar authenticates to the token endpoint; unset: `client_secret_post`, or,
+    /// for a discovered provider, what its metadata supports (`client_secret_basic` first).
+    pub client_auth: Option<ClientAuth>,
     /// Space-separated scopes requested at the token endpoint; omitted: the client's defaults.
     pub scope: Option<String>,
     /// Extra form parameters for the token request (`audience` for Auth0, `resource` per RFC 8707).
@@ -154,8 +159,12 @@ fn default_max_token_bytes() -> usize {
 #[derive(Debug, Clone)]
 pub struct ResolvedProvider {
     pub kind: ProviderKind,
-    pub token_url: Url,
-    pub jwks_url: Url,
+    /// `None`: taken from the discovered metadata (`discovery`).
+    pub token_url: Option<Url>,
+    /// `None`: taken from the discovered metadata (`discovery`).
+    pub jwks_url: Option<Url>,
+    /// Where and how the provider's metadata is discovered, when an endpoint is not given.
+    pub discovery: Option<DiscoveryPlan>,
     /// The accepted `iss` values; never empty.
     pub issuers: Vec<String>,
     /// The accepted `aud` values; empty only with `skip_audience_check` (then `aud` is not
@@ -177,24 +186,48 @@ pub struct ResolvedProvider {
     pub extra_roots: Vec<reqwest::Certificate>,
 }
 
+/// How a provider's metadata is found and checked (OpenID Connect Discovery 1.0, RFC 8414).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryPlan {
+    /// The documents tried in order; the first one served (2xx) is used.
+    pub urls: Vec<Url>,
+    /// The document's `issuer` must equal one of these exactly (RFC 8414 §3.3, OIDC Discovery
+    /// §4.3): the configured `issuer` values.
+    pub issuers: Vec<String>,
+    /// The client authentication the config names; `None` lets the metadata choose.
+    pub client_auth: Option<ClientAuth>,
+    /// The field a problem with the document's location is reported under.
+    pub field: &'static str,
+    /// How often the document is fetched again (with the JWKS).
+    pub refresh: Duration,
+}
+
 impl ProviderConfig {
     /// This provider resolved from its profile; validates it first, so the error (named as for
     /// `provider`) is the one `validate` gives.
     pub fn resolve(&self) -> Result<ResolvedProvider, ConfigError> {
         self.validate()?;
         let underivable = |field: &str| ConfigError::invalid(field, "cannot be derived");
+        let discovery = self.resolved_discovery();
+        let token_url = self.resolved_token_url();
+        let jwks_url = self.resolved_jwks_url();
+        if discovery.is_none() {
+            token_url
+                .as_ref()
+                .ok_or_else(|| underivable("provider.token_url"))?;
+            jwks_url
+                .as_ref()
+                .ok_or_else(|| underivable("provider.jwks_url"))?;
+        }
         Ok(ResolvedProvider {
             kind: self.kind,
-            token_url: self
-                .resolved_token_url()
-                .ok_or_else(|| underivable("provider.token_url"))?,
-            jwks_url: self
-                .resolved_jwks_url()
-                .ok_or_else(|| underivable("provider.jwks_url"))?,
+            token_url,
+            jwks_url,
+            discovery,
             issuers: self.resolved_issuers(),
             audiences: self.resolved_audiences(),
             token_type: self.resolved_token_type(),
-            client_auth: self.client_auth,
+            client_auth: self.client_auth.unwrap_or_default(),
             scope: self.scope.clone(),
             token_params: self
                 .token_params
@@ -221,18 +254,13 @@ impl ProviderConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.kind {
             ProviderKind::Oauth2 => {
-                for (field, v) in [
-                    ("provider.token_url", self.token_url.is_some()),
-                    ("provider.jwks_url", self.jwks_url.is_some()),
-                    ("provider.issuer", self.issuer.is_some()),
-                ] {
-                    if !v {
-                        return Err(ConfigError::invalid(
-                            field,
-                            "required when provider.kind is oauth2",
-                        ));
-                    }
+                if self.issuer.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.issuer",
+                        "required when provider.kind is oauth2",
+                    ));
                 }
+                self.validate_discovery()?;
                 for (field, v) in [
                     ("provider.project_id", self.project_id.is_some()),
                     ("provider.base_url", self.base_url.is_some()),
@@ -286,6 +314,7 @@ impl ProviderConfig {
                     ("provider.base_url", self.base_url.is_some()),
                     ("provider.token_url", self.token_url.is_some()),
                     ("provider.jwks_url", self.jwks_url.is_some()),
+                    ("provider.discovery_url", self.discovery_url.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::invalid(
@@ -312,6 +341,12 @@ impl ProviderConfig {
                         "expected letters, digits, '-' or '_'",
                     ));
                 }
+                if self.discovery_url.is_some() {
+                    return Err(ConfigError::invalid(
+                        "provider.discovery_url",
+                        "not for provider.kind stytch, whose endpoints are derived from project_id",
+                    ));
+                }
                 if self.base_url.is_none() {
                     return Err(ConfigError::invalid(
                         "provider.base_url",
@@ -332,6 +367,7 @@ impl ProviderConfig {
             ("provider.token_url", self.resolved_token_url()),
             ("provider.jwks_url", self.resolved_jwks_url()),
             ("provider.base_url", self.base_url.clone()),
+            ("provider.discovery_url", self.discovery_url.clone()),
         ] {
             let Some(url) = url else { continue };
             if !matches!(url.scheme(), "http" | "https") {
@@ -530,7 +566,13 @@ impl ProviderConfig {
                 "provider.jwks_url",
                 self.resolved_jwks_url(),
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.resolved_discovery()
+                .and_then(|d| Some((true, d.field, d.urls.first()?.clone())))
+                .map(|(e, f, u)| (e, f, Some(u))),
+        ) {
             let Some(url) = url else { continue };
             if url.scheme() != "http" || is_local_host(&url) {
                 continue;
@@ -542,6 +584,84 @@ impl ProviderConfig {
             }
         }
         out
+    }
+
+    /// `oauth2` without `token_url` or `jwks_url` discovers them: from `discovery_url`, or else
+    /// from the `issuer`, which must then be one http(s) URL without query or fragment
+    /// (RFC 8414 §2).
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let needed = self.token_url.is_none() || self.jwks_url.is_none();
+        if let Some(url) = &self.discovery_url
+            && (url.query().is_some() || url.fragment().is_some())
+        {
+            return Err(ConfigError::invalid(
+                "provider.discovery_url",
+                "expected a URL without query or fragment",
+            ));
+        }
+        if !needed || self.discovery_url.is_some() {
+            return Ok(());
+        }
+        let missing = if self.token_url.is_none() {
+            "provider.token_url"
+        } else {
+            "provider.jwks_url"
+        };
+        let issuers = self
+            .issuer
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
+        let [issuer] = issuers.as_slice() else {
+            return Err(ConfigError::invalid(
+                missing,
+                "required when provider.kind is oauth2, unless it is discovered: give provider.discovery_url (provider.issuer lists several values)",
+            ));
+        };
+        match Url::parse(issuer) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && url.username().is_empty()
+                    && url.password().is_none() =>
+            {
+                Ok(())
+            }
+            _ => Err(ConfigError::invalid(
+                missing,
+                "required when provider.kind is oauth2, unless it is discovered: provider.issuer must then be the issuer's https URL (without query, fragment or user:password@), or give provider.discovery_url",
+            )),
+        }
+    }
+
+    /// Where this provider's metadata is discovered, when an endpoint is not configured
+    /// (explicit `token_url` and `jwks_url` win, and then nothing is fetched).
+    pub fn resolved_discovery(&self) -> Option<DiscoveryPlan> {
+        if self.kind != ProviderKind::Oauth2
+            || (self.token_url.is_some() && self.jwks_url.is_some())
+        {
+            return None;
+        }
+        let issuers = self.resolved_issuers();
+        let (urls, field) = match &self.discovery_url {
+            Some(url) => (vec![url.clone()], "provider.discovery_url"),
+            None => match issuers.as_slice() {
+                [issuer] => (
+                    well_known_urls(&Url::parse(issuer).ok()?),
+                    "provider.issuer",
+                ),
+                _ => return None,
+            },
+        };
+        Some(DiscoveryPlan {
+            urls,
+            issuers,
+            client_auth: self.client_auth,
+            field,
+            refresh: self.jwks_refresh_interval,
+        })
     }
 
     /// The embedded issuer's settings, when this provider is `kind: embedded`.
@@ -659,8 +779,21 @@ fn stytch_url(base: &Url, path: &str) -> Option<Url> {
     base.join(path).ok()
 }
 
+/// The metadata documents of an issuer, in the order they are tried: OpenID Connect Discovery
+/// (§4: `/.well-known/openid-configuration` appended to the issuer's path), then RFC 8414 (§3:
+/// `/.well-known/oauth-authorization-server` inserted between the host and the issuer's path).
+/// For an issuer without a path both are at the root.
+pub fn well_known_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
+    let mut oauth = issuer.clone();
+    oauth.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    vec![oidc, oauth]
+}
+
 /// Whether a URL's host is this machine: loopback or the unspecified address.
-fn is_local_host(url: &Url) -> bool {
+pub(crate) fn is_local_host(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => {
             let d = d.trim_end_matches('.');
@@ -673,5 +806,132 @@ fn is_local_host(url: &Url) -> bool {
                 || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn urls(issuer: &str) -> Vec<String> {
+        well_known_urls(&Url::parse(issuer).unwrap())
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn well_known_locations_for_issuers_with_and_without_a_path() {
+        for root in ["https://idp.example", "https://idp.example/"] {
+            assert_eq!(
+                urls(root),
+                [
+                    "https://idp.example/.well-known/openid-configuration",
+                    "https://idp.example/.well-known/oauth-authorization-server"
+                ]
+            );
+        }
+        for tenant in ["https://idp.example/t/a", "https://idp.example/t/a/"] {
+            assert_eq!(
+                urls(tenant),
+                [
+                    "https://idp.example/t/a/.well-known/openid-configuration",
+                    "https://idp.example/.well-known/oauth-authorization-server/t/a"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn an_issuer_alone_is_discovered_and_explicit_endpoints_win() {
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'https://idp.example/t', audience: api}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_url, None);
+        let plan = r.discovery.unwrap();
+        assert_eq!(plan.urls.len(), 2);
+        assert_eq!(plan.issuers, ["https://idp.example/t"]);
+        assert_eq!(plan.client_auth, None);
+        assert!(c.summary().contains(
+            "discovered from https://idp.example/t/.well-known/openid-configuration or https://idp.example/.well-known/oauth-authorization-server/t"
+        ), "{}", c.summary());
+
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: i, discovery_url: 'https://idp.example/meta', audience: api, client_auth: client_secret_basic}",
+        )
+        .unwrap();
+        let plan = c.provider.resolve().unwrap().discovery.unwrap();
+        assert_eq!(plan.urls[0].as_str(), "https://idp.example/meta");
+        assert_eq!(plan.client_auth, Some(ClientAuth::ClientSecretBasic));
+
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: 'https://a', audience: api}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert!(r.discovery.is_none());
+        assert_eq!(r.client_auth, ClientAuth::ClientSecretPost);
+    }
+
+    #[test]
+    fn undiscoverable_providers_are_refused_naming_the_field() {
+        for (yaml, field) in [
+            (
+                "provider: {kind: oauth2, issuer: not-a-url, audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a?x=1', audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://u:p@a', audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'https://a/t', issuer: [a, b], audience: api}",
+                "provider.jwks_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'https://a/m?x', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'ftp://a/m', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'https://u:p@a/m', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: stytch, project_id: p, base_url: 'https://a', discovery_url: 'https://a/m'}",
+                "provider.discovery_url",
+            ),
+            ("provider: {kind: oauth2, audience: api}", "provider.issuer"),
+        ] {
+            let err = Config::from_yaml(yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_plain_http_issuer_off_this_host_is_warned_about() {
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'http://idp.internal', audience: api}",
+        )
+        .unwrap();
+        let w = c.plain_http_warning().unwrap();
+        assert!(w.contains("provider.issuer (host idp.internal)"), "{w}");
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'http://127.0.0.1:9', audience: api}",
+        )
+        .unwrap();
+        assert!(c.plain_http_warning().is_none());
     }
 }

@@ -33,11 +33,19 @@ pub struct HttpTokenEndpoint {
 }
 
 impl HttpTokenEndpoint {
-    pub fn new(http: reqwest::Client, config: &ResolvedProvider, clock: SharedClock) -> Self {
+    /// The endpoint at `url` (configured or discovered), authenticated with `auth`, with the
+    /// rest of the request as `config` says.
+    pub fn new(
+        http: reqwest::Client,
+        config: &ResolvedProvider,
+        url: Url,
+        auth: ClientAuth,
+        clock: SharedClock,
+    ) -> Self {
         HttpTokenEndpoint {
             http,
-            url: config.token_url.clone(),
-            auth: config.client_auth,
+            url,
+            auth,
             scope: config.scope.clone(),
             params: config.token_params.clone(),
             clock,
