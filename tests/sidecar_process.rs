@@ -61,7 +61,8 @@ fn version_and_config_checks() {
 
     let cases = [
         (
-            "provider: {kind: oauth2, token_url: 'http://a/t'}\n",
+            // Without jwks_url, an issuer that is not a URL cannot be discovered either.
+            "provider: {kind: oauth2, token_url: 'http://a/t', issuer: i, audience: api}\n",
             "provider.jwks_url",
         ),
         (
