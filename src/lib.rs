@@ -41,6 +41,7 @@ pub mod flight;
 pub mod grpc_tls;
 mod http_body;
 pub mod identity;
+pub mod introspect;
 #[cfg(feature = "issuer")]
 pub mod issuer;
 pub mod jwks;

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::config::ResolvedProvider;
+use crate::config::{ResolvedProvider, TokenFormat};
 use crate::credentials::Secret;
 use crate::discovery::{Discovery, HttpDocumentSource};
 use crate::exchange::http::HttpTokenEndpoint;
 use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
+use crate::introspect::{IntrospectError, Introspector, is_jws_compact, judge};
 use crate::jwks::http::HttpKeySource;
 use crate::jwks::{Jwks, JwksError, KeySource};
 use crate::verify::{TokenRules, Verified, VerifyError, verify};
@@ -24,6 +25,9 @@ pub enum TokenCheckError {
     KeysNotLoaded,
     #[error(transparent)]
     Jwks(#[from] JwksError),
+    /// The introspection endpoint gave no usable answer: the provider's problem.
+    #[error(transparent)]
+    Introspection(#[from] IntrospectError),
 }
 
 pub struct Provider {
@@ -31,6 +35,9 @@ pub struct Provider {
     discovery: Option<Arc<Discovery>>,
     jwks: Arc<Jwks>,
     rules: TokenRules,
+    format: TokenFormat,
+    /// RFC 7662, for opaque tokens; `Some` whenever `format` is not `Jwt`.
+    introspector: Option<Arc<Introspector>>,
     /// The time the token rules (`exp`, `nbf`, `iat`, maximum age) are checked against.
     clock: SharedClock,
 }
@@ -44,6 +51,8 @@ pub struct ProviderParts {
     pub clock: SharedClock,
     /// The provider's metadata, when an endpoint is discovered rather than configured.
     pub discovery: Option<Arc<Discovery>>,
+    /// The introspection endpoint, when `provider.introspection` is configured.
+    pub introspector: Option<Arc<Introspector>>,
 }
 
 impl ProviderParts {
@@ -70,6 +79,10 @@ impl ProviderParts {
             (None, Some(d)) => d.token_endpoint(),
             (None, None) => Arc::new(Undiscoverable),
         };
+        let introspector = config
+            .introspection
+            .as_ref()
+            .map(|i| Arc::new(Introspector::new(http.clone(), i, discovery.clone())));
         let keys: Arc<dyn KeySource> = match (&config.jwks_url, &discovery) {
             (Some(url), _) => Arc::new(HttpKeySource::new(http, url.clone())),
             (None, Some(d)) => d.key_source(),
@@ -80,6 +93,7 @@ impl ProviderParts {
             keys,
             clock,
             discovery,
+            introspector,
         }
     }
 }
@@ -135,6 +149,11 @@ impl Provider {
                 token_type: config.token_type.clone(),
                 max_bytes: config.max_token_bytes,
             },
+            format: match parts.introspector {
+                Some(_) => config.token_format,
+                None => TokenFormat::Jwt,
+            },
+            introspector: parts.introspector,
             clock: parts.clock,
         }
     }
@@ -156,9 +175,31 @@ impl Provider {
         self.token.exchange(client_id, secret).await
     }
 
-    /// Verifies against the current keys; a token naming a `kid` they lack triggers one
-    /// rate-limited JWKS refetch (RFC 7517 key rotation) before it is refused.
+    /// Whether `token` is checked by introspection (`provider.token_format`) rather than
+    /// verified locally as a JWT.
+    pub fn introspects(&self, token: &str) -> bool {
+        match self.format {
+            TokenFormat::Jwt => false,
+            TokenFormat::Opaque => true,
+            TokenFormat::Auto => !is_jws_compact(token),
+        }
+    }
+
+    /// Verifies a JWT against the current keys; a token naming a `kid` they lack triggers one
+    /// rate-limited JWKS refetch (RFC 7517 key rotation) before it is refused. An opaque token
+    /// (`introspects`) is introspected instead, and the answer judged by the same rules.
     pub async fn verify(&self, token: &str) -> Result<Verified, TokenCheckError> {
+        if let Some(introspector) = self
+            .introspector
+            .as_ref()
+            .filter(|_| self.introspects(token))
+        {
+            if token.len() > self.rules.max_bytes {
+                return Err(VerifyError::TooLong.into());
+            }
+            let answer = introspector.introspect(token).await?;
+            return Ok(judge(answer, &self.rules, self.clock.unix_now())?);
+        }
         let keys = self.jwks.snapshot().ok_or(TokenCheckError::KeysNotLoaded)?;
         match verify(token, &keys, &self.rules, self.clock.unix_now()) {
             Err(VerifyError::UnknownKey) => {

@@ -30,7 +30,8 @@ pub use identity::IdentityConfig;
 pub use listen::{GrpcTlsConfig, ListenAddr, ListenConfig, parse_admin_listen, parse_listen};
 pub use policy::PolicyConfig;
 pub use provider::{
-    DiscoveryPlan, EmbeddedConfig, ProviderConfig, ProviderKind, ResolvedProvider, well_known_urls,
+    DiscoveryPlan, EmbeddedConfig, IntrospectionAuth, IntrospectionConfig, ProviderConfig,
+    ProviderKind, ResolvedIntrospection, ResolvedProvider, TokenFormat, well_known_urls,
 };
 use text::is_visible;
 pub use token::{

@@ -127,6 +127,121 @@ pub struct ProviderConfig {
     /// addition to the system's roots (a private CA, or the embedded issuer's generated one).
     /// A relative path is taken from the config file's folder.
     pub ca_file: Option<PathBuf>,
+    /// RFC 7662: how opaque access tokens are checked, with the sidecar's own resource-server
+    /// credentials.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Which access tokens are JWTs verified locally and which are introspected; unset: `jwt`
+    /// without `introspection`, else `auto`.
+    pub token_format: Option<TokenFormat>,
+}
+
+/// `provider.token_format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// Every token is a JWT, verified with the JWKS.
+    Jwt,
+    /// Every token is introspected.
+    Opaque,
+    /// A three-segment JWS compact token is verified as a JWT; any other is introspected.
+    Auto,
+}
+
+/// How the introspection endpoint authenticates the sidecar.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionAuth {
+    /// HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `provider.introspection`: the resource-server credentials the sidecar introspects with.
+/// `Debug` is written by hand: the secret is never printed.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint; unset: the discovered `introspection_endpoint`.
+    pub url: Option<Url>,
+    pub client_id: String,
+    /// The secret, in the file; or
+    pub client_secret: Option<String>,
+    /// the name of the environment variable holding it (for a Kubernetes Secret).
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub auth: IntrospectionAuth,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("url", &self.url.as_ref().map(Url::as_str))
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_env", &self.client_secret_env)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl IntrospectionConfig {
+    /// The secret in effect (file or environment), or the error naming the field.
+    fn secret(&self) -> Result<crate::credentials::Secret, ConfigError> {
+        let secret = match (&self.client_secret, &self.client_secret_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => {
+                if var.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.client_secret_env",
+                        "expected the name of an environment variable",
+                    ));
+                }
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => v,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "provider.introspection.client_secret_env",
+                            format!("the environment variable {var} is not set (or empty)"),
+                        ));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.client_secret",
+                    "give client_secret or client_secret_env, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.client_secret",
+                    "required (or client_secret_env)",
+                ));
+            }
+        };
+        if secret.is_empty() || secret.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                "provider.introspection.client_secret",
+                "expected a non-empty secret without control characters",
+            ));
+        }
+        Ok(crate::credentials::Secret::new(secret))
+    }
+}
+
+/// `provider.introspection` resolved: the secret read, the URL (when not discovered) known.
+#[derive(Debug, Clone)]
+pub struct ResolvedIntrospection {
+    /// `None`: the discovered `introspection_endpoint`.
+    pub url: Option<Url>,
+    pub client_id: String,
+    pub client_secret: crate::credentials::Secret,
+    pub auth: IntrospectionAuth,
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -184,6 +299,9 @@ pub struct ResolvedProvider {
     pub jwks_min_refetch_interval: Duration,
     /// `ca_file`'s certificates, trusted besides the system roots.
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// How opaque tokens are introspected; `Some` whenever `token_format` is not `Jwt`.
+    pub introspection: Option<ResolvedIntrospection>,
+    pub token_format: TokenFormat,
 }
 
 /// How a provider's metadata is found and checked (OpenID Connect Discovery 1.0, RFC 8414).
@@ -244,7 +362,84 @@ impl ProviderConfig {
                     .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?,
                 None => Vec::new(),
             },
+            introspection: match &self.introspection {
+                Some(i) => Some(ResolvedIntrospection {
+                    url: i.url.clone(),
+                    client_id: i.client_id.clone(),
+                    client_secret: i.secret()?,
+                    auth: i.auth,
+                }),
+                None => None,
+            },
+            token_format: self.resolved_token_format(),
         })
+    }
+
+    /// `token_format` as given, else `auto` with introspection and `jwt` without.
+    pub fn resolved_token_format(&self) -> TokenFormat {
+        self.token_format.unwrap_or(match self.introspection {
+            Some(_) => TokenFormat::Auto,
+            None => TokenFormat::Jwt,
+        })
+    }
+
+    /// `provider.introspection` and `provider.token_format`, each error naming its field.
+    fn validate_introspection(&self) -> Result<(), ConfigError> {
+        let Some(i) = &self.introspection else {
+            if matches!(
+                self.token_format,
+                Some(TokenFormat::Opaque | TokenFormat::Auto)
+            ) {
+                return Err(ConfigError::invalid(
+                    "provider.introspection",
+                    "required when provider.token_format is opaque or auto",
+                ));
+            }
+            return Ok(());
+        };
+        if self.kind != ProviderKind::Oauth2 {
+            return Err(ConfigError::invalid(
+                "provider.introspection",
+                "only for provider.kind oauth2",
+            ));
+        }
+        if self.token_format == Some(TokenFormat::Jwt) {
+            return Err(ConfigError::invalid(
+                "provider.token_format",
+                "jwt never introspects: remove provider.introspection or choose opaque or auto",
+            ));
+        }
+        if i.client_id.is_empty() || !is_visible(&i.client_id) {
+            return Err(ConfigError::invalid(
+                "provider.introspection.client_id",
+                "expected a non-empty client id without spaces or control characters",
+            ));
+        }
+        i.secret()?;
+        match &i.url {
+            Some(url) => {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.url",
+                        "expected an http(s) URL",
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.url",
+                        "expected a URL without user:password@",
+                    ));
+                }
+            }
+            None if self.resolved_discovery().is_none() => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.url",
+                    "required unless the provider is discovered (without token_url and jwks_url both set)",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
     }
 }
 
@@ -474,6 +669,7 @@ impl ProviderConfig {
             read_ca_file(path)
                 .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?;
         }
+        self.validate_introspection()?;
         Ok(())
     }
 
@@ -933,5 +1129,130 @@ mod discovery_tests {
         )
         .unwrap();
         assert!(c.plain_http_warning().is_none());
+    }
+}
+
+#[cfg(test)]
+mod introspection_tests {
+    use super::*;
+    use crate::config::Config;
+
+    const EXPLICIT: &str = "kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: 'https://a', audience: api";
+
+    #[test]
+    fn token_format_defaults_to_auto_with_introspection_and_jwt_without() {
+        let c = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'https://a/i', client_id: rs, client_secret: s3cret}}}}"
+        ))
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Auto);
+        let i = r.introspection.unwrap();
+        assert_eq!(i.auth, IntrospectionAuth::Basic);
+        assert_eq!(i.client_secret.expose(), "s3cret");
+        // Never printed.
+        let shown = format!("{:?} {:?}", c.provider, i);
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let c = Config::from_yaml(&format!("provider: {{{EXPLICIT}}}")).unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Jwt);
+        assert!(r.introspection.is_none());
+
+        // Discovered: the URL may come from the metadata.
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'https://a', audience: api, token_format: opaque, introspection: {client_id: rs, client_secret: s, auth: post}}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Opaque);
+        assert_eq!(r.introspection.unwrap().url, None);
+    }
+
+    #[test]
+    fn the_secret_may_come_from_the_environment() {
+        // A variable every test environment has (setting one would need `unsafe`).
+        let var = "PATH";
+        let c = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'https://a/i', client_id: rs, client_secret_env: {var}}}}}"
+        ))
+        .unwrap();
+        let i = c.provider.resolve().unwrap().introspection.unwrap();
+        assert_eq!(Ok(i.client_secret.expose()), std::env::var(var).as_deref());
+    }
+
+    #[test]
+    fn bad_introspection_settings_are_refused_naming_the_field() {
+        for (rest, field) in [
+            ("token_format: opaque", "provider.introspection"),
+            ("token_format: auto", "provider.introspection"),
+            ("token_format: jws", "token_format"),
+            (
+                "token_format: jwt, introspection: {url: 'https://a/i', client_id: rs, client_secret: s}",
+                "provider.token_format",
+            ),
+            (
+                "introspection: {client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'ftp://a/i', client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'https://u:p@a/i', client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: '', client_secret: s}",
+                "provider.introspection.client_id",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: ''}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, client_secret_env: X}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret_env: M2M_AUTHZ_TEST_UNSET_T18}",
+                "provider.introspection.client_secret_env",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, auth: jwt}",
+                "introspection",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, extra: 1}",
+                "introspection",
+            ),
+        ] {
+            let yaml = format!("provider: {{{EXPLICIT}, {rest}}}");
+            let err = Config::from_yaml(&yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+            // The secret is never echoed.
+            assert!(!err.to_string().contains(": s,"), "{err}");
+        }
+        let named = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}}}\nproviders:\n  idp: {{{EXPLICIT}, token_format: opaque}}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(named.contains("providers.idp.introspection"), "{named}");
+        let stytch = Config::from_yaml(
+            "provider: {kind: stytch, project_id: p, base_url: 'https://a', introspection: {url: 'https://a/i', client_id: rs, client_secret: s}}",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(stytch.contains("provider.introspection"), "{stytch}");
     }
 }

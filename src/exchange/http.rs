@@ -15,7 +15,7 @@ use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
 
 /// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
-const FORM: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
