@@ -107,7 +107,7 @@ async fn setup() -> Setup {
 
 fn active() -> Value {
     json!({
-        "active": true, "sub": "user-7", "client_id": "client-1", "scope": "read",
+        "active": true, "sub": "client-1", "user_id": "user-7", "client_id": "client-1", "scope": "read",
         "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "token_type": "Bearer"
     })
 }
@@ -179,7 +179,9 @@ async fn a_callers_opaque_bearer_token_is_introspected_and_cached_either_way() {
     }
     assert_eq!(s.calls(), 2);
     // A JWT is still verified locally under `auto`, never sent to introspection.
-    let jwt = s.provider.mint("rsa-a", "user-9", json!({}));
+    let jwt = s
+        .provider
+        .mint("rsa-a", "client-9", json!({"user_id": "user-9"}));
     let d = a.check(&bearer_request(&jwt)).await;
     assert_eq!(user(&d).as_deref(), Some("user-9"), "{d:?}");
     assert_eq!(s.calls(), 2);
@@ -260,7 +262,9 @@ async fn an_endpoint_that_cannot_answer_makes_the_check_unavailable_never_allowe
 #[tokio::test]
 async fn token_format_jwt_never_introspects_and_opaque_always_does() {
     let s = setup().await;
-    let jwt = s.provider.mint("rsa-a", "user-9", json!({}));
+    let jwt = s
+        .provider
+        .mint("rsa-a", "client-9", json!({"user_id": "user-9"}));
     // `opaque`: even a JWT-shaped token goes to introspection (answered inactive here).
     let a = authorizer(&s.yaml("  token_format: opaque\n")).await;
     let d = a.check(&bearer_request(&jwt)).await;

@@ -278,6 +278,11 @@ fn shipped_configs_are_valid() {
                     "M2M_ISSUER_PROJECT_SECRET",
                     "deployment-project-secret-0123456789",
                 )
+                // deploy/config/oauth2-opaque.yaml's introspection secret.
+                .env(
+                    "M2M_AUTHZ_INTROSPECTION_SECRET",
+                    "deployment-introspection-secret",
+                )
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
