@@ -768,6 +768,13 @@ impl ProviderConfig {
             self.resolved_discovery()
                 .and_then(|d| Some((true, d.field, d.urls.first()?.clone())))
                 .map(|(e, f, u)| (e, f, Some(u))),
+        )
+        // Callers' Bearer tokens and the introspection secret cross it.
+        .chain(
+            self.introspection
+                .as_ref()
+                .and_then(|i| i.url.clone())
+                .map(|u| (true, "provider.introspection.url", Some(u))),
         ) {
             let Some(url) = url else { continue };
             if url.scheme() != "http" || is_local_host(&url) {
@@ -1247,6 +1254,17 @@ mod introspection_tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(named.contains("providers.idp.introspection"), "{named}");
+        let offhost = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'http://idp.example/i', client_id: rs, client_secret: s}}}}"
+        ))
+        .unwrap();
+        assert!(
+            offhost
+                .provider
+                .plain_http_urls()
+                .iter()
+                .any(|(f, _)| *f == "provider.introspection.url")
+        );
         let stytch = Config::from_yaml(
             "provider: {kind: stytch, project_id: p, base_url: 'https://a', introspection: {url: 'https://a/i', client_id: rs, client_secret: s}}",
         )
