@@ -32,6 +32,7 @@ use crate::defaults::CACHE_SWEEP_INTERVAL;
 use crate::exchange::{ExchangeError, TokenEndpoint};
 use crate::flight::SingleFlight;
 use crate::identity::{Identity, IdentityBuilder, IdentityError};
+use crate::introspect::{INTROSPECTED, IntrospectError};
 use crate::jwks::{JwksError, KeySource};
 use crate::limits::{Class, ExchangeLimiter};
 use crate::policy::reload::LivePolicy;
@@ -55,6 +56,9 @@ pub enum Unavailable {
     Jwks(JwksError),
     #[error("no signing keys are loaded yet")]
     KeysNotLoaded,
+    /// RFC 7662: the introspection endpoint gave no usable answer (never an allow).
+    #[error("token introspection failed: {0}")]
+    Introspection(IntrospectError),
     /// The provider issued a token that fails our rules: a provider or configuration fault
     /// (issuer, audience, algorithms), not the caller's.
     #[error("the provider issued a token that fails verification: {0}")]
@@ -75,6 +79,7 @@ impl Unavailable {
             Unavailable::Exchange(_) => "exchange_failed",
             Unavailable::Jwks(_) => "jwks_unavailable",
             Unavailable::KeysNotLoaded => "keys_not_loaded",
+            Unavailable::Introspection(_) => "introspection_failed",
             Unavailable::IssuedTokenInvalid(_) => "issued_token_invalid",
             Unavailable::Timeout => "exchange_timeout",
             Unavailable::Lost => "exchange_lost",
@@ -89,6 +94,7 @@ impl From<TokenCheckError> for Unavailable {
             TokenCheckError::Invalid(v) => Unavailable::IssuedTokenInvalid(v),
             TokenCheckError::KeysNotLoaded => Unavailable::KeysNotLoaded,
             TokenCheckError::Jwks(j) => Unavailable::Jwks(j),
+            TokenCheckError::Introspection(i) => Unavailable::Introspection(i),
         }
     }
 }
@@ -242,7 +248,17 @@ impl Slot {
                 c.exchange_queue_timeout,
                 parts.clock.clone(),
             ),
-            id: format!("{name} {}", resolved.token_url),
+            // A discovered provider is named by where its metadata is: stable across restarts
+            // and sidecars, as a shared cache entry's key must be.
+            id: format!(
+                "{name} {}",
+                resolved
+                    .token_url
+                    .as_ref()
+                    .or(resolved.discovery.as_ref().and_then(|d| d.urls.first()))
+                    .map(|u| u.as_str())
+                    .unwrap_or_default()
+            ),
             scope: p.scope.clone().unwrap_or_default(),
             max_token_age: p.max_token_age,
             max_token_lifetime: p.max_token_lifetime,
@@ -411,10 +427,14 @@ impl Authorizer {
     /// of them have loaded.
     pub fn start_key_refresh(&self, supervisor: &Supervisor) -> tokio::sync::watch::Receiver<bool> {
         for s in &self.inner.providers {
+            let discovered = s.provider.discovery().map(|d| {
+                d.clone().spawn_refresher(supervisor);
+                d.loaded()
+            });
             s.provider
                 .jwks()
                 .clone()
-                .spawn_refresher(s.jwks_refresh, supervisor);
+                .spawn_refresher(s.jwks_refresh, discovered, supervisor);
         }
         let (all_tx, all_rx) = tokio::sync::watch::channel(false);
         let mut each: Vec<_> = self
@@ -700,39 +720,59 @@ impl Authorizer {
     }
 
     /// Bearer tokens: verified once, then served from the cache until they expire or their
-    /// signing key leaves the JWKS.
-    async fn bearer(&self, slot: &Slot, token: &BearerToken) -> Loaded {
+    /// signing key leaves the JWKS. An opaque token is introspected (RFC 7662) in a single
+    /// flight under the provider's exchange limits, like an exchange: it costs the provider a
+    /// request. Its refusal is kept by the negative cache; its identity until its `exp`.
+    async fn bearer(&self, slot: &Arc<Slot>, token: &BearerToken) -> Loaded {
         let inner = &self.inner;
         let key = inner
             .keys
             .derive(&[b"bearer", slot.id.as_bytes(), token.expose().as_bytes()]);
         let keys = slot.provider.jwks().snapshot();
-        // The very key that verified the token, not merely one under its `kid`.
-        let alive = |fingerprint: &str| keys.as_ref().is_some_and(|k| k.holds(fingerprint));
-        if let Lookup::Fresh(identity) = inner.cache.lookup(&key, alive) {
-            Stats::add(&inner.stats.hits);
-            return Loaded::Identity(identity);
+        // The very key that verified the token, not merely one under its `kid`; an introspected
+        // token has no key, and holds until its `exp`.
+        let alive = |fingerprint: &str| {
+            fingerprint == INTROSPECTED || keys.as_ref().is_some_and(|k| k.holds(fingerprint))
+        };
+        match inner.cache.lookup(&key, alive) {
+            Lookup::Fresh(identity) | Lookup::RefreshDue(identity) => {
+                Stats::add(&inner.stats.hits);
+                return Loaded::Identity(identity);
+            }
+            Lookup::Refused => {
+                Stats::add(&inner.stats.negative_hits);
+                return Loaded::Refused(Refusal::Token(VerifyError::Inactive));
+            }
+            Lookup::Stale(_) | Lookup::Miss => {}
         }
         Stats::add(&inner.stats.misses);
-        let verified = match slot.provider.verify(token.expose()).await {
-            Ok(v) => v,
-            Err(TokenCheckError::Invalid(e)) => return Loaded::Refused(Refusal::Token(e)),
-            Err(e) => return Loaded::Failed(e.into()),
-        };
-        // Never kept: a route that forwards a token forwards the caller's own.
-        let identity = match inner.identity(&verified.claims, None, false) {
-            Ok(i) => Arc::new(i),
-            Err(e) => return Loaded::Refused(Refusal::Identity(e)),
-        };
-        let mut until = verified.exp;
-        if let (Some(age), Some(iat)) = (slot.max_token_age, verified.iat) {
-            until = until.min(iat.saturating_add(age.as_secs()));
+        if !slot.provider.introspects(token.expose()) {
+            return inner.verify_bearer(slot, key, token).await;
         }
-        let lifetime = slot.lifetime(until);
-        inner
-            .cache
-            .insert_bearer(key, identity.clone(), lifetime, &verified.key_fingerprint);
-        Loaded::Identity(identity)
+        let (flight, started) = inner.flights.join_or_start(
+            key,
+            || {
+                let (inner, slot, token) = (inner.clone(), slot.clone(), token.clone());
+                async move {
+                    let _permit = match slot.limiter.acquire(Class::New).await {
+                        Ok(p) => p,
+                        Err(retry_after) => {
+                            Stats::add(&inner.stats.exchanges_limited);
+                            return Loaded::Refused(Refusal::Limited { retry_after });
+                        }
+                    };
+                    inner.verify_bearer(&slot, key, &token).await
+                }
+                .instrument(tracing::Span::current())
+            },
+            Loaded::Failed(Unavailable::Lost),
+        );
+        if !started {
+            Stats::add(&inner.stats.coalesced);
+        }
+        tokio::time::timeout(slot.flight_wait, flight)
+            .await
+            .unwrap_or(Loaded::Failed(Unavailable::Timeout))
     }
 
     fn deny(&self, refusal: Refusal) -> Decision {
@@ -741,6 +781,35 @@ impl Authorizer {
 }
 
 impl Inner {
+    /// Verifies (or introspects) a caller's Bearer token and caches the outcome under `key`.
+    async fn verify_bearer(&self, slot: &Slot, key: CacheKey, token: &BearerToken) -> Loaded {
+        let verified = match slot.provider.verify(token.expose()).await {
+            Ok(v) => v,
+            Err(TokenCheckError::Invalid(e)) => {
+                // An introspected token's refusal cost the provider a request: remembered, so
+                // a replayed revoked or garbage token does not cost another.
+                if slot.provider.introspects(token.expose()) {
+                    self.cache.refuse(key);
+                }
+                return Loaded::Refused(Refusal::Token(e));
+            }
+            Err(e) => return Loaded::Failed(e.into()),
+        };
+        // Never kept: a route that forwards a token forwards the caller's own.
+        let identity = match self.identity(&verified.claims, None, false) {
+            Ok(i) => Arc::new(i),
+            Err(e) => return Loaded::Refused(Refusal::Identity(e)),
+        };
+        let mut until = verified.exp;
+        if let (Some(age), Some(iat)) = (slot.max_token_age, verified.iat) {
+            until = until.min(iat.saturating_add(age.as_secs()));
+        }
+        let lifetime = slot.lifetime(until);
+        self.cache
+            .insert_bearer(key, identity.clone(), lifetime, &verified.key_fingerprint);
+        Loaded::Identity(identity)
+    }
+
     /// One exchange + verification for a credential, run on its own task by the single flight;
     /// it fills (or clears) the cache before the flight ends, so no later check repeats it.
     async fn exchange(

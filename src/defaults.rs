@@ -26,6 +26,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MAX_CREDENTIAL_HEADER_BYTES: usize = 4 * 1024;
 /// Largest token-endpoint or JWKS response body read; a larger one is a provider fault.
 pub const MAX_PROVIDER_BODY_BYTES: usize = 256 * 1024;
+/// The largest provider metadata (discovery) document read; real ones are a few KiB.
+pub const MAX_DISCOVERY_BODY_BYTES: usize = 64 * 1024;
 /// Token lifetime assumed when neither `expires_in` nor a usable `exp` says otherwise.
 pub const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 

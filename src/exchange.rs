@@ -66,6 +66,9 @@ pub enum ExchangeError {
     Status { status: u16 },
     #[error("the token endpoint refused our request ({code}); check provider settings")]
     Misconfigured { code: String },
+    /// The provider's metadata has not been discovered yet, so there is no token endpoint.
+    #[error("the provider's endpoints are not discovered yet")]
+    NotDiscovered,
     #[error("the token endpoint's answer is unusable: {0}")]
     BadResponse(&'static str),
     /// HTTP 429 from the token endpoint: passed on to the caller as our own 429, with the

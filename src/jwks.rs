@@ -104,6 +104,9 @@ pub enum JwksError {
     TlsRefused,
     #[error("the JWKS endpoint answered HTTP {0}")]
     Status(u16),
+    /// The provider's metadata has not been discovered yet, so there is no JWKS URL.
+    #[error("the provider's endpoints are not discovered yet")]
+    NotDiscovered,
     #[error("the JWKS document is unusable: {0}")]
     BadDocument(&'static str),
 }
@@ -334,8 +337,20 @@ impl Jwks {
 
     /// Keeps the set fresh: every `interval` after a success, every few seconds (doubling up to
     /// `interval`) after a failure, so a provider outage at start-up heals without a restart.
-    pub fn spawn_refresher(self: Arc<Self>, interval: Duration, supervisor: &Supervisor) {
+    /// With `after`, the first fetch waits until it turns true (the provider's metadata is
+    /// discovered), so no fetch fails only for want of a URL.
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        interval: Duration,
+        after: Option<watch::Receiver<bool>>,
+        supervisor: &Supervisor,
+    ) {
         supervisor.spawn(Stage::Background, "JWKS refresh", async move {
+            if let Some(mut after) = after
+                && after.wait_for(|ready| *ready).await.is_err()
+            {
+                return;
+            }
             let mut retry = JWKS_RETRY.min(interval);
             loop {
                 match self.refresh().await {

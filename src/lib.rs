@@ -34,6 +34,7 @@ pub mod decision;
 pub mod defaults;
 #[cfg(feature = "issuer")]
 pub mod demo;
+pub mod discovery;
 pub mod exchange;
 pub mod ext_authz;
 pub mod features;
@@ -42,6 +43,7 @@ pub mod grpc_tls;
 pub mod http_authz;
 mod http_body;
 pub mod identity;
+pub mod introspect;
 #[cfg(feature = "issuer")]
 pub mod issuer;
 pub mod jwks;

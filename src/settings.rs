@@ -141,10 +141,21 @@ mod tests {
         };
         let names: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["default", "b"]);
-        assert_eq!(s.providers[0].resolved.token_url.as_str(), "http://a/t");
         assert_eq!(
-            s.providers[1].resolved.token_url.as_str(),
-            "https://y/v1/public/p2/oauth2/token"
+            s.providers[0]
+                .resolved
+                .token_url
+                .as_ref()
+                .map(|u| u.as_str()),
+            Some("http://a/t")
+        );
+        assert_eq!(
+            s.providers[1]
+                .resolved
+                .token_url
+                .as_ref()
+                .map(|u| u.as_str()),
+            Some("https://y/v1/public/p2/oauth2/token")
         );
         assert_eq!(s.providers[1].resolved.audiences, ["p2"]);
         assert_eq!(s.providers[1].resolved.token_type.as_deref(), Some("jwt"));

@@ -90,6 +90,9 @@ pub enum VerifyError {
     InvalidClaim,
     #[error("the token is older than the maximum token age")]
     TooOld,
+    /// RFC 7662: the provider says the token is not active (unknown, revoked or expired).
+    #[error("the provider reports the token inactive")]
+    Inactive,
 }
 
 pub fn verify(

@@ -128,3 +128,121 @@ async fn a_profile_that_expects_stytch_tokens_refuses_rfc_9068_ones() {
         .unwrap();
     assert_eq!(status(&d), 401);
 }
+
+#[tokio::test]
+async fn an_issuer_alone_is_enough_oidc_provider_is_discovered() {
+    crate::needs!(OidcProvider);
+    // Only `issuer`: the token endpoint, the JWKS and the client authentication come from
+    // oidc-provider's /.well-known/openid-configuration. Without `client_auth` the sidecar
+    // picks client_secret_basic (both are listed); with it, the configured one is used.
+    let op = OidcProvider::start(OidcOptions::default()).await;
+    let secret = op.client_secret().to_owned();
+    for (client_auth, client) in [
+        ("", op.basic_client_id()),
+        (
+            "  client_auth: client_secret_post\n",
+            op.client_id().to_owned(),
+        ),
+    ] {
+        let yaml = format!(
+            "provider:\n  kind: oauth2\n  issuer: {}\n  audience: {}\n  token_type: at+jwt\n{client_auth}",
+            op.issuer(),
+            op.audience()
+        );
+        let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap()).unwrap();
+        let discovery = a.provider().discovery().expect("discovered");
+        let endpoints = discovery.refresh().await.expect("oidc-provider discovery");
+        assert_eq!(endpoints.token_endpoint.as_str(), op.token_url());
+        assert_eq!(endpoints.jwks_uri.as_str(), op.jwks_url());
+        assert!(endpoints.introspection_endpoint.is_some());
+        a.provider().jwks().refresh().await.expect("JWKS loads");
+        let d = a
+            .check(&request(&[("authorization", basic(&client, &secret))]))
+            .await
+            .unwrap();
+        assert_eq!(
+            user(&d).as_deref(),
+            Some(op.user_id()),
+            "{client_auth}: {d:?}\n{}",
+            op.stderr_log()
+        );
+    }
+}
+
+/// oidc-provider issuing opaque access tokens (its `accessTokenFormat: opaque`): the sidecar
+/// discovers the introspection endpoint, introspects the exchanged token with its own
+/// resource-server client, serves the next check from cache, and introspects a caller's opaque
+/// Bearer token the same way; a garbage or revoked one is refused with 401.
+#[tokio::test]
+async fn oidc_provider_opaque_tokens_are_introspected() {
+    crate::needs!(OidcProvider);
+    let op = OidcProvider::start(OidcOptions {
+        token_format: "opaque".into(),
+        ..Default::default()
+    })
+    .await;
+    let secret = op.client_secret().to_owned();
+    let yaml = format!(
+        "provider:\n  kind: oauth2\n  issuer: {}\n  audience: {}\n  introspection:\n    client_id: {}\n    client_secret: {secret}\n",
+        op.issuer(),
+        op.audience(),
+        op.rs_client_id()
+    );
+    let a = Authorizer::new(&Config::from_yaml(&yaml).unwrap()).unwrap();
+    let endpoints = a
+        .provider()
+        .discovery()
+        .expect("discovered")
+        .refresh()
+        .await
+        .expect("oidc-provider discovery");
+    assert!(endpoints.introspection_endpoint.is_some());
+    a.provider().jwks().refresh().await.expect("JWKS loads");
+
+    let client = request(&[("authorization", basic(op.client_id(), &secret))]);
+    for _ in 0..2 {
+        let d = a.check(&client).await.unwrap();
+        assert_eq!(
+            user(&d).as_deref(),
+            Some(op.user_id()),
+            "{d:?}\n{}",
+            op.stderr_log()
+        );
+    }
+    assert_eq!(
+        op.introspection_calls(),
+        1,
+        "the second check is served from cache"
+    );
+
+    let token = op.access_token().await;
+    assert_eq!(token.matches('.').count(), 0, "an opaque token: {token}");
+    let caller = request(&[("authorization", format!("Bearer {token}"))]);
+    for _ in 0..2 {
+        let d = a.check(&caller).await.unwrap();
+        assert_eq!(user(&d).as_deref(), Some(op.user_id()), "{d:?}");
+    }
+    assert_eq!(op.introspection_calls(), 2);
+
+    let garbage = request(&[("authorization", "Bearer not-a-token-at-all".to_owned())]);
+    assert_eq!(status(&a.check(&garbage).await.unwrap()), 401);
+
+    // Revoked by its own client (RFC 7009), then presented: inactive, 401.
+    let revoked = op.access_token().await;
+    let resp = common::http_client()
+        .post(format!("{}/token/revocation", op.issuer()))
+        .form(&[
+            ("token", revoked.as_str()),
+            ("client_id", op.client_id()),
+            ("client_secret", secret.as_str()),
+        ])
+        .send()
+        .await
+        .expect("revocation request");
+    assert_eq!(resp.status(), 200);
+    let d = a
+        .check(&request(&[("authorization", format!("Bearer {revoked}"))]))
+        .await
+        .unwrap();
+    assert_eq!(status(&d), 401, "{d:?}");
+}

@@ -61,7 +61,8 @@ fn version_and_config_checks() {
 
     let cases = [
         (
-            "provider: {kind: oauth2, token_url: 'http://a/t'}\n",
+            // Without jwks_url, an issuer that is not a URL cannot be discovered either.
+            "provider: {kind: oauth2, token_url: 'http://a/t', issuer: i, audience: api}\n",
             "provider.jwks_url",
         ),
         (
@@ -276,6 +277,11 @@ fn shipped_configs_are_valid() {
                 .env(
                     "M2M_ISSUER_PROJECT_SECRET",
                     "deployment-project-secret-0123456789",
+                )
+                // deploy/config/oauth2-opaque.yaml's introspection secret.
+                .env(
+                    "M2M_AUTHZ_INTROSPECTION_SECRET",
+                    "deployment-introspection-secret",
                 )
                 .output()
                 .unwrap();

@@ -29,7 +29,10 @@ pub use credentials::{CredentialsConfig, HeaderPairConfig};
 pub use identity::IdentityConfig;
 pub use listen::{GrpcTlsConfig, ListenAddr, ListenConfig, parse_admin_listen, parse_listen};
 pub use policy::PolicyConfig;
-pub use provider::{EmbeddedConfig, ProviderConfig, ProviderKind, ResolvedProvider};
+pub use provider::{
+    DiscoveryPlan, EmbeddedConfig, IntrospectionAuth, IntrospectionConfig, ProviderConfig,
+    ProviderKind, ResolvedIntrospection, ResolvedProvider, TokenFormat, well_known_urls,
+};
 use text::is_visible;
 pub use token::{
     Algorithm, ClientAuth, JWKS_MIN_REFETCH_RANGE, MAX_LEEWAY, MAX_TOKEN_AGE_RANGE, OneOrMany,
@@ -266,10 +269,24 @@ impl Config {
         format!(
             "ok: provider {} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}",
             self.provider.kind.as_str(),
-            self.provider
-                .resolved_token_url()
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
+            match (
+                self.provider.resolved_token_url(),
+                self.provider.resolved_discovery()
+            ) {
+                (Some(u), None) => u.to_string(),
+                (token, Some(d)) => format!(
+                    "{}discovered from {}",
+                    token
+                        .map(|u| format!("{u}, other endpoints "))
+                        .unwrap_or_default(),
+                    d.urls
+                        .iter()
+                        .map(|u| u.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+                (None, None) => String::new(),
+            },
             self.listen.grpc,
             self.listen.admin,
             sources.join("+"),
@@ -328,7 +345,7 @@ mod tests {
     fn errors_name_the_field() {
         let oauth2 = "provider: {kind: oauth2, token_url: 'http://a/t', jwks_url: 'http://a/j', issuer: 'http://a', audience: api}\n";
         let cases: &[(&str, &str)] = &[
-            ("provider: {kind: oauth2}", "provider.token_url"),
+            ("provider: {kind: oauth2}", "provider.issuer"),
             (
                 "provider: {kind: stytch, base_url: 'http://a'}",
                 "provider.project_id",

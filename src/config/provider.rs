@@ -66,6 +66,10 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub token_url: Option<Url>,
     pub jwks_url: Option<Url>,
+    /// `oauth2` only: where the provider's metadata document is (OpenID Connect Discovery or
+    /// RFC 8414). Without it, and without `token_url` or `jwks_url`, the metadata is looked up
+    /// under the single `issuer` (see [`well_known_urls`]).
+    pub discovery_url: Option<Url>,
     /// The accepted `iss` values; never empty.
     pub issuer: Option<OneOrMany>,
     /// The accepted `aud` values; never empty. Required for `oauth2` unless
@@ -76,8 +80,9 @@ pub struct ProviderConfig {
     /// checks its project's audience.
     #[serde(default)]
     pub skip_audience_check: bool,
-    #[serde(default)]
-    pub client_auth: ClientAuth,
+    /// How the sidecar authenticates to the token endpoint; unset: `client_secret_post`, or,
+    /// for a discovered provider, what its metadata supports (`client_secret_basic` first).
+    pub client_auth: Option<ClientAuth>,
     /// Space-separated scopes requested at the token endpoint; omitted: the client's defaults.
     pub scope: Option<String>,
     /// Extra form parameters for the token request (`audience` for Auth0, `resource` per RFC 8707).
@@ -131,6 +136,121 @@ pub struct ProviderConfig {
     /// this user's, mode 0600 or stricter).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// RFC 7662: how opaque access tokens are checked, with the sidecar's own resource-server
+    /// credentials.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Which access tokens are JWTs verified locally and which are introspected; unset: `jwt`
+    /// without `introspection`, else `auto`.
+    pub token_format: Option<TokenFormat>,
+}
+
+/// `provider.token_format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// Every token is a JWT, verified with the JWKS.
+    Jwt,
+    /// Every token is introspected.
+    Opaque,
+    /// A three-segment JWS compact token is verified as a JWT; any other is introspected.
+    Auto,
+}
+
+/// How the introspection endpoint authenticates the sidecar.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionAuth {
+    /// HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `provider.introspection`: the resource-server credentials the sidecar introspects with.
+/// `Debug` is written by hand: the secret is never printed.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint; unset: the discovered `introspection_endpoint`.
+    pub url: Option<Url>,
+    pub client_id: String,
+    /// The secret, in the file; or
+    pub client_secret: Option<String>,
+    /// the name of the environment variable holding it (for a Kubernetes Secret).
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub auth: IntrospectionAuth,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("url", &self.url.as_ref().map(Url::as_str))
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_env", &self.client_secret_env)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl IntrospectionConfig {
+    /// The secret in effect (file or environment), or the error naming the field.
+    fn secret(&self) -> Result<crate::credentials::Secret, ConfigError> {
+        let secret = match (&self.client_secret, &self.client_secret_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => {
+                if var.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.client_secret_env",
+                        "expected the name of an environment variable",
+                    ));
+                }
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => v,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "provider.introspection.client_secret_env",
+                            format!("the environment variable {var} is not set (or empty)"),
+                        ));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.client_secret",
+                    "give client_secret or client_secret_env, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.client_secret",
+                    "required (or client_secret_env)",
+                ));
+            }
+        };
+        if secret.is_empty() || secret.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                "provider.introspection.client_secret",
+                "expected a non-empty secret without control characters",
+            ));
+        }
+        Ok(crate::credentials::Secret::new(secret))
+    }
+}
+
+/// `provider.introspection` resolved: the secret read, the URL (when not discovered) known.
+#[derive(Debug, Clone)]
+pub struct ResolvedIntrospection {
+    /// `None`: the discovered `introspection_endpoint`.
+    pub url: Option<Url>,
+    pub client_id: String,
+    pub client_secret: crate::credentials::Secret,
+    pub auth: IntrospectionAuth,
 }
 
 fn default_algorithms() -> Vec<Algorithm> {
@@ -163,8 +283,12 @@ fn default_max_token_bytes() -> usize {
 #[derive(Debug, Clone)]
 pub struct ResolvedProvider {
     pub kind: ProviderKind,
-    pub token_url: Url,
-    pub jwks_url: Url,
+    /// `None`: taken from the discovered metadata (`discovery`).
+    pub token_url: Option<Url>,
+    /// `None`: taken from the discovered metadata (`discovery`).
+    pub jwks_url: Option<Url>,
+    /// Where and how the provider's metadata is discovered, when an endpoint is not given.
+    pub discovery: Option<DiscoveryPlan>,
     /// The accepted `iss` values; never empty.
     pub issuers: Vec<String>,
     /// The accepted `aud` values; empty only with `skip_audience_check` (then `aud` is not
@@ -186,6 +310,25 @@ pub struct ResolvedProvider {
     pub extra_roots: Vec<reqwest::Certificate>,
     /// `client_cert` and `client_key`, presented to the provider (mutual TLS).
     pub client_identity: Option<reqwest::Identity>,
+    /// How opaque tokens are introspected; `Some` whenever `token_format` is not `Jwt`.
+    pub introspection: Option<ResolvedIntrospection>,
+    pub token_format: TokenFormat,
+}
+
+/// How a provider's metadata is found and checked (OpenID Connect Discovery 1.0, RFC 8414).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryPlan {
+    /// The documents tried in order; the first one served (2xx) is used.
+    pub urls: Vec<Url>,
+    /// The document's `issuer` must equal one of these exactly (RFC 8414 §3.3, OIDC Discovery
+    /// §4.3): the configured `issuer` values.
+    pub issuers: Vec<String>,
+    /// The client authentication the config names; `None` lets the metadata choose.
+    pub client_auth: Option<ClientAuth>,
+    /// The field a problem with the document's location is reported under.
+    pub field: &'static str,
+    /// How often the document is fetched again (with the JWKS).
+    pub refresh: Duration,
 }
 
 impl ProviderConfig {
@@ -194,18 +337,26 @@ impl ProviderConfig {
     pub fn resolve(&self) -> Result<ResolvedProvider, ConfigError> {
         self.validate()?;
         let underivable = |field: &str| ConfigError::invalid(field, "cannot be derived");
+        let discovery = self.resolved_discovery();
+        let token_url = self.resolved_token_url();
+        let jwks_url = self.resolved_jwks_url();
+        if discovery.is_none() {
+            token_url
+                .as_ref()
+                .ok_or_else(|| underivable("provider.token_url"))?;
+            jwks_url
+                .as_ref()
+                .ok_or_else(|| underivable("provider.jwks_url"))?;
+        }
         Ok(ResolvedProvider {
             kind: self.kind,
-            token_url: self
-                .resolved_token_url()
-                .ok_or_else(|| underivable("provider.token_url"))?,
-            jwks_url: self
-                .resolved_jwks_url()
-                .ok_or_else(|| underivable("provider.jwks_url"))?,
+            token_url,
+            jwks_url,
+            discovery,
             issuers: self.resolved_issuers(),
             audiences: self.resolved_audiences(),
             token_type: self.resolved_token_type(),
-            client_auth: self.client_auth,
+            client_auth: self.client_auth.unwrap_or_default(),
             scope: self.scope.clone(),
             token_params: self
                 .token_params
@@ -223,7 +374,84 @@ impl ProviderConfig {
                 None => Vec::new(),
             },
             client_identity: self.client_identity()?,
+            introspection: match &self.introspection {
+                Some(i) => Some(ResolvedIntrospection {
+                    url: i.url.clone(),
+                    client_id: i.client_id.clone(),
+                    client_secret: i.secret()?,
+                    auth: i.auth,
+                }),
+                None => None,
+            },
+            token_format: self.resolved_token_format(),
         })
+    }
+
+    /// `token_format` as given, else `auto` with introspection and `jwt` without.
+    pub fn resolved_token_format(&self) -> TokenFormat {
+        self.token_format.unwrap_or(match self.introspection {
+            Some(_) => TokenFormat::Auto,
+            None => TokenFormat::Jwt,
+        })
+    }
+
+    /// `provider.introspection` and `provider.token_format`, each error naming its field.
+    fn validate_introspection(&self) -> Result<(), ConfigError> {
+        let Some(i) = &self.introspection else {
+            if matches!(
+                self.token_format,
+                Some(TokenFormat::Opaque | TokenFormat::Auto)
+            ) {
+                return Err(ConfigError::invalid(
+                    "provider.introspection",
+                    "required when provider.token_format is opaque or auto",
+                ));
+            }
+            return Ok(());
+        };
+        if self.kind != ProviderKind::Oauth2 {
+            return Err(ConfigError::invalid(
+                "provider.introspection",
+                "only for provider.kind oauth2",
+            ));
+        }
+        if self.token_format == Some(TokenFormat::Jwt) {
+            return Err(ConfigError::invalid(
+                "provider.token_format",
+                "jwt never introspects: remove provider.introspection or choose opaque or auto",
+            ));
+        }
+        if i.client_id.is_empty() || !is_visible(&i.client_id) {
+            return Err(ConfigError::invalid(
+                "provider.introspection.client_id",
+                "expected a non-empty client id without spaces or control characters",
+            ));
+        }
+        i.secret()?;
+        match &i.url {
+            Some(url) => {
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.url",
+                        "expected an http(s) URL",
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(ConfigError::invalid(
+                        "provider.introspection.url",
+                        "expected a URL without user:password@",
+                    ));
+                }
+            }
+            None if self.resolved_discovery().is_none() => {
+                return Err(ConfigError::invalid(
+                    "provider.introspection.url",
+                    "required unless the provider is discovered (without token_url and jwks_url both set)",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// `client_cert` and `client_key` read and checked together: both or neither, the key
@@ -298,18 +526,13 @@ impl ProviderConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.kind {
             ProviderKind::Oauth2 => {
-                for (field, v) in [
-                    ("provider.token_url", self.token_url.is_some()),
-                    ("provider.jwks_url", self.jwks_url.is_some()),
-                    ("provider.issuer", self.issuer.is_some()),
-                ] {
-                    if !v {
-                        return Err(ConfigError::invalid(
-                            field,
-                            "required when provider.kind is oauth2",
-                        ));
-                    }
+                if self.issuer.is_none() {
+                    return Err(ConfigError::invalid(
+                        "provider.issuer",
+                        "required when provider.kind is oauth2",
+                    ));
                 }
+                self.validate_discovery()?;
                 for (field, v) in [
                     ("provider.project_id", self.project_id.is_some()),
                     ("provider.base_url", self.base_url.is_some()),
@@ -363,6 +586,7 @@ impl ProviderConfig {
                     ("provider.base_url", self.base_url.is_some()),
                     ("provider.token_url", self.token_url.is_some()),
                     ("provider.jwks_url", self.jwks_url.is_some()),
+                    ("provider.discovery_url", self.discovery_url.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::invalid(
@@ -389,6 +613,12 @@ impl ProviderConfig {
                         "expected letters, digits, '-' or '_'",
                     ));
                 }
+                if self.discovery_url.is_some() {
+                    return Err(ConfigError::invalid(
+                        "provider.discovery_url",
+                        "not for provider.kind stytch, whose endpoints are derived from project_id",
+                    ));
+                }
                 if self.base_url.is_none() {
                     return Err(ConfigError::invalid(
                         "provider.base_url",
@@ -409,6 +639,7 @@ impl ProviderConfig {
             ("provider.token_url", self.resolved_token_url()),
             ("provider.jwks_url", self.resolved_jwks_url()),
             ("provider.base_url", self.base_url.clone()),
+            ("provider.discovery_url", self.discovery_url.clone()),
         ] {
             let Some(url) = url else { continue };
             if !matches!(url.scheme(), "http" | "https") {
@@ -516,6 +747,7 @@ impl ProviderConfig {
                 .map_err(|problem| ConfigError::invalid("provider.ca_file", problem))?;
         }
         self.client_identity()?;
+        self.validate_introspection()?;
         Ok(())
     }
 
@@ -615,7 +847,20 @@ impl ProviderConfig {
                 "provider.jwks_url",
                 self.resolved_jwks_url(),
             ),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.resolved_discovery()
+                .and_then(|d| Some((true, d.field, d.urls.first()?.clone())))
+                .map(|(e, f, u)| (e, f, Some(u))),
+        )
+        // Callers' Bearer tokens and the introspection secret cross it.
+        .chain(
+            self.introspection
+                .as_ref()
+                .and_then(|i| i.url.clone())
+                .map(|u| (true, "provider.introspection.url", Some(u))),
+        ) {
             let Some(url) = url else { continue };
             if url.scheme() != "http" || is_local_host(&url) {
                 continue;
@@ -627,6 +872,84 @@ impl ProviderConfig {
             }
         }
         out
+    }
+
+    /// `oauth2` without `token_url` or `jwks_url` discovers them: from `discovery_url`, or else
+    /// from the `issuer`, which must then be one http(s) URL without query or fragment
+    /// (RFC 8414 §2).
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let needed = self.token_url.is_none() || self.jwks_url.is_none();
+        if let Some(url) = &self.discovery_url
+            && (url.query().is_some() || url.fragment().is_some())
+        {
+            return Err(ConfigError::invalid(
+                "provider.discovery_url",
+                "expected a URL without query or fragment",
+            ));
+        }
+        if !needed || self.discovery_url.is_some() {
+            return Ok(());
+        }
+        let missing = if self.token_url.is_none() {
+            "provider.token_url"
+        } else {
+            "provider.jwks_url"
+        };
+        let issuers = self
+            .issuer
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
+        let [issuer] = issuers.as_slice() else {
+            return Err(ConfigError::invalid(
+                missing,
+                "required when provider.kind is oauth2, unless it is discovered: give provider.discovery_url (provider.issuer lists several values)",
+            ));
+        };
+        match Url::parse(issuer) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && url.username().is_empty()
+                    && url.password().is_none() =>
+            {
+                Ok(())
+            }
+            _ => Err(ConfigError::invalid(
+                missing,
+                "required when provider.kind is oauth2, unless it is discovered: provider.issuer must then be the issuer's https URL (without query, fragment or user:password@), or give provider.discovery_url",
+            )),
+        }
+    }
+
+    /// Where this provider's metadata is discovered, when an endpoint is not configured
+    /// (explicit `token_url` and `jwks_url` win, and then nothing is fetched).
+    pub fn resolved_discovery(&self) -> Option<DiscoveryPlan> {
+        if self.kind != ProviderKind::Oauth2
+            || (self.token_url.is_some() && self.jwks_url.is_some())
+        {
+            return None;
+        }
+        let issuers = self.resolved_issuers();
+        let (urls, field) = match &self.discovery_url {
+            Some(url) => (vec![url.clone()], "provider.discovery_url"),
+            None => match issuers.as_slice() {
+                [issuer] => (
+                    well_known_urls(&Url::parse(issuer).ok()?),
+                    "provider.issuer",
+                ),
+                _ => return None,
+            },
+        };
+        Some(DiscoveryPlan {
+            urls,
+            issuers,
+            client_auth: self.client_auth,
+            field,
+            refresh: self.jwks_refresh_interval,
+        })
     }
 
     /// The embedded issuer's settings, when this provider is `kind: embedded`.
@@ -744,8 +1067,21 @@ fn stytch_url(base: &Url, path: &str) -> Option<Url> {
     base.join(path).ok()
 }
 
+/// The metadata documents of an issuer, in the order they are tried: OpenID Connect Discovery
+/// (§4: `/.well-known/openid-configuration` appended to the issuer's path), then RFC 8414 (§3:
+/// `/.well-known/oauth-authorization-server` inserted between the host and the issuer's path).
+/// For an issuer without a path both are at the root.
+pub fn well_known_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
+    let mut oauth = issuer.clone();
+    oauth.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    vec![oidc, oauth]
+}
+
 /// Whether a URL's host is this machine: loopback or the unspecified address.
-fn is_local_host(url: &Url) -> bool {
+pub(crate) fn is_local_host(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => {
             let d = d.trim_end_matches('.');
@@ -758,5 +1094,268 @@ fn is_local_host(url: &Url) -> bool {
                 || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn urls(issuer: &str) -> Vec<String> {
+        well_known_urls(&Url::parse(issuer).unwrap())
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn well_known_locations_for_issuers_with_and_without_a_path() {
+        for root in ["https://idp.example", "https://idp.example/"] {
+            assert_eq!(
+                urls(root),
+                [
+                    "https://idp.example/.well-known/openid-configuration",
+                    "https://idp.example/.well-known/oauth-authorization-server"
+                ]
+            );
+        }
+        for tenant in ["https://idp.example/t/a", "https://idp.example/t/a/"] {
+            assert_eq!(
+                urls(tenant),
+                [
+                    "https://idp.example/t/a/.well-known/openid-configuration",
+                    "https://idp.example/.well-known/oauth-authorization-server/t/a"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn an_issuer_alone_is_discovered_and_explicit_endpoints_win() {
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'https://idp.example/t', audience: api}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_url, None);
+        let plan = r.discovery.unwrap();
+        assert_eq!(plan.urls.len(), 2);
+        assert_eq!(plan.issuers, ["https://idp.example/t"]);
+        assert_eq!(plan.client_auth, None);
+        assert!(c.summary().contains(
+            "discovered from https://idp.example/t/.well-known/openid-configuration or https://idp.example/.well-known/oauth-authorization-server/t"
+        ), "{}", c.summary());
+
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: i, discovery_url: 'https://idp.example/meta', audience: api, client_auth: client_secret_basic}",
+        )
+        .unwrap();
+        let plan = c.provider.resolve().unwrap().discovery.unwrap();
+        assert_eq!(plan.urls[0].as_str(), "https://idp.example/meta");
+        assert_eq!(plan.client_auth, Some(ClientAuth::ClientSecretBasic));
+
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: 'https://a', audience: api}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert!(r.discovery.is_none());
+        assert_eq!(r.client_auth, ClientAuth::ClientSecretPost);
+    }
+
+    #[test]
+    fn undiscoverable_providers_are_refused_naming_the_field() {
+        for (yaml, field) in [
+            (
+                "provider: {kind: oauth2, issuer: not-a-url, audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a?x=1', audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://u:p@a', audience: api}",
+                "provider.token_url",
+            ),
+            (
+                "provider: {kind: oauth2, token_url: 'https://a/t', issuer: [a, b], audience: api}",
+                "provider.jwks_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'https://a/m?x', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'ftp://a/m', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: oauth2, issuer: 'https://a', discovery_url: 'https://u:p@a/m', audience: api}",
+                "provider.discovery_url",
+            ),
+            (
+                "provider: {kind: stytch, project_id: p, base_url: 'https://a', discovery_url: 'https://a/m'}",
+                "provider.discovery_url",
+            ),
+            ("provider: {kind: oauth2, audience: api}", "provider.issuer"),
+        ] {
+            let err = Config::from_yaml(yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_plain_http_issuer_off_this_host_is_warned_about() {
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'http://idp.internal', audience: api}",
+        )
+        .unwrap();
+        let w = c.plain_http_warning().unwrap();
+        assert!(w.contains("provider.issuer (host idp.internal)"), "{w}");
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'http://127.0.0.1:9', audience: api}",
+        )
+        .unwrap();
+        assert!(c.plain_http_warning().is_none());
+    }
+}
+
+#[cfg(test)]
+mod introspection_tests {
+    use super::*;
+    use crate::config::Config;
+
+    const EXPLICIT: &str = "kind: oauth2, token_url: 'https://a/t', jwks_url: 'https://a/j', issuer: 'https://a', audience: api";
+
+    #[test]
+    fn token_format_defaults_to_auto_with_introspection_and_jwt_without() {
+        let c = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'https://a/i', client_id: rs, client_secret: s3cret}}}}"
+        ))
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Auto);
+        let i = r.introspection.unwrap();
+        assert_eq!(i.auth, IntrospectionAuth::Basic);
+        assert_eq!(i.client_secret.expose(), "s3cret");
+        // Never printed.
+        let shown = format!("{:?} {:?}", c.provider, i);
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let c = Config::from_yaml(&format!("provider: {{{EXPLICIT}}}")).unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Jwt);
+        assert!(r.introspection.is_none());
+
+        // Discovered: the URL may come from the metadata.
+        let c = Config::from_yaml(
+            "provider: {kind: oauth2, issuer: 'https://a', audience: api, token_format: opaque, introspection: {client_id: rs, client_secret: s, auth: post}}",
+        )
+        .unwrap();
+        let r = c.provider.resolve().unwrap();
+        assert_eq!(r.token_format, TokenFormat::Opaque);
+        assert_eq!(r.introspection.unwrap().url, None);
+    }
+
+    #[test]
+    fn the_secret_may_come_from_the_environment() {
+        // A variable every test environment has (setting one would need `unsafe`).
+        let var = "PATH";
+        let c = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'https://a/i', client_id: rs, client_secret_env: {var}}}}}"
+        ))
+        .unwrap();
+        let i = c.provider.resolve().unwrap().introspection.unwrap();
+        assert_eq!(Ok(i.client_secret.expose()), std::env::var(var).as_deref());
+    }
+
+    #[test]
+    fn bad_introspection_settings_are_refused_naming_the_field() {
+        for (rest, field) in [
+            ("token_format: opaque", "provider.introspection"),
+            ("token_format: auto", "provider.introspection"),
+            ("token_format: jws", "token_format"),
+            (
+                "token_format: jwt, introspection: {url: 'https://a/i', client_id: rs, client_secret: s}",
+                "provider.token_format",
+            ),
+            (
+                "introspection: {client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'ftp://a/i', client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'https://u:p@a/i', client_id: rs, client_secret: s}",
+                "provider.introspection.url",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: '', client_secret: s}",
+                "provider.introspection.client_id",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: ''}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, client_secret_env: X}",
+                "provider.introspection.client_secret",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret_env: M2M_AUTHZ_TEST_UNSET_T18}",
+                "provider.introspection.client_secret_env",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, auth: jwt}",
+                "introspection",
+            ),
+            (
+                "introspection: {url: 'https://a/i', client_id: rs, client_secret: s, extra: 1}",
+                "introspection",
+            ),
+        ] {
+            let yaml = format!("provider: {{{EXPLICIT}, {rest}}}");
+            let err = Config::from_yaml(&yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+            // The secret is never echoed.
+            assert!(!err.to_string().contains(": s,"), "{err}");
+        }
+        let named = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}}}\nproviders:\n  idp: {{{EXPLICIT}, token_format: opaque}}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(named.contains("providers.idp.introspection"), "{named}");
+        let offhost = Config::from_yaml(&format!(
+            "provider: {{{EXPLICIT}, introspection: {{url: 'http://idp.example/i', client_id: rs, client_secret: s}}}}"
+        ))
+        .unwrap();
+        assert!(
+            offhost
+                .provider
+                .plain_http_urls()
+                .iter()
+                .any(|(f, _)| *f == "provider.introspection.url")
+        );
+        let stytch = Config::from_yaml(
+            "provider: {kind: stytch, project_id: p, base_url: 'https://a', introspection: {url: 'https://a/i', client_id: rs, client_secret: s}}",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(stytch.contains("provider.introspection"), "{stytch}");
     }
 }

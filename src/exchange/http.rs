@@ -15,7 +15,7 @@ use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
 
 /// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
-const FORM: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -33,11 +33,19 @@ pub struct HttpTokenEndpoint {
 }
 
 impl HttpTokenEndpoint {
-    pub fn new(http: reqwest::Client, config: &ResolvedProvider, clock: SharedClock) -> Self {
+    /// The endpoint at `url` (configured or discovered), authenticated with `auth`, with the
+    /// rest of the request as `config` says.
+    pub fn new(
+        http: reqwest::Client,
+        config: &ResolvedProvider,
+        url: Url,
+        auth: ClientAuth,
+        clock: SharedClock,
+    ) -> Self {
         HttpTokenEndpoint {
             http,
-            url: config.token_url.clone(),
-            auth: config.client_auth,
+            url,
+            auth,
             scope: config.scope.clone(),
             params: config.token_params.clone(),
             clock,

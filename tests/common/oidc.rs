@@ -33,6 +33,9 @@ pub struct OidcOptions {
     pub alg: String,
     /// Access token lifetime (`exp - iat`), default 600.
     pub ttl_seconds: u64,
+    /// "jwt" (default) or "opaque": opaque tokens are checked by RFC 7662 introspection, by
+    /// the `<client_id>-rs` client (client_secret_basic, same secret).
+    pub token_format: String,
 }
 
 impl Default for OidcOptions {
@@ -45,6 +48,7 @@ impl Default for OidcOptions {
             scopes: "read:orders write:orders".to_owned(),
             alg: "RS256".to_owned(),
             ttl_seconds: 600,
+            token_format: "jwt".to_owned(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl OidcProvider {
             .env("OIDC_SCOPES", &options.scopes)
             .env("OIDC_ALG", &options.alg)
             .env("OIDC_TTL_SECONDS", options.ttl_seconds.to_string())
+            .env("OIDC_TOKEN_FORMAT", &options.token_format)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(process::log_file(&stderr_path));
@@ -172,6 +177,16 @@ impl OidcProvider {
     /// A client_secret_post client whose tokens have no `user_id` claim.
     pub fn nouser_client_id(&self) -> String {
         format!("{}-nouser", self.options.client_id)
+    }
+
+    /// The resource-server client that may introspect (client_secret_basic).
+    pub fn rs_client_id(&self) -> String {
+        format!("{}-rs", self.options.client_id)
+    }
+
+    /// How many requests reached the introspection endpoint so far (from the log).
+    pub fn introspection_calls(&self) -> usize {
+        self.stderr_log().matches("INTROSPECTION-REQUEST").count()
     }
 
     pub fn client_secret(&self) -> &str {

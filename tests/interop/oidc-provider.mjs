@@ -21,6 +21,12 @@
 //   OIDC_SCOPES            space-separated scopes the clients may ask for (default "read:orders write:orders")
 //   OIDC_ALG               RS256 (default) or ES256: signing alg of access tokens
 //   OIDC_TTL_SECONDS       access token lifetime (default 600)
+//   OIDC_TOKEN_FORMAT      jwt (default) or opaque: the access token format (RFC 7662
+//                          introspection is how an opaque one is checked)
+//   OIDC_RS_CLIENT_ID      resource-server client (client_secret_basic, no grants) that
+//                          introspects tokens (default <OIDC_CLIENT_ID>-rs)
+// Every request to the introspection endpoint is logged to stderr as a line
+// "INTROSPECTION-REQUEST", so a test can count them.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -61,6 +67,13 @@ const scopes = env('OIDC_SCOPES', 'read:orders write:orders');
 const alg = env('OIDC_ALG', 'RS256');
 const ttl = Number.parseInt(env('OIDC_TTL_SECONDS', '600'), 10);
 const port = Number.parseInt(env('OIDC_PORT', '0'), 10);
+const tokenFormat = env('OIDC_TOKEN_FORMAT', 'jwt');
+const rsClientId = env('OIDC_RS_CLIENT_ID', `${clientId}-rs`);
+
+if (!['jwt', 'opaque'].includes(tokenFormat)) {
+  console.error(`OIDC_TOKEN_FORMAT must be jwt or opaque, got ${tokenFormat}`);
+  process.exit(2);
+}
 
 if (!['RS256', 'ES256'].includes(alg)) {
   console.error(`OIDC_ALG must be RS256 or ES256, got ${alg}`);
@@ -107,6 +120,15 @@ const provider = new Provider(issuer, {
     { ...commonClient, client_id: clientId, token_endpoint_auth_method: 'client_secret_post', user_id: userId },
     { ...commonClient, client_id: basicClientId, token_endpoint_auth_method: 'client_secret_basic', user_id: userId },
     { ...commonClient, client_id: noUserClientId, token_endpoint_auth_method: 'client_secret_post' },
+    // The sidecar as a resource server: it only introspects.
+    {
+      client_id: rsClientId,
+      client_secret: clientSecret,
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
   ],
   // `user_id` is our own client metadata field; it becomes a token claim below.
   extraClientMetadata: { properties: ['user_id'] },
@@ -131,7 +153,7 @@ const provider = new Provider(issuer, {
           audience,
           scope: scopes,
           accessTokenTTL: ttl,
-          accessTokenFormat: 'jwt',
+          accessTokenFormat: tokenFormat,
           jwt: { sign: { alg } },
         };
       },
@@ -148,7 +170,13 @@ provider.on('server_error', (_ctx, err) => console.error('oidc-provider server_e
 // Plain HTTP on loopback: do not expect a TLS-terminating proxy.
 provider.proxy = false;
 
-server.on('request', provider.callback());
+const handle = provider.callback();
+server.on('request', (req, res) => {
+  if (req.url?.startsWith('/token/introspection')) {
+    console.error('INTROSPECTION-REQUEST');
+  }
+  handle(req, res);
+});
 server.removeAllListeners('error');
 server.on('error', (err) => console.error('oidc-provider server error:', err));
 
@@ -164,5 +192,5 @@ function stop(signal) {
 process.on('SIGTERM', () => stop('SIGTERM'));
 process.on('SIGINT', () => stop('SIGINT'));
 
-console.error(`oidc-provider: issuer ${issuer}, audience ${audience}, alg ${alg}, clients ${clientId} (post), ${basicClientId} (basic), ${noUserClientId} (post, no user_id)`);
+console.error(`oidc-provider: issuer ${issuer}, audience ${audience}, alg ${alg}, ${tokenFormat} tokens, clients ${clientId} (post), ${basicClientId} (basic), ${noUserClientId} (post, no user_id)`);
 process.stdout.write(`READY ${boundPort}\n`);
