@@ -7,10 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use m2m_authz::config::Config;
 use m2m_authz::defaults::CONFIG_ENV;
+use m2m_authz::runtime::Workers;
 use m2m_authz::settings::Settings;
 use m2m_authz::shutdown::{Hangup, StopSignals};
 use m2m_authz::supervisor::Supervisor;
 use m2m_authz::{server, telemetry};
+
+/// mimalloc: fewer instructions per allocation than glibc's malloc, and per-thread free lists
+/// that suit a check's short-lived allocations (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -123,7 +129,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(warning) = config.plain_http_warning() {
                 tracing::warn!("{warning}");
             }
-            tokio::runtime::Runtime::new()?.block_on(serve(config, settings))
+            let workers = Workers::choose(config.runtime.worker_threads);
+            let runtime = workers.build()?;
+            tracing::info!(
+                worker_threads = workers.threads,
+                flavour = workers.flavour(),
+                source = %workers.source,
+                "async runtime"
+            );
+            runtime.block_on(serve(config, settings))
         }
     }
 }
