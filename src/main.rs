@@ -130,24 +130,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("{warning}");
             }
             let workers = Workers::choose(config.runtime.worker_threads);
-            let runtime = workers.build()?;
-            tracing::info!(
-                worker_threads = workers.threads,
-                flavour = workers.flavour(),
-                source = %workers.source,
-                "async runtime"
-            );
-            runtime.block_on(serve(config, settings))
+            workers.build()?.block_on(serve(config, settings, workers))
         }
     }
 }
 
 /// `serve`: everything that can fail first, then the ports, then run until a stop signal.
-async fn serve(config: Config, settings: Settings) -> anyhow::Result<()> {
+async fn serve(config: Config, settings: Settings, workers: Workers) -> anyhow::Result<()> {
     let signals = StopSignals::install(Hangup::Ignored)?;
     let prepared = server::prepare(&config, settings).await?;
     let bound = prepared.bind().await?;
     tracing::info!(summary = %config.summary(), "configuration loaded");
+    // Logged once started, so that a refused start stays one error line.
+    tracing::info!(
+        worker_threads = workers.threads,
+        flavour = workers.flavour(),
+        source = %workers.source,
+        "async runtime"
+    );
     let supervisor = Supervisor::new(config.listen.drain_timeout);
     // Export the last trace spans once everything has stopped (before the socket goes).
     supervisor.on_stop("flush telemetry", telemetry::shutdown);

@@ -120,12 +120,22 @@ async fn a_sidecar_pinned_to_one_cpu_takes_one_worker() {
     common::process::wait_for_tcp(addr, common::sidecar::READY_TIMEOUT)
         .await
         .expect("listening");
-    let logs = std::fs::read_to_string(&log).unwrap();
-    let line: serde_json::Value = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .find(|v: &serde_json::Value| v["message"] == "async runtime")
-        .unwrap_or_else(|| panic!("no runtime line:\n{logs}"));
+    // Logged right after the ports are bound.
+    let deadline = std::time::Instant::now() + common::sidecar::READY_TIMEOUT;
+    let line: serde_json::Value = loop {
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .find(|v: &serde_json::Value| v["message"] == "async runtime");
+        match found {
+            Some(line) => break line,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            None => panic!("no runtime line:\n{logs}"),
+        }
+    };
     assert_eq!(line["worker_threads"], 1, "{line}");
     assert_eq!(line["flavour"], "current_thread", "{line}");
 }
