@@ -63,6 +63,26 @@ fn bench(c: &mut Criterion) {
     g.bench_function("to_check_response", |b| {
         b.iter(|| black_box(to_check_response(black_box(&decision))))
     });
+    // The cache key alone (issue 19): a Basic credential's parts, and a whole real-length
+    // bearer token, as `Authorizer` derives them (HMAC-SHA-256; SHA extensions where the CPU has
+    // them).
+    let keys = m2m_authz::cache::KeyDeriver::default();
+    let slot = b"default http://127.0.0.1:1/oauth2/token";
+    let token = Minter.mint("bench-client", "user-bench");
+    g.bench_function("cache_key_basic", |b| {
+        b.iter(|| {
+            black_box(keys.derive(black_box(&[
+                b"client",
+                slot,
+                b"bench-client",
+                b"bench-secret",
+                b"",
+            ])))
+        })
+    });
+    g.bench_function("cache_key_bearer", |b| {
+        b.iter(|| black_box(keys.derive(black_box(&[b"bearer", slot, token.as_bytes()]))))
+    });
     g.finish();
 }
 

@@ -23,13 +23,8 @@ use clap::{Parser, Subcommand};
 use common::check::{Check, basic};
 use common::provider::{FakeProvider, Minter, jwks_document};
 use hdrhistogram::Histogram;
+use m2m_authz::proto::envoy::service::auth::v3::CheckRequest;
 use m2m_authz::proto::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use m2m_authz::proto::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
-use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
-use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
-use m2m_authz::proto::google::rpc;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -46,10 +41,16 @@ struct Cli {
 enum Cmd {
     /// Measure everything in one run and print the table.
     Run(RunArgs),
-    /// A do-nothing ext_authz server that answers OK: `host:port` or `unix:/path`.
+    /// The stock do-nothing ext_authz server that answers OK: `host:port` or `unix:/path`
+    /// (benches/floor.rs).
     Floor {
         #[arg(long)]
         listen: String,
+        /// The sidecar's runtime with this many workers and its transport settings, but the
+        /// system allocator (to tell the allocator's part from the rest; `m2m-authz-floor` has
+        /// all of the tuning).
+        #[arg(long, value_name = "WORKERS")]
+        tuned: Option<usize>,
     },
     /// Token endpoint + JWKS for scripts/bench: registers one client, writes `basic`, `bearer`
     /// and `jwks.json` into `--out`, prints `ready`, serves until killed.
@@ -103,60 +104,32 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Floor { listen } => tokio::runtime::Runtime::new()?.block_on(floor(listen)),
+        Cmd::Floor { listen, tuned } => {
+            let runtime = match tuned {
+                Some(workers) => m2m_authz::runtime::Workers::choose(Some(workers)).build()?,
+                None => tokio::runtime::Runtime::new()?,
+            };
+            let builder = match tuned {
+                Some(_) => m2m_authz::server::check_server(),
+                None => tonic::transport::Server::builder(),
+            };
+            runtime.block_on(floor::serve(listen, builder))
+        }
         Cmd::Provider { listen, out } => {
             tokio::runtime::Runtime::new()?.block_on(serve_provider(listen, out))
         }
         Cmd::Memory {
             entries,
             keep_tokens,
-        } => memory(entries, keep_tokens),
+        } => memory::memory(entries, keep_tokens),
         Cmd::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
     }
 }
 
 // ---------------------------------------------------------------- the floor
 
-struct Floor;
-
-#[tonic::async_trait]
-impl Authorization for Floor {
-    async fn check(
-        &self,
-        _request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                message: String::new(),
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
-    }
-}
-
-async fn floor(listen: String) -> anyhow::Result<()> {
-    // Not even the disabled spans of h2 and tonic: the floor does no work at all. (Without a
-    // subscriber, `tracing`'s `log` feature would still look at each span.)
-    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
-    let router = tonic::transport::Server::builder().add_service(AuthorizationServer::new(Floor));
-    if let Some(path) = listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
-        let l = tokio::net::UnixListener::bind(path)?;
-        router
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
-            .await?;
-    } else {
-        let l = tokio::net::TcpListener::bind(&listen).await?;
-        router
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-            )
-            .await?;
-    }
-    Ok(())
-}
+#[path = "floor.rs"]
+mod floor;
 
 /// The CheckRequest the load tool sends: GET /direct (the `direct_response` route of
 /// scripts/bench) with this `Authorization`, as Envoy would ask for it.
@@ -198,89 +171,8 @@ async fn serve_provider(listen: String, out: PathBuf) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- memory
 
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// Fills the real `TokenCache` with identities built by the sidecar's own `IdentityBuilder` from
-/// realistic claims, under the default identity and credential config: what one cached Basic
-/// credential costs. `keep_tokens`: as when some route forwards the access token upstream.
-fn memory(entries: usize, keep_tokens: bool) -> anyhow::Result<()> {
-    use m2m_authz::cache::{CacheSettings, KeyDeriver, TokenCache};
-    use m2m_authz::config::{CredentialsConfig, IdentityConfig};
-    use m2m_authz::credentials::Extractor;
-    use m2m_authz::identity::{IdentityBuilder, IdentityMap};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    rt.block_on(async {
-        // A real token's length (one signature; the entries get copies of that length).
-        let template = Minter.mint("client-00000000", "user-client-00000000");
-        let settings = CacheSettings {
-            max_entries: entries + 1,
-            max_negative_entries: 50_000,
-            refresh_ahead: 0.8,
-            expiry_margin: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(30),
-            stale_if_error: Duration::ZERO,
-            max_credential_age: None,
-        };
-        let builder = IdentityBuilder::new(
-            IdentityMap::new(&IdentityConfig::default()).map_err(anyhow::Error::msg)?,
-            Extractor::new(&CredentialsConfig::default()).credential_headers(),
-        );
-        let keys = KeyDeriver::default();
-        let slot = b"default http://127.0.0.1:1/oauth2/token";
-        let cache = TokenCache::new(settings, Arc::new(m2m_authz::stats::Stats::default()));
-        let before = vm_rss_kib();
-        let mut values = 0usize;
-        let mut token_bytes = 0usize;
-        for i in 0..entries {
-            let client = format!("client-{i:08}");
-            let user = format!("user-{client}");
-            let mut token = template.clone();
-            token.replace_range(..client.len(), &client);
-            values += user.len() + client.len();
-            let claims = serde_json::json!({"sub": client, "user_id": user, "scope": "read:orders"});
-            let serde_json::Value::Object(claims) = claims else {
-                unreachable!()
-            };
-            let kept = keep_tokens.then_some(token.as_str());
-            token_bytes += kept.map_or(0, str::len);
-            let identity = builder
-                .build(&claims, vec!["read:orders".into()], kept)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let secret = format!("secret-{i:08}-xxxxxxxxxxxxxxxxxxxxxxxx");
-            let key = keys.derive(&[
-                b"client",
-                slot,
-                client.as_bytes(),
-                secret.as_bytes(),
-                b"",
-            ]);
-            cache.insert(key, Arc::new(identity), Duration::from_secs(3600));
-        }
-        let after = vm_rss_kib();
-        assert_eq!(cache.len(), entries);
-        let per = (after.saturating_sub(before) * 1024) as f64 / entries as f64;
-        let n = entries as f64;
-        println!(
-            "memory entries={entries} keep_tokens={keep_tokens} rss_before_kib={before} rss_after_kib={after} \
-             bytes_per_entry={per:.0} header_values={:.0} access_token={:.0} per_entry_excl_values_and_token={:.0}",
-            values as f64 / n,
-            token_bytes as f64 / n,
-            per - (values + token_bytes) as f64 / n
-        );
-        Ok(())
-    })
-}
+#[path = "memory.rs"]
+mod memory;
 
 // ---------------------------------------------------------------- load
 
@@ -504,12 +396,20 @@ async fn wait_ready(target: &Target, child: &mut Child, what: &str) -> anyhow::R
     }
 }
 
-fn spawn_floor(dir: &Path, target: &Target) -> anyhow::Result<Proc> {
+/// The stock floor (this tool's `floor`), or with `tuned` the sidecar-tuned one
+/// (`m2m-authz-tuned floor`, built next to this tool).
+fn spawn_floor(dir: &Path, target: &Target, tuned: bool) -> anyhow::Result<Proc> {
     let listen = match target {
         Target::Tcp(a) => a.clone(),
         Target::Unix(p) => format!("unix:{}", p.display()),
     };
-    let child = Command::new(std::env::current_exe()?)
+    let exe = std::env::current_exe()?;
+    let exe = if tuned {
+        exe.with_file_name("m2m-authz-tuned")
+    } else {
+        exe
+    };
+    let child = Command::new(exe)
         .args(["floor", "--listen", &listen])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -651,6 +551,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "sidecar-tcp",
             Target::Tcp(format!("127.0.0.1:{}", free_port())),
         ),
+        (
+            "tuned-floor-tcp",
+            Target::Tcp(format!("127.0.0.1:{}", free_port())),
+        ),
     ];
     if !args.no_uds {
         targets.push(("floor-uds", Target::Unix(dir.join("floor.sock"))));
@@ -659,8 +563,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut procs = Vec::new();
     let mut channels: Vec<Vec<Channel>> = Vec::new();
     for (name, target) in &targets {
-        let mut p = if name.starts_with("floor") {
-            spawn_floor(&dir, target)?
+        let mut p = if name.starts_with("floor") || name.starts_with("tuned-floor") {
+            spawn_floor(&dir, target, name.starts_with("tuned"))?
         } else {
             spawn_sidecar(&bin, &dir, name, target, &config)?
         };
@@ -743,17 +647,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             floor: "floor (TCP)",
         },
     ];
+    scenarios.push(Scenario {
+        name: "floor with the sidecar's tuning (TCP)",
+        server: 2,
+        requests: hits.clone(),
+        expect: 0,
+        floor: "floor (TCP)",
+    });
     if !args.no_uds {
         scenarios.push(Scenario {
             name: "floor (UDS)",
-            server: 2,
+            server: 3,
             requests: hits.clone(),
             expect: 0,
             floor: "floor (TCP)",
         });
         scenarios.push(Scenario {
             name: "cache hits, Basic, 10k clients (UDS)",
-            server: 3,
+            server: 4,
             requests: hits.clone(),
             expect: 0,
             floor: "floor (TCP)",

@@ -64,26 +64,30 @@ pub mod metadata {
 pub fn to_auth_request(check: CheckRequest) -> AuthRequest {
     let attributes = check.attributes.unwrap_or_default();
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-    let mut headers = Headers::new();
     // With `encode_raw_headers`, Envoy sends each header line separately in `header_map`;
-    // otherwise repeated headers arrive joined with "," in the `headers` map.
-    match http.header_map {
+    // otherwise repeated headers arrive joined with "," in the `headers` map. Names and values
+    // are moved out of the decoded message, not copied (issue 19).
+    let headers = match http.header_map {
         Some(map) if !map.headers.is_empty() => {
+            let mut headers = Headers::with_capacity(map.headers.len());
             for h in map.headers {
                 let value = if h.raw_value.is_empty() {
                     Some(h.value)
                 } else {
                     String::from_utf8(h.raw_value).ok()
                 };
-                headers.push(&h.key, value);
+                headers.push_owned(h.key, value);
             }
+            headers
         }
         _ => {
+            let mut headers = Headers::with_capacity(http.headers.len());
             for (name, value) in http.headers {
-                headers.push(&name, Some(value));
+                headers.push_owned(name, Some(value));
             }
+            headers
         }
-    }
+    };
     AuthRequest {
         method: http.method,
         host: http.host,

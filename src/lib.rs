@@ -56,6 +56,7 @@ pub mod policy;
 pub mod private_files;
 pub mod provider;
 pub mod request;
+pub mod runtime;
 pub mod server;
 pub mod settings;
 #[cfg(feature = "shared-cache")]

@@ -7,10 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use m2m_authz::config::Config;
 use m2m_authz::defaults::CONFIG_ENV;
+use m2m_authz::runtime::Workers;
 use m2m_authz::settings::Settings;
 use m2m_authz::shutdown::{Hangup, StopSignals};
 use m2m_authz::supervisor::Supervisor;
 use m2m_authz::{server, telemetry};
+
+/// mimalloc: fewer instructions per allocation than glibc's malloc, and per-thread free lists
+/// that suit a check's short-lived allocations (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -123,17 +129,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(warning) = config.plain_http_warning() {
                 tracing::warn!("{warning}");
             }
-            tokio::runtime::Runtime::new()?.block_on(serve(config, settings))
+            let workers = Workers::choose(config.runtime.worker_threads);
+            workers.build()?.block_on(serve(config, settings, workers))
         }
     }
 }
 
 /// `serve`: everything that can fail first, then the ports, then run until a stop signal.
-async fn serve(config: Config, settings: Settings) -> anyhow::Result<()> {
+async fn serve(config: Config, settings: Settings, workers: Workers) -> anyhow::Result<()> {
     let signals = StopSignals::install(Hangup::Ignored)?;
     let prepared = server::prepare(&config, settings).await?;
     let bound = prepared.bind().await?;
     tracing::info!(summary = %config.summary(), "configuration loaded");
+    // Logged once started, so that a refused start stays one error line.
+    tracing::info!(
+        worker_threads = workers.threads,
+        flavour = workers.flavour(),
+        source = %workers.source,
+        "async runtime"
+    );
     let supervisor = Supervisor::new(config.listen.drain_timeout);
     // Export the last trace spans once everything has stopped (before the socket goes).
     supervisor.on_stop("flush telemetry", telemetry::shutdown);

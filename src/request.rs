@@ -15,8 +15,22 @@ impl Headers {
         Headers::default()
     }
 
+    /// Room for `n` more headers without growing.
+    pub fn with_capacity(n: usize) -> Self {
+        Headers {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     pub fn push(&mut self, name: &str, value: Option<String>) {
         self.entries.push((name.to_ascii_lowercase(), value));
+    }
+
+    /// As [`Headers::push`], taking the name's own buffer: lower-cased in place, no copy (Envoy
+    /// already sends lower-case names, so usually nothing changes).
+    pub fn push_owned(&mut self, mut name: String, value: Option<String>) {
+        name.make_ascii_lowercase();
+        self.entries.push((name, value));
     }
 
     /// Every value of `name` (already lower-case), in arrival order.
@@ -54,4 +68,24 @@ pub struct AuthRequest {
     pub headers: Headers,
     /// Envoy's per-route `context_extensions`.
     pub context: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_and_borrowed_names_are_lower_cased_alike() {
+        let mut a = Headers::new();
+        let mut b = Headers::with_capacity(2);
+        for (name, value) in [("X-Client-Id", Some("c")), ("authorization", None)] {
+            a.push(name, value.map(str::to_owned));
+            b.push_owned(name.to_owned(), value.map(str::to_owned));
+        }
+        for h in [&a, &b] {
+            assert_eq!(h.get_all("x-client-id").collect::<Vec<_>>(), [Some("c")]);
+            assert_eq!(h.get_all("authorization").collect::<Vec<_>>(), [None]);
+            assert_eq!(h.get_all("X-Client-Id").count(), 0);
+        }
+    }
 }

@@ -73,6 +73,26 @@ pub const HTTP_FIELD: &str = "listen.http";
 /// `provider.embedded.listen`, the embedded issuer's port.
 pub const ISSUER_LISTEN_FIELD: &str = "provider.embedded.listen";
 
+/// The Check port's gRPC server with the transport settings measured for a sidecar (issue 19,
+/// BENCHMARKS.md "Transport"). Envoy keeps one HTTP/2 connection per worker open and sends small
+/// unary requests on it, so what matters is the cost per request, not throughput per stream:
+///
+/// - HTTP/1 is refused (tonic's default): only the HTTP/2 preface is accepted.
+/// - No adaptive window (BDP pings) and no keep-alive pings: each would add timers and frames
+///   on a connection that only ever carries kilobyte-sized messages from a local Envoy, which
+///   notices a dead connection itself. hyper's 1 MiB windows mean one WINDOW_UPDATE every few
+///   hundred checks.
+/// - TCP_NODELAY is set on each accepted connection (`Bound::start`).
+///
+/// The tuned do-nothing server (`m2m-authz-tuned floor`, benches/floor.rs) serves with this same
+/// function, so the distance between m2m-authz and a do-nothing server under the same tuning
+/// stays visible.
+pub fn check_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(false))
+        .http2_keepalive_interval(None)
+}
+
 /// A bound gRPC listener.
 pub enum Listener {
     Tcp(TcpListener),
@@ -390,11 +410,12 @@ impl Bound {
             tracing::info!(%addr, "HTTP authorization listening (/ext_authz/, /forward_auth)");
         }
 
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(AuthorizationServer::new(
-                ExtAuthz::new(authorizer).with_metrics(metrics),
-            ));
+        let router =
+            check_server()
+                .add_service(health_service)
+                .add_service(AuthorizationServer::new(
+                    ExtAuthz::new(authorizer).with_metrics(metrics),
+                ));
         let tls = match &grpc_tls {
             None => "off",
             Some(t) if t.requires_client_certs() => "mtls",

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod listen;
 pub mod policy;
 pub mod provider;
+pub mod runtime;
 #[cfg(feature = "shared-cache")]
 pub mod shared_cache;
 mod text;
@@ -33,6 +34,7 @@ pub use provider::{
     DiscoveryPlan, EmbeddedConfig, IntrospectionAuth, IntrospectionConfig, ProviderConfig,
     ProviderKind, ResolvedIntrospection, ResolvedProvider, TokenFormat, well_known_urls,
 };
+pub use runtime::RuntimeConfig;
 use text::is_visible;
 pub use token::{
     Algorithm, ClientAuth, JWKS_MIN_REFETCH_RANGE, MAX_LEEWAY, MAX_TOKEN_AGE_RANGE, OneOrMany,
@@ -94,6 +96,9 @@ pub struct Config {
     /// The `realm` of every `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]
     pub realm: String,
+    /// The async runtime's worker threads (`crate::runtime`).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// The folder of the config file, for relative paths in it.
     #[serde(skip)]
     pub dir: Option<std::path::PathBuf>,
@@ -197,6 +202,7 @@ impl Config {
         self.credentials.validate()?;
         self.identity.validate(&self.credentials)?;
         self.cache.validate()?;
+        self.runtime.validate()?;
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
             return Err(ConfigError::invalid(
                 "realm",

@@ -1,0 +1,127 @@
+//! `m2m-authz-tuned`: the bench tools that must run with the sidecar's own global allocator.
+//!
+//! - `floor`: the do-nothing ext_authz server with the sidecar's tuning — allocator, runtime
+//!   (worker count from `--workers`, else the same CPU-quota default as `serve`) and transport
+//!   settings (benches/floor.rs), plus the levers measured in BENCHMARKS.md.
+//! - `memory`: resident memory per cached credential under that allocator (benches/memory.rs).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "floor.rs"]
+mod floor;
+#[path = "memory.rs"]
+mod memory;
+
+use clap::{Parser, Subcommand};
+use m2m_authz::runtime::Workers;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "m2m-authz-tuned",
+    about = "Bench tools with the sidecar's allocator (issue 19)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The do-nothing ext_authz server, tuned as m2m-authz.
+    Floor(FloorArgs),
+    /// VmRSS before and after filling the real `TokenCache` with `--entries` identities.
+    Memory {
+        #[arg(long)]
+        entries: usize,
+        /// Keep each access token, as when a route forwards it.
+        #[arg(long)]
+        keep_tokens: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct FloorArgs {
+    /// `host:port` or `unix:/path`.
+    #[arg(long)]
+    listen: String,
+    /// Worker threads (default: as `serve` without `runtime.worker_threads`).
+    #[arg(long)]
+    workers: Option<usize>,
+    // Levers measured in BENCHMARKS.md on top of the sidecar's settings (none of them is what
+    // the sidecar runs with):
+    /// HTTP/2 initial stream and connection windows, bytes.
+    #[arg(long)]
+    h2_window: Option<u32>,
+    /// HTTP/2 adaptive window (BDP pings).
+    #[arg(long)]
+    adaptive_window: bool,
+    /// HTTP/2 keep-alive ping interval, seconds.
+    #[arg(long)]
+    keepalive: Option<u64>,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE, bytes.
+    #[arg(long)]
+    max_frame: Option<u32>,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// tokio's event interval: scheduler ticks between polls for I/O (61 by default). Fewer
+    /// polls batch more responses into each write.
+    #[arg(long)]
+    event_interval: Option<u32>,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Floor(args) => serve_floor(args),
+        Cmd::Memory {
+            entries,
+            keep_tokens,
+        } => memory::memory(entries, keep_tokens),
+    }
+}
+
+fn serve_floor(cli: FloorArgs) -> anyhow::Result<()> {
+    let workers = Workers::choose(cli.workers);
+    eprintln!(
+        "m2m-authz-tuned floor: {} worker thread(s), {} ({})",
+        workers.threads,
+        workers.flavour(),
+        workers.source
+    );
+    let runtime = match cli.event_interval {
+        Some(n) if workers.threads <= 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .event_interval(n)
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.threads)
+            .enable_all()
+            .event_interval(n)
+            .build()?,
+        None => workers.build()?,
+    };
+    let mut builder = m2m_authz::server::check_server();
+    if let Some(w) = cli.h2_window {
+        builder = builder
+            .initial_stream_window_size(w)
+            .initial_connection_window_size(w);
+    }
+    if cli.adaptive_window {
+        builder = builder.http2_adaptive_window(Some(true));
+    }
+    if let Some(s) = cli.keepalive {
+        builder = builder
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(s)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+    }
+    if let Some(f) = cli.max_frame {
+        builder = builder.max_frame_size(f);
+    }
+    if let Some(n) = cli.max_streams {
+        builder = builder.max_concurrent_streams(n);
+    }
+    runtime.block_on(floor::serve(cli.listen, builder))
+}
