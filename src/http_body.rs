@@ -2,44 +2,38 @@
 //! sidecar buffer without bound; and telling, from a failed request, that the provider's TLS
 //! certificate was not trusted (so the log can say to set `provider.ca_file`).
 
-/// Whether `e` failed because the server's certificate did not verify (unknown issuer, wrong
-/// name, expired…). The rustls error sits a few sources down, inside an `io::Error` whose own
-/// `source()` skips it, so each `io::Error` is looked into as well.
-pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+/// The rustls error under `e`, if the request failed in TLS. It sits a few sources down, inside
+/// an `io::Error` whose own `source()` skips it, so each `io::Error` is looked into as well.
+fn rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
         let inner = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-            );
-        }
         // An io::Error's wrapped error may itself be an io::Error (hyper-util wraps rustls's):
         // descend into it rather than past it.
         next = inner.or_else(|| err.source());
     }
-    false
+    None
+}
+
+/// Whether `e` failed because the server's certificate did not verify (unknown issuer, wrong
+/// name, expired…).
+pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
 
 /// Whether `e` is the server ending the TLS handshake with an alert: a server that requires a
 /// client certificate (mutual TLS) and got none, or did not accept the one it got.
 pub fn is_tls_refused(e: &reqwest::Error) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return matches!(tls, rustls::Error::AlertReceived(_));
-        }
-        next = inner.or_else(|| err.source());
-    }
-    false
+    matches!(rustls_error(e), Some(rustls::Error::AlertReceived(_)))
 }
 
 #[derive(Debug)]

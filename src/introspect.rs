@@ -23,7 +23,7 @@ use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::discovery::Discovery;
 use crate::exchange::http::FORM;
 use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
-use crate::verify::{MAX_NUMERIC_DATE, TokenRules, Verified, VerifyError};
+use crate::verify::{TokenRules, Verified, VerifyError};
 
 /// What an introspected token records where a JWT records the key that verified it: the
 /// bearer cache keeps such an entry until its `exp`, whatever the JWKS does. Not a possible
@@ -182,26 +182,7 @@ pub fn judge(
     if answer.get("active") != Some(&Value::Bool(true)) {
         return Err(VerifyError::Inactive);
     }
-    let leeway = rules.leeway.as_secs();
-    let exp = date(&answer, "exp")?.ok_or(VerifyError::MissingClaim)?;
-    if exp.saturating_add(leeway) <= now {
-        return Err(VerifyError::Expired);
-    }
-    if let Some(nbf) = date(&answer, "nbf")?
-        && nbf > now.saturating_add(leeway)
-    {
-        return Err(VerifyError::NotYetValid);
-    }
-    let iat = date(&answer, "iat")?;
-    if let Some(max_age) = rules.max_age {
-        let iat = iat.ok_or(VerifyError::MissingClaim)?;
-        if iat > now.saturating_add(leeway) {
-            return Err(VerifyError::IssuedInFuture);
-        }
-        if now.saturating_sub(iat) > max_age.as_secs().saturating_add(leeway) {
-            return Err(VerifyError::TooOld);
-        }
-    }
+    let (exp, iat) = crate::verify::time_claims(&answer, rules, now)?;
     match answer.get("iss") {
         None => {}
         Some(Value::String(iss)) if rules.issuers.iter().any(|i| i == iss) => {}
@@ -235,17 +216,6 @@ pub fn judge(
     })
 }
 
-/// A NumericDate member: absent, or a non-negative integer up to `MAX_NUMERIC_DATE`.
-fn date(answer: &Map<String, Value>, name: &str) -> Result<Option<u64>, VerifyError> {
-    match answer.get(name) {
-        None => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n <= MAX_NUMERIC_DATE => Ok(Some(n)),
-            _ => Err(VerifyError::InvalidClaim),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -253,6 +223,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::verify::MAX_NUMERIC_DATE;
 
     const NOW: u64 = 1_800_000_000;
 

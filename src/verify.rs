@@ -172,27 +172,7 @@ pub fn verify(
         // RFC 7519 §4.1.1: a StringOrURI, never a list to search.
         Some(_) => return Err(VerifyError::InvalidClaim),
     }
-    let leeway = rules.leeway.as_secs();
-    let exp = numeric_date(&claims, "exp")?.ok_or(VerifyError::MissingClaim)?;
-    if exp.saturating_add(leeway) < now {
-        return Err(VerifyError::Expired);
-    }
-    if let Some(nbf) = numeric_date(&claims, "nbf")?
-        && nbf > now.saturating_add(leeway)
-    {
-        return Err(VerifyError::NotYetValid);
-    }
-    let iat = numeric_date(&claims, "iat")?;
-    if let Some(max_age) = rules.max_age {
-        let iat = iat.ok_or(VerifyError::MissingClaim)?;
-        // A future `iat` would make any age check pass: refused beyond the clock skew.
-        if iat > now.saturating_add(leeway) {
-            return Err(VerifyError::IssuedInFuture);
-        }
-        if now.saturating_sub(iat) > max_age.as_secs().saturating_add(leeway) {
-            return Err(VerifyError::TooOld);
-        }
-    }
+    let (exp, iat) = time_claims(&claims, rules, now)?;
     Ok(Verified {
         claims,
         exp,
@@ -216,6 +196,38 @@ fn classify(kind: &ErrorKind) -> VerifyError {
         }
         _ => VerifyError::Malformed,
     }
+}
+
+/// The time rules every access token meets, a JWT's claims or an introspection answer's members
+/// alike: `exp` required and not passed, `nbf` reached, and with `max_token_age` an `iat` neither
+/// in the future nor too old — each within the leeway. Returns `exp` and `iat`.
+pub(crate) fn time_claims(
+    claims: &Map<String, Value>,
+    rules: &TokenRules,
+    now: u64,
+) -> Result<(u64, Option<u64>), VerifyError> {
+    let leeway = rules.leeway.as_secs();
+    let exp = numeric_date(claims, "exp")?.ok_or(VerifyError::MissingClaim)?;
+    if exp.saturating_add(leeway) < now {
+        return Err(VerifyError::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(VerifyError::NotYetValid);
+    }
+    let iat = numeric_date(claims, "iat")?;
+    if let Some(max_age) = rules.max_age {
+        let iat = iat.ok_or(VerifyError::MissingClaim)?;
+        // A future `iat` would make any age check pass: refused beyond the clock skew.
+        if iat > now.saturating_add(leeway) {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        if now.saturating_sub(iat) > max_age.as_secs().saturating_add(leeway) {
+            return Err(VerifyError::TooOld);
+        }
+    }
+    Ok((exp, iat))
 }
 
 /// A NumericDate claim (RFC 7519 §2): absent, or whole seconds from 0 to `MAX_NUMERIC_DATE`.
