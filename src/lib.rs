@@ -57,6 +57,7 @@ pub mod private_files;
 pub mod provider;
 pub mod request;
 pub mod runtime;
+pub mod secret;
 pub mod server;
 pub mod settings;
 #[cfg(feature = "shared-cache")]

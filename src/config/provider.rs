@@ -200,7 +200,7 @@ impl std::fmt::Debug for IntrospectionConfig {
 
 impl IntrospectionConfig {
     /// The secret in effect (file or environment), or the error naming the field.
-    fn secret(&self) -> Result<crate::credentials::Secret, ConfigError> {
+    fn secret(&self) -> Result<crate::secret::Secret, ConfigError> {
         let secret = match (&self.client_secret, &self.client_secret_env) {
             (Some(s), None) => s.clone(),
             (None, Some(var)) => {
@@ -239,7 +239,7 @@ impl IntrospectionConfig {
                 "expected a non-empty secret without control characters",
             ));
         }
-        Ok(crate::credentials::Secret::new(secret))
+        Ok(crate::secret::Secret::new(secret))
     }
 }
 
@@ -249,7 +249,7 @@ pub struct ResolvedIntrospection {
     /// `None`: the discovered `introspection_endpoint`.
     pub url: Option<Url>,
     pub client_id: String,
-    pub client_secret: crate::credentials::Secret,
+    pub client_secret: crate::secret::Secret,
     pub auth: IntrospectionAuth,
 }
 
