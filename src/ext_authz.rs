@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::answer::Edge;
 use crate::authorizer::Authorizer;
+use crate::config::{MetadataKey, MetadataKeys};
 use crate::decision::{Allow, Decision, Deny};
 use crate::defaults::{AUTHORIZATION, USER_ID_HEADER};
 use crate::metrics::Metrics;
@@ -44,21 +45,25 @@ pub const METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// The keys of `CheckResponse.dynamic_metadata`, all string values. A key with nothing to say
 /// is left out (an anonymous route has no user, client, scope or provider). Never a secret or
 /// a token: only what the identity headers and the logs already show.
+/// The keys, as [`MetadataKey`] names them (README, "Dynamic metadata"); the config's
+/// `dynamic_metadata` chooses which are sent.
 pub mod metadata {
+    use crate::config::MetadataKey;
+
     /// Allowed: the value of the `x-user-id` identity header, when the identity sets one.
-    pub const USER_ID: &str = "user_id";
+    pub const USER_ID: &str = MetadataKey::UserId.name();
     /// Allowed: the authenticated client (the token's `sub`).
-    pub const CLIENT_ID: &str = "client_id";
+    pub const CLIENT_ID: &str = MetadataKey::ClientId.name();
     /// Allowed: the granted scopes, space-separated (RFC 6749 §3.3).
-    pub const SCOPE: &str = "scope";
+    pub const SCOPE: &str = MetadataKey::Scope.name();
     /// Allowed: the provider's name (`default`, or a `providers` key).
-    pub const PROVIDER: &str = "provider";
+    pub const PROVIDER: &str = MetadataKey::Provider.name();
     /// Both: the policy rule that decided, `default` for the policy's default (and for every
     /// check when no policy is configured). Absent on a denial made before any rule was
     /// consulted (a malformed path or host).
-    pub const RULE: &str = "rule";
+    pub const RULE: &str = MetadataKey::Rule.name();
     /// Denied: the denial's stable reason, as in the logs and the `reason` metric label.
-    pub const REASON: &str = "reason";
+    pub const REASON: &str = MetadataKey::Reason.name();
 }
 
 pub fn to_auth_request(check: CheckRequest) -> AuthRequest {
@@ -108,10 +113,16 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// The answer with every dynamic metadata key (the default).
 pub fn to_check_response(decision: &Decision) -> CheckResponse {
+    to_check_response_with(decision, MetadataKeys::ALL)
+}
+
+/// The answer, its dynamic metadata limited to `keys`.
+pub fn to_check_response_with(decision: &Decision, keys: MetadataKeys) -> CheckResponse {
     match decision {
-        Decision::Allow(allow) => allowed(allow),
-        Decision::Deny(deny) => denied(deny),
+        Decision::Allow(allow) => allowed(allow, keys),
+        Decision::Deny(deny) => denied(deny, keys),
     }
 }
 
@@ -121,46 +132,72 @@ fn string(value: String) -> Value {
     }
 }
 
-/// The metadata Struct of the non-empty `fields`; `None` when there are none. On every check's
-/// path: one allocation per key and value (plus the B-tree's node), nothing else.
-fn metadata_struct<'a>(
-    fields: impl IntoIterator<Item = (&'static str, Cow<'a, str>)>,
-) -> Option<Struct> {
-    let fields: BTreeMap<String, Value> = fields
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.to_owned(), string(v.into_owned())))
-        .collect();
-    (!fields.is_empty()).then_some(Struct { fields })
+/// The metadata Struct of an answer: the non-empty values of the keys among `keys`. On every
+/// check's path: one allocation per key and value (plus the B-tree's node), nothing else; a
+/// value is computed only for a key that is sent.
+struct MetadataStruct {
+    keys: MetadataKeys,
+    fields: BTreeMap<String, Value>,
 }
 
-fn allowed_metadata(allow: &Allow) -> Option<Struct> {
+impl MetadataStruct {
+    fn new(keys: MetadataKeys) -> Self {
+        MetadataStruct {
+            keys,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    fn put<'a>(&mut self, key: MetadataKey, value: impl FnOnce() -> Cow<'a, str>) {
+        if self.keys.has(key) {
+            let value = value();
+            if !value.is_empty() {
+                self.fields
+                    .insert(key.name().to_owned(), string(value.into_owned()));
+            }
+        }
+    }
+
+    /// `None` when there is nothing to say.
+    fn finish(self) -> Option<Struct> {
+        (!self.fields.is_empty()).then_some(Struct {
+            fields: self.fields,
+        })
+    }
+}
+
+fn allowed_metadata(allow: &Allow, keys: MetadataKeys) -> Option<Struct> {
     let identity = &allow.identity;
-    let user_id = allow
-        .set()
-        .iter()
-        .find(|(name, _)| &**name == USER_ID_HEADER)
-        .map_or("", |(_, value)| value);
-    metadata_struct([
-        (metadata::USER_ID, Cow::Borrowed(user_id)),
-        (metadata::CLIENT_ID, Cow::Borrowed(&*identity.client_id)),
-        (metadata::SCOPE, Cow::Owned(identity.scopes.join(" "))),
-        (
-            metadata::PROVIDER,
-            allow.provider.as_deref().unwrap_or("").into(),
-        ),
-        (metadata::RULE, allow.rule.as_deref().unwrap_or("").into()),
-    ])
+    let mut m = MetadataStruct::new(keys);
+    m.put(MetadataKey::UserId, || {
+        allow
+            .set()
+            .iter()
+            .find(|(name, _)| &**name == USER_ID_HEADER)
+            .map_or("", |(_, value)| value)
+            .into()
+    });
+    m.put(MetadataKey::ClientId, || (*identity.client_id).into());
+    m.put(MetadataKey::Scope, || identity.scopes.join(" ").into());
+    m.put(MetadataKey::Provider, || {
+        allow.provider.as_deref().unwrap_or("").into()
+    });
+    m.put(MetadataKey::Rule, || {
+        allow.rule.as_deref().unwrap_or("").into()
+    });
+    m.finish()
 }
 
-fn denied_metadata(deny: &Deny) -> Option<Struct> {
-    metadata_struct([
-        (metadata::REASON, Cow::Borrowed(deny.reason)),
-        (metadata::RULE, deny.rule.as_deref().unwrap_or("").into()),
-    ])
+fn denied_metadata(deny: &Deny, keys: MetadataKeys) -> Option<Struct> {
+    let mut m = MetadataStruct::new(keys);
+    m.put(MetadataKey::Reason, || deny.reason.into());
+    m.put(MetadataKey::Rule, || {
+        deny.rule.as_deref().unwrap_or("").into()
+    });
+    m.finish()
 }
 
-fn allowed(allow: &Allow) -> CheckResponse {
+fn allowed(allow: &Allow, keys: MetadataKeys) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: code::OK,
@@ -176,11 +213,11 @@ fn allowed(allow: &Allow) -> CheckResponse {
                 .collect(),
             response_headers_to_add: Vec::new(),
         })),
-        dynamic_metadata: allowed_metadata(allow),
+        dynamic_metadata: allowed_metadata(allow, keys),
     }
 }
 
-fn denied(deny: &Deny) -> CheckResponse {
+fn denied(deny: &Deny, keys: MetadataKeys) -> CheckResponse {
     let grpc_code = match deny.status {
         400 => code::INVALID_ARGUMENT,
         401 => code::UNAUTHENTICATED,
@@ -199,7 +236,7 @@ fn denied(deny: &Deny) -> CheckResponse {
             headers: deny_headers(deny),
             body: deny.body.clone(),
         })),
-        dynamic_metadata: denied_metadata(deny),
+        dynamic_metadata: denied_metadata(deny, keys),
     }
 }
 
@@ -230,6 +267,7 @@ fn deny_headers(deny: &Deny) -> Vec<HeaderValueOption> {
 pub struct ExtAuthz {
     authorizer: Arc<Authorizer>,
     metrics: Option<Arc<Metrics>>,
+    metadata: MetadataKeys,
 }
 
 impl ExtAuthz {
@@ -237,7 +275,14 @@ impl ExtAuthz {
         ExtAuthz {
             authorizer,
             metrics: None,
+            metadata: MetadataKeys::ALL,
         }
+    }
+
+    /// Sends only these dynamic metadata keys (`dynamic_metadata`; all by default).
+    pub fn with_metadata(mut self, keys: MetadataKeys) -> Self {
+        self.metadata = keys;
+        self
     }
 
     /// Counts every answered check (and its latency) in `metrics`.
@@ -279,7 +324,10 @@ impl ExtAuthz {
         )
         .await;
         match result {
-            Ok(decision) => Ok(Response::new(to_check_response(&decision))),
+            Ok(decision) => Ok(Response::new(to_check_response_with(
+                &decision,
+                self.metadata,
+            ))),
             // An infrastructure failure is not a denial: answering UNAVAILABLE lets the
             // operator's `failure_mode_allow` decide (false by default, so Envoy fails closed).
             Err(error) => Err(Status::unavailable(error.to_string())),
@@ -393,6 +441,36 @@ mod tests {
             fields(&to_check_response(&Decision::Allow(anonymous))),
             pairs(&[(metadata::RULE, "health")])
         );
+    }
+
+    #[test]
+    fn only_the_configured_keys_are_sent() {
+        let allow = Allow {
+            identity: identity(Some("user-1"), &["read:orders"]),
+            forward: None,
+            provider: Some("default".into()),
+            rule: Some("orders-read".into()),
+        };
+        let keys = MetadataKeys::NONE
+            .with(MetadataKey::UserId)
+            .with(MetadataKey::Reason);
+        let response = to_check_response_with(&Decision::Allow(allow.clone()), keys);
+        assert_eq!(fields(&response), pairs(&[(metadata::USER_ID, "user-1")]));
+        // The headers do not depend on the metadata.
+        assert_eq!(
+            response.http_response,
+            to_check_response(&Decision::Allow(allow.clone())).http_response
+        );
+        let mut deny = Refusal::RouteDenied.to_deny("api");
+        deny.rule = Some("admin-block".into());
+        let response = to_check_response_with(&Decision::Deny(deny), keys);
+        assert_eq!(
+            fields(&response),
+            pairs(&[(metadata::REASON, "route_denied")])
+        );
+        // None at all: no Struct, not an empty one.
+        let response = to_check_response_with(&Decision::Allow(allow), MetadataKeys::NONE);
+        assert_eq!(response.dynamic_metadata, None);
     }
 
     #[test]

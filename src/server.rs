@@ -23,7 +23,7 @@ use crate::admin::AdminState;
 use crate::authorizer::{Authorizer, BuildError, Parts};
 #[cfg(feature = "issuer")]
 use crate::config::ProviderKind;
-use crate::config::{Config, ListenAddr, parse_admin_listen, parse_listen};
+use crate::config::{Config, ListenAddr, MetadataKeys, parse_admin_listen, parse_listen};
 use crate::ext_authz::ExtAuthz;
 use crate::grpc_tls::GrpcTls;
 #[cfg(feature = "issuer")]
@@ -110,6 +110,7 @@ pub struct Prepared {
     authorizer: Arc<Authorizer>,
     grpc: ListenAddr,
     grpc_tls: Option<GrpcTls>,
+    metadata: MetadataKeys,
     admin: SocketAddr,
     http: Option<SocketAddr>,
     #[cfg(feature = "issuer")]
@@ -154,6 +155,7 @@ pub async fn prepare(config: &Config, mut settings: Settings) -> Result<Prepared
         authorizer,
         grpc,
         grpc_tls,
+        metadata: config.dynamic_metadata.keys(),
         admin,
         http,
         #[cfg(feature = "issuer")]
@@ -222,6 +224,7 @@ impl Prepared {
             authorizer: self.authorizer,
             grpc,
             grpc_tls: self.grpc_tls,
+            metadata: self.metadata,
             admin,
             http,
             socket,
@@ -313,6 +316,7 @@ pub struct Bound {
     authorizer: Arc<Authorizer>,
     grpc: Listener,
     grpc_tls: Option<GrpcTls>,
+    metadata: MetadataKeys,
     admin: TcpListener,
     http: Option<TcpListener>,
     socket: Option<OurSocket>,
@@ -342,6 +346,7 @@ impl Bound {
             authorizer,
             grpc,
             grpc_tls,
+            metadata,
             admin,
             http,
             socket,
@@ -414,7 +419,9 @@ impl Bound {
             check_server()
                 .add_service(health_service)
                 .add_service(AuthorizationServer::new(
-                    ExtAuthz::new(authorizer).with_metrics(metrics),
+                    ExtAuthz::new(authorizer)
+                        .with_metrics(metrics)
+                        .with_metadata(metadata),
                 ));
         let tls = match &grpc_tls {
             None => "off",

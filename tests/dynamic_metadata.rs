@@ -134,6 +134,53 @@ async fn the_access_log_names_the_user_and_client_and_the_reason_for_a_denial() 
     );
 }
 
+/// `dynamic_metadata` trims the keys Envoy receives (each costs Envoy work on every request):
+/// what is left out is absent from the access log, what is kept still arrives, on allowed and
+/// denied answers alike, and the identity headers upstream do not change.
+#[tokio::test]
+async fn only_the_configured_metadata_keys_reach_envoy() {
+    crate::needs!(Envoy);
+    let p = FakeProvider::start().await;
+    p.add_client_with_claims(
+        "client-trim",
+        "s3cret-trim-log",
+        json!({"user_id": "user-trim", "scope": "read:orders"}),
+    );
+    let config = format!(
+        "{}dynamic_metadata: [user_id, reason]\n",
+        sidecar_config(&p, None)
+    );
+    let (sidecar, Front { envoy, upstream }) = common::envoy::stack(&config).await;
+    let http = common::http_client();
+    let r = http
+        .get(envoy.url("/v1/trim/1"))
+        .header("authorization", basic("client-trim", "s3cret-trim-log"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", sidecar.logs());
+    let upstream_request = upstream.last_request().unwrap();
+    assert_eq!(upstream_request.header("x-user-id"), Some("user-trim"));
+    assert_eq!(upstream_request.header("x-client-id"), Some("client-trim"));
+    let line = log_line(&envoy, "/v1/trim/1").await;
+    assert!(
+        line.contains("user=user-trim client=- rule=- authz_reason=-"),
+        "{line}"
+    );
+    let r = http
+        .get(envoy.url("/v1/trim/2"))
+        .header("authorization", basic("client-trim", "wrong-trim-secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let line = log_line(&envoy, "/v1/trim/2").await;
+    assert!(
+        line.contains("user=- client=- rule=- authz_reason=invalid_client"),
+        "{line}"
+    );
+}
+
 /// An http_filters snippet from deploy/envoy/, with `edits` (each must apply once), as Envoy
 /// options that splice it in before envoy.yaml's router filter.
 fn with_snippet(file: &str, edits: &[(&str, &str)]) -> EnvoyOptions {

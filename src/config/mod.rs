@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod duration;
 pub mod identity;
 pub mod listen;
+pub mod metadata;
 pub mod policy;
 pub mod provider;
 pub mod runtime;
@@ -29,6 +30,7 @@ pub use cache::{CacheConfig, MAX_CREDENTIAL_AGE_RANGE, MAX_STALE_IF_ERROR, Share
 pub use credentials::{CredentialsConfig, HeaderPairConfig};
 pub use identity::IdentityConfig;
 pub use listen::{GrpcTlsConfig, ListenAddr, ListenConfig, parse_admin_listen, parse_listen};
+pub use metadata::{DynamicMetadataConfig, MetadataKey, MetadataKeys};
 pub use policy::PolicyConfig;
 pub use provider::{
     DiscoveryPlan, EmbeddedConfig, IntrospectionAuth, IntrospectionConfig, ProviderConfig,
@@ -99,6 +101,9 @@ pub struct Config {
     /// The async runtime's worker threads (`crate::runtime`).
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The keys of the gRPC Check answer's dynamic metadata; absent: all of them.
+    #[serde(default)]
+    pub dynamic_metadata: DynamicMetadataConfig,
     /// The folder of the config file, for relative paths in it.
     #[serde(skip)]
     pub dir: Option<std::path::PathBuf>,
@@ -203,6 +208,7 @@ impl Config {
         self.identity.validate(&self.credentials)?;
         self.cache.validate()?;
         self.runtime.validate()?;
+        self.dynamic_metadata.validate()?;
         if self.realm.is_empty() || self.realm.contains(['"', '\\']) || !is_visible(&self.realm) {
             return Err(ConfigError::invalid(
                 "realm",

@@ -1,0 +1,163 @@
+//! `dynamic_metadata`: which keys the gRPC Check answer's dynamic metadata carries. Envoy parses,
+//! copies and stores every key of every answer: about 4,000 instructions per key per request
+//! (BENCHMARKS.md, issue 19), so a key nothing reads is worth leaving out.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// One key of the dynamic metadata (README, "Dynamic metadata").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataKey {
+    /// Allowed: the value of the `x-user-id` identity header.
+    UserId,
+    /// Allowed: the authenticated client (the token's `sub`).
+    ClientId,
+    /// Allowed: the granted scopes, space-separated.
+    Scope,
+    /// Allowed: the provider's name.
+    Provider,
+    /// Allowed and denied: the policy rule that decided.
+    Rule,
+    /// Denied: the denial's stable reason.
+    Reason,
+}
+
+impl MetadataKey {
+    pub const ALL: [MetadataKey; 6] = [
+        MetadataKey::UserId,
+        MetadataKey::ClientId,
+        MetadataKey::Scope,
+        MetadataKey::Provider,
+        MetadataKey::Rule,
+        MetadataKey::Reason,
+    ];
+
+    /// The key's name in the metadata Struct and in the config.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MetadataKey::UserId => "user_id",
+            MetadataKey::ClientId => "client_id",
+            MetadataKey::Scope => "scope",
+            MetadataKey::Provider => "provider",
+            MetadataKey::Rule => "rule",
+            MetadataKey::Reason => "reason",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of metadata keys, checked on every answer: one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataKeys(u8);
+
+impl MetadataKeys {
+    pub const ALL: MetadataKeys = MetadataKeys((1 << MetadataKey::ALL.len()) - 1);
+    pub const NONE: MetadataKeys = MetadataKeys(0);
+
+    pub const fn has(self, key: MetadataKey) -> bool {
+        self.0 & key.bit() != 0
+    }
+
+    pub const fn with(self, key: MetadataKey) -> MetadataKeys {
+        MetadataKeys(self.0 | key.bit())
+    }
+}
+
+impl Default for MetadataKeys {
+    fn default() -> Self {
+        MetadataKeys::ALL
+    }
+}
+
+/// `dynamic_metadata: [user_id, client_id, …]`; absent: every key; `[]`: no metadata at all.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct DynamicMetadataConfig(Option<Vec<String>>);
+
+impl DynamicMetadataConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(|_| ())
+    }
+
+    /// The keys to send (after `validate`: an invalid list is refused before this is asked).
+    pub fn keys(&self) -> MetadataKeys {
+        self.compile().unwrap_or_default()
+    }
+
+    fn compile(&self) -> Result<MetadataKeys, ConfigError> {
+        let Some(names) = &self.0 else {
+            return Ok(MetadataKeys::ALL);
+        };
+        let mut keys = MetadataKeys::NONE;
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("dynamic_metadata[{i}]");
+            let Some(key) = MetadataKey::ALL.into_iter().find(|k| k.name() == name) else {
+                let known: Vec<_> = MetadataKey::ALL.iter().map(|k| k.name()).collect();
+                return Err(ConfigError::invalid(
+                    &field,
+                    format!("unknown key {name:?}; expected one of {}", known.join(", ")),
+                ));
+            };
+            if keys.has(key) {
+                return Err(ConfigError::invalid(
+                    &field,
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+            keys = keys.with(key);
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> DynamicMetadataConfig {
+        serde_yaml_ng::from_str(yaml).expect("yaml")
+    }
+
+    #[test]
+    fn absent_means_every_key_and_an_empty_list_none() {
+        assert_eq!(DynamicMetadataConfig::default().keys(), MetadataKeys::ALL);
+        let none = parse("[]");
+        none.validate().expect("valid");
+        assert_eq!(none.keys(), MetadataKeys::NONE);
+        let some = parse("[user_id, rule]");
+        let keys = some.keys();
+        assert!(keys.has(MetadataKey::UserId) && keys.has(MetadataKey::Rule));
+        for k in [
+            MetadataKey::ClientId,
+            MetadataKey::Scope,
+            MetadataKey::Provider,
+            MetadataKey::Reason,
+        ] {
+            assert!(!keys.has(k), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_repeated_key_is_refused_naming_its_entry() {
+        let e = parse("[user_id, user]").validate().unwrap_err().to_string();
+        assert!(
+            e.contains("dynamic_metadata[1]") && e.contains("\"user\""),
+            "{e}"
+        );
+        assert!(e.contains("client_id"), "the known keys are listed: {e}");
+        let e = parse("[rule, reason, rule]")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dynamic_metadata[2]") && e.contains("twice"),
+            "{e}"
+        );
+        // Names are exact: Envoy's metadata keys are case-sensitive.
+        assert!(parse("[User_Id]").validate().is_err());
+    }
+}
