@@ -576,9 +576,8 @@ impl Authorizer {
                 // provider fails meanwhile.
                 if forward && matches!(&loaded, Loaded::Identity(i) if i.access_token.is_none()) {
                     let key = self.client_key(slot, client_id, secret);
-                    loaded = self
-                        .wait(slot, key, client_id, secret, true, Class::Known)
-                        .await;
+                    loaded =
+                        Box::pin(self.wait(slot, key, client_id, secret, true, Class::Known)).await;
                 }
                 loaded
             }
@@ -651,9 +650,7 @@ impl Authorizer {
             }
             Lookup::Stale(identity) => {
                 Stats::add(&inner.stats.misses);
-                match self
-                    .wait(slot, key, client_id, secret, forward, Class::Known)
-                    .await
+                match Box::pin(self.wait(slot, key, client_id, secret, forward, Class::Known)).await
                 {
                     // The provider is failing or we are over our own limits: the token is still
                     // within its (grace) validity, so keep serving it.
@@ -666,8 +663,7 @@ impl Authorizer {
             }
             Lookup::Miss => {
                 Stats::add(&inner.stats.misses);
-                self.wait(slot, key, client_id, secret, forward, Class::New)
-                    .await
+                Box::pin(self.wait(slot, key, client_id, secret, forward, Class::New)).await
             }
         }
     }
@@ -704,6 +700,8 @@ impl Authorizer {
         flight
     }
 
+    /// Boxed by its callers: the exchange's wait is far larger than a cache hit, and every move
+    /// of a future copies its whole size, so the hit path's future stays small (issue 19).
     async fn wait(
         &self,
         slot: &Arc<Slot>,
@@ -746,6 +744,12 @@ impl Authorizer {
             Lookup::Stale(_) | Lookup::Miss => {}
         }
         Stats::add(&inner.stats.misses);
+        Box::pin(self.bearer_miss(slot, key, token)).await
+    }
+
+    /// A Bearer token not in the cache: verified here, or introspected in a single flight.
+    async fn bearer_miss(&self, slot: &Arc<Slot>, key: CacheKey, token: &BearerToken) -> Loaded {
+        let inner = &self.inner;
         if !slot.provider.introspects(token.expose()) {
             return inner.verify_bearer(slot, key, token).await;
         }
