@@ -15,7 +15,22 @@ use m2m_authz::proto::envoy::service::auth::v3::check_response::HttpResponse;
 use m2m_authz::proto::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use m2m_authz::proto::google::rpc;
 
-pub struct Floor;
+/// Answers every Check with a copy of `answer`.
+pub struct Floor {
+    pub answer: CheckResponse,
+}
+
+/// OK with nothing to change: what a do-nothing server answers.
+pub fn empty_ok() -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: 0,
+            message: String::new(),
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        dynamic_metadata: None,
+    }
+}
 
 #[tonic::async_trait]
 impl Authorization for Floor {
@@ -23,24 +38,21 @@ impl Authorization for Floor {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                message: String::new(),
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
+        Ok(tonic::Response::new(self.answer.clone()))
     }
 }
 
 /// Serves the floor with `builder`'s transport settings on `listen` (`host:port` or
-/// `unix:/path`) until killed.
-pub async fn serve(listen: String, mut builder: tonic::transport::Server) -> anyhow::Result<()> {
+/// `unix:/path`) until killed, answering `answer` to every Check.
+pub async fn serve(
+    listen: String,
+    mut builder: tonic::transport::Server,
+    answer: CheckResponse,
+) -> anyhow::Result<()> {
     // Not even the disabled spans of h2 and tonic: the floor does no work at all. (Without a
     // subscriber, `tracing`'s `log` feature would still look at each span.)
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
-    let router = builder.add_service(AuthorizationServer::new(Floor));
+    let router = builder.add_service(AuthorizationServer::new(Floor { answer }));
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path)?;

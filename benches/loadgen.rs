@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                 Some(_) => m2m_authz::server::check_server(),
                 None => tonic::transport::Server::builder(),
             };
-            runtime.block_on(floor::serve(listen, builder))
+            runtime.block_on(floor::serve(listen, builder, floor::empty_ok()))
         }
         Cmd::Provider { listen, out } => {
             tokio::runtime::Runtime::new()?.block_on(serve_provider(listen, out))

@@ -13,6 +13,7 @@ mod floor;
 mod memory;
 
 use clap::{Parser, Subcommand};
+use m2m_authz::proto::envoy::service::auth::v3::CheckResponse;
 use m2m_authz::runtime::Workers;
 
 #[global_allocator]
@@ -67,10 +68,67 @@ struct FloorArgs {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
     #[arg(long)]
     max_streams: Option<u32>,
+    /// What every Check is answered: `empty` (OK, nothing to change: the do-nothing answer);
+    /// `headers` (the sidecar's default allowed answer without its dynamic metadata: set
+    /// `x-user-id` and `x-client-id`, remove `authorization` and `x-client-secret`);
+    /// `metadata` (only the dynamic metadata); `full` (both: what the sidecar answers). Built by
+    /// the sidecar's own `to_check_response`, so Envoy's cost of applying each part shows
+    /// (`scripts/envoy-profile`).
+    #[arg(long, value_enum, default_value_t = Answer::Empty)]
+    answer: Answer,
+    /// One worker on tokio's multi-thread scheduler instead of the current-thread one (its LIFO
+    /// slot runs the connection task right after the check that woke it: answers leave one by
+    /// one instead of in batches).
+    #[arg(long)]
+    multi_thread: bool,
     /// tokio's event interval: scheduler ticks between polls for I/O (61 by default). Fewer
     /// polls batch more responses into each write.
     #[arg(long)]
     event_interval: Option<u32>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Answer {
+    Empty,
+    Headers,
+    Metadata,
+    Full,
+}
+
+/// The answer the floor gives, from the sidecar's own response builder.
+fn answer(kind: Answer) -> CheckResponse {
+    use m2m_authz::decision::{Allow, Decision};
+    use m2m_authz::identity::Identity;
+    use std::sync::Arc;
+    if let Answer::Empty = kind {
+        return floor::empty_ok();
+    }
+    let allow = Allow {
+        identity: Arc::new(Identity {
+            headers: Box::new([
+                ("x-client-id".into(), "bench-client".into()),
+                ("x-user-id".into(), "user-bench".into()),
+            ]),
+            remove: Arc::new(["authorization".into(), "x-client-secret".into()]),
+            client_id: "bench-client".into(),
+            scopes: Box::new(["read:orders".into()]),
+            access_token: None,
+        }),
+        forward: None,
+        provider: Some("default".into()),
+        rule: Some("default".into()),
+    };
+    let mut full = m2m_authz::ext_authz::to_check_response(&Decision::Allow(allow));
+    match kind {
+        Answer::Headers => full.dynamic_metadata = None,
+        Answer::Metadata => {
+            let metadata = full.dynamic_metadata.take();
+            full = floor::empty_ok();
+            full.dynamic_metadata = metadata;
+        }
+        Answer::Empty | Answer::Full => {}
+    }
+    full
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +150,10 @@ fn serve_floor(cli: FloorArgs) -> anyhow::Result<()> {
         workers.source
     );
     let runtime = match cli.event_interval {
+        None if cli.multi_thread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.threads)
+            .enable_all()
+            .build()?,
         Some(n) if workers.threads <= 1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .event_interval(n)
@@ -123,5 +185,5 @@ fn serve_floor(cli: FloorArgs) -> anyhow::Result<()> {
     if let Some(n) = cli.max_streams {
         builder = builder.max_concurrent_streams(n);
     }
-    runtime.block_on(floor::serve(cli.listen, builder))
+    runtime.block_on(floor::serve(cli.listen, builder, answer(cli.answer)))
 }
