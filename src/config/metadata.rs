@@ -73,10 +73,17 @@ impl Default for MetadataKeys {
     }
 }
 
-/// `dynamic_metadata: [user_id, client_id, …]`; absent: every key; `[]`: no metadata at all.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(transparent)]
+/// `dynamic_metadata: [user_id, client_id, …]`; absent: every key; `[]` (or nothing after the
+/// colon, an empty list to the YAML reader): no metadata at all. `null` is refused rather than
+/// read as either.
+#[derive(Debug, Clone, Default)]
 pub struct DynamicMetadataConfig(Option<Vec<String>>);
+
+impl<'de> Deserialize<'de> for DynamicMetadataConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(|names| DynamicMetadataConfig(Some(names)))
+    }
+}
 
 impl DynamicMetadataConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -86,6 +93,21 @@ impl DynamicMetadataConfig {
     /// The keys to send (after `validate`: an invalid list is refused before this is asked).
     pub fn keys(&self) -> MetadataKeys {
         self.compile().unwrap_or_default()
+    }
+
+    /// The keys sent, by name, comma-separated (`none` for `[]`), for `check-config`.
+    pub fn describe(&self) -> String {
+        let keys = self.keys();
+        let names: Vec<_> = MetadataKey::ALL
+            .into_iter()
+            .filter(|k| keys.has(*k))
+            .map(MetadataKey::name)
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(",")
+        }
     }
 
     fn compile(&self) -> Result<MetadataKeys, ConfigError> {
@@ -159,5 +181,18 @@ mod tests {
         );
         // Names are exact: Envoy's metadata keys are case-sensitive.
         assert!(parse("[User_Id]").validate().is_err());
+        // `null` says neither "all" nor "none": refused.
+        assert!(serde_yaml_ng::from_str::<DynamicMetadataConfig>("null").is_err());
+        assert!(serde_yaml_ng::from_str::<DynamicMetadataConfig>("user_id").is_err());
+    }
+
+    #[test]
+    fn the_summary_names_the_keys_sent() {
+        assert_eq!(
+            DynamicMetadataConfig::default().describe(),
+            "user_id,client_id,scope,provider,rule,reason"
+        );
+        assert_eq!(parse("[rule, user_id]").describe(), "user_id,rule");
+        assert_eq!(parse("[]").describe(), "none");
     }
 }

@@ -279,7 +279,7 @@ impl Config {
         .map(|(_, name)| *name)
         .collect();
         format!(
-            "ok: provider {} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}",
+            "ok: provider {} ({}), grpc on {}, admin on {}, credentials {}, identity headers {}, dynamic metadata {}",
             self.provider.kind.as_str(),
             match (
                 self.provider.resolved_token_url(),
@@ -308,6 +308,7 @@ impl Config {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(","),
+            self.dynamic_metadata.describe(),
         )
     }
 }
