@@ -58,8 +58,9 @@ pub enum ExchangeError {
     #[error("the token endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)")]
     UntrustedCertificate,
     #[error(
-        "the token endpoint refused the TLS handshake (it may require a client certificate: \
-         provider.client_cert and provider.client_key, or not accept the one sent)"
+        "the token endpoint refused the TLS handshake or closed the connection right after it (it may \
+         require a client certificate: provider.client_cert and provider.client_key, or not \
+         accept the one sent)"
     )]
     TlsRefused,
     #[error("the token endpoint answered HTTP {status}")]

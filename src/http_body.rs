@@ -2,23 +2,25 @@
 //! sidecar buffer without bound; and telling, from a failed request, that the provider's TLS
 //! certificate was not trusted (so the log can say to set `provider.ca_file`).
 
-/// The rustls error under `e`, if the request failed in TLS. It sits a few sources down, inside
-/// an `io::Error` whose own `source()` skips it, so each `io::Error` is looked into as well.
+/// `e` and the errors under it. A TLS or socket error sits a few sources down, inside an
+/// `io::Error` whose own `source()` skips it, so each `io::Error`'s wrapped error is looked into
+/// as well (it may itself be an `io::Error`: hyper-util wraps rustls's).
+fn causes(e: &reqwest::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(
+        Some(e as &(dyn std::error::Error + 'static)),
+        |err: &&(dyn std::error::Error + 'static)| {
+            let inner = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            inner.or_else(|| err.source())
+        },
+    )
+}
+
+/// The rustls error under `e`, if the request failed in TLS.
 fn rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        // An io::Error's wrapped error may itself be an io::Error (hyper-util wraps rustls's):
-        // descend into it rather than past it.
-        next = inner.or_else(|| err.source());
-    }
-    None
+    causes(e).find_map(|err| err.downcast_ref::<rustls::Error>())
 }
 
 /// Whether `e` failed because the server's certificate did not verify (unknown issuer, wrong
@@ -30,10 +32,31 @@ pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
     )
 }
 
-/// Whether `e` is the server ending the TLS handshake with an alert: a server that requires a
-/// client certificate (mutual TLS) and got none, or did not accept the one it got.
+/// Whether the connection closed under the request before any answer, with no error of its
+/// own: hyper gave up on it (canceled, or the message cut short), or the socket was reset.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    causes(e).any(|err| {
+        err.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_canceled() || h.is_incomplete_message())
+            || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                )
+            })
+    })
+}
+
+/// Whether an https server refused the TLS connection: it ended the handshake with an alert (a
+/// server that requires a client certificate and got none, or did not accept the one it got),
+/// or closed the connection before answering. In TLS 1.3 the server judges the client's
+/// certificate after the client has finished its side of the handshake, so the alert may reach
+/// a connection the client already counts as open, and the request then fails as "connection
+/// closed" with the alert lost on the way (hyper's "connection was not ready").
 pub fn is_tls_refused(e: &reqwest::Error) -> bool {
     matches!(rustls_error(e), Some(rustls::Error::AlertReceived(_)))
+        || (e.url().is_some_and(|u| u.scheme() == "https") && closed_before_answer(e))
 }
 
 #[derive(Debug)]

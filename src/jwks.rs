@@ -98,8 +98,9 @@ pub enum JwksError {
     #[error("the JWKS endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)")]
     UntrustedCertificate,
     #[error(
-        "the JWKS endpoint refused the TLS handshake (it may require a client certificate: \
-         provider.client_cert and provider.client_key, or not accept the one sent)"
+        "the JWKS endpoint refused the TLS handshake or closed the connection right after it (it may \
+         require a client certificate: provider.client_cert and provider.client_key, or not \
+         accept the one sent)"
     )]
     TlsRefused,
     #[error("the JWKS endpoint answered HTTP {0}")]
