@@ -42,30 +42,6 @@ mod code {
 /// Where Envoy's HTTP ext_authz filter puts a `CheckResponse`'s `dynamic_metadata`.
 pub const METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
-/// The keys of `CheckResponse.dynamic_metadata`, all string values. A key with nothing to say
-/// is left out (an anonymous route has no user, client, scope or provider). Never a secret or
-/// a token: only what the identity headers and the logs already show.
-/// The keys, as [`MetadataKey`] names them (README, "Dynamic metadata"); the config's
-/// `dynamic_metadata` chooses which are sent.
-pub mod metadata {
-    use crate::config::MetadataKey;
-
-    /// Allowed: the value of the `x-user-id` identity header, when the identity sets one.
-    pub const USER_ID: &str = MetadataKey::UserId.name();
-    /// Allowed: the authenticated client (the token's `sub`).
-    pub const CLIENT_ID: &str = MetadataKey::ClientId.name();
-    /// Allowed: the granted scopes, space-separated (RFC 6749 §3.3).
-    pub const SCOPE: &str = MetadataKey::Scope.name();
-    /// Allowed: the provider's name (`default`, or a `providers` key).
-    pub const PROVIDER: &str = MetadataKey::Provider.name();
-    /// Both: the policy rule that decided, `default` for the policy's default (and for every
-    /// check when no policy is configured). Absent on a denial made before any rule was
-    /// consulted (a malformed path or host).
-    pub const RULE: &str = MetadataKey::Rule.name();
-    /// Denied: the denial's stable reason, as in the logs and the `reason` metric label.
-    pub const REASON: &str = MetadataKey::Reason.name();
-}
-
 pub fn to_auth_request(check: CheckRequest) -> AuthRequest {
     let attributes = check.attributes.unwrap_or_default();
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
@@ -394,11 +370,11 @@ mod tests {
             assert_eq!(
                 fields(&response),
                 pairs(&[
-                    (metadata::USER_ID, "user-1"),
-                    (metadata::CLIENT_ID, "client-1"),
-                    (metadata::SCOPE, "read:orders write:orders"),
-                    (metadata::PROVIDER, "partners"),
-                    (metadata::RULE, rule),
+                    (MetadataKey::UserId.name(), "user-1"),
+                    (MetadataKey::ClientId.name(), "client-1"),
+                    (MetadataKey::Scope.name(), "read:orders write:orders"),
+                    (MetadataKey::Provider.name(), "partners"),
+                    (MetadataKey::Rule.name(), rule),
                 ])
             );
             // The access token may go upstream as a header, never into metadata.
@@ -419,9 +395,9 @@ mod tests {
         assert_eq!(
             fields(&to_check_response(&Decision::Allow(allow))),
             pairs(&[
-                (metadata::CLIENT_ID, "client-1"),
-                (metadata::PROVIDER, "default"),
-                (metadata::RULE, DEFAULT_RULE),
+                (MetadataKey::ClientId.name(), "client-1"),
+                (MetadataKey::Provider.name(), "default"),
+                (MetadataKey::Rule.name(), DEFAULT_RULE),
             ])
         );
         // An anonymous route: only the rule that opened it.
@@ -439,7 +415,7 @@ mod tests {
         };
         assert_eq!(
             fields(&to_check_response(&Decision::Allow(anonymous))),
-            pairs(&[(metadata::RULE, "health")])
+            pairs(&[(MetadataKey::Rule.name(), "health")])
         );
     }
 
@@ -455,7 +431,10 @@ mod tests {
             .with(MetadataKey::UserId)
             .with(MetadataKey::Reason);
         let response = to_check_response_with(&Decision::Allow(allow.clone()), keys);
-        assert_eq!(fields(&response), pairs(&[(metadata::USER_ID, "user-1")]));
+        assert_eq!(
+            fields(&response),
+            pairs(&[(MetadataKey::UserId.name(), "user-1")])
+        );
         // The headers do not depend on the metadata.
         assert_eq!(
             response.http_response,
@@ -466,7 +445,7 @@ mod tests {
         let response = to_check_response_with(&Decision::Deny(deny), keys);
         assert_eq!(
             fields(&response),
-            pairs(&[(metadata::REASON, "route_denied")])
+            pairs(&[(MetadataKey::Reason.name(), "route_denied")])
         );
         // None at all: no Struct, not an empty one.
         let response = to_check_response_with(&Decision::Allow(allow), MetadataKeys::NONE);
@@ -481,8 +460,8 @@ mod tests {
         assert_eq!(
             fields(&response),
             pairs(&[
-                (metadata::REASON, "route_denied"),
-                (metadata::RULE, "admin-block")
+                (MetadataKey::Reason.name(), "route_denied"),
+                (MetadataKey::Rule.name(), "admin-block")
             ])
         );
         // Refused before any rule was consulted: the reason alone.
@@ -490,7 +469,7 @@ mod tests {
         let response = to_check_response(&Decision::Deny(deny));
         assert_eq!(
             fields(&response),
-            pairs(&[(metadata::REASON, "malformed_path")])
+            pairs(&[(MetadataKey::Reason.name(), "malformed_path")])
         );
         // A wrong secret: the stable reason, nothing the caller sent.
         let mut deny = Refusal::Exchange(crate::exchange::ExchangeError::Rejected {
@@ -502,8 +481,8 @@ mod tests {
         assert_eq!(
             fields(&response),
             pairs(&[
-                (metadata::REASON, "invalid_client"),
-                (metadata::RULE, DEFAULT_RULE)
+                (MetadataKey::Reason.name(), "invalid_client"),
+                (MetadataKey::Rule.name(), DEFAULT_RULE)
             ])
         );
     }

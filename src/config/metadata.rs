@@ -6,20 +6,25 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
-/// One key of the dynamic metadata (README, "Dynamic metadata").
+/// One key of `CheckResponse.dynamic_metadata` (README, "Dynamic metadata"). Every value is a
+/// string; a key with nothing to say is left out (an anonymous route has no user, client, scope
+/// or provider). Never a secret or a token: only what the identity headers and the logs already
+/// show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetadataKey {
-    /// Allowed: the value of the `x-user-id` identity header.
+    /// Allowed: the value of the `x-user-id` identity header, when the identity sets one.
     UserId,
     /// Allowed: the authenticated client (the token's `sub`).
     ClientId,
-    /// Allowed: the granted scopes, space-separated.
+    /// Allowed: the granted scopes, space-separated (RFC 6749 §3.3).
     Scope,
-    /// Allowed: the provider's name.
+    /// Allowed: the provider's name (`default`, or a `providers` key).
     Provider,
-    /// Allowed and denied: the policy rule that decided.
+    /// Both: the policy rule that decided, `default` for the policy's default (and for every
+    /// check when no policy is configured). Absent on a denial made before any rule was
+    /// consulted (a malformed path or host).
     Rule,
-    /// Denied: the denial's stable reason.
+    /// Denied: the denial's stable reason, as in the logs and the `reason` metric label.
     Reason,
 }
 
