@@ -165,6 +165,10 @@ pub struct TokenCache {
     /// grows) then hold a key and a pointer, not the whole entry.
     map: DashMap<CacheKey, Box<Entry>>,
     negative: DashMap<CacheKey, Instant>,
+    /// Held from the size check to the insert of a refusal, so concurrent refusals cannot each
+    /// see room for one more and pass `max_negative_entries` together. Taken only after a
+    /// refusal (which cost a provider call), never on a lookup.
+    negative_insert: std::sync::Mutex<()>,
     settings: CacheSettings,
     epoch: Instant,
     stats: Arc<Stats>,
@@ -182,6 +186,7 @@ impl TokenCache {
         TokenCache {
             map: DashMap::new(),
             negative: DashMap::new(),
+            negative_insert: std::sync::Mutex::new(()),
             settings,
             epoch: clock.now(),
             stats,
@@ -309,6 +314,10 @@ impl TokenCache {
             return;
         }
         let now = self.clock.now();
+        let _insert = self
+            .negative_insert
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if self.negative.len() >= self.settings.max_negative_entries {
             self.negative.retain(|_, until| *until > now);
             if self.negative.len() >= self.settings.max_negative_entries {
