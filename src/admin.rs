@@ -44,12 +44,19 @@ impl AdminState {
     }
 }
 
+/// The most request body read (and ignored: every route is a GET) to keep a connection reusable.
+const MAX_REQUEST_BODY: usize = 16 * 1024;
+
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_REQUEST_BODY,
+            crate::whole_body::read_first,
+        ))
         .with_state(state)
 }
 

@@ -68,6 +68,7 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod tls_accept;
 pub mod verify;
+pub mod whole_body;
 pub mod yaml;
 
 /// This project's own definitions of Envoy's ext_authz v3 wire types (see `proto/`).

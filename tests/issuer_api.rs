@@ -1574,3 +1574,81 @@ async fn m2m_template_management_api_and_persistence() {
     assert_eq!(body["jwt_template"]["custom_audience"], "orders-api");
     server.shutdown().await;
 }
+
+/// Stytch's Python SDK (urllib3) writes a request's headers and its body in two sends, and
+/// reuses the connection. Whether or not the route reads the body (rotation ignores it, a wrong
+/// project secret or an unknown path is refused before it), the connection must stay open for
+/// the next request: the issuer once closed it when its answer went out before the body
+/// arrived, and the SDK's next call failed with `RemoteDisconnected`.
+#[tokio::test]
+async fn a_body_sent_after_its_headers_leaves_the_connection_reusable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = TempDir::new("issuer-api");
+    let server = Server::start(config_in(&dir)).await;
+    let (id, _) = server.user_client("u1", &["read"]).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let basic = |secret: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{PROJECT_ID}:{secret}"))
+    };
+    let body = format!("{{\"client_id\":\"{id}\"}}");
+    let requests = [
+        (
+            format!("/v1/m2m/clients/{id}/secrets/rotate/start"),
+            PROJECT_SECRET,
+            200,
+        ),
+        (
+            format!("/v1/m2m/clients/{id}/secrets/rotate/cancel"),
+            "wrong-project-secret",
+            401,
+        ),
+        ("/v1/nowhere".to_owned(), PROJECT_SECRET, 404),
+        (
+            format!("/v1/m2m/clients/{id}/secrets/rotate/cancel"),
+            PROJECT_SECRET,
+            200,
+        ),
+    ];
+    for (path, secret, want) in requests {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Basic {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            basic(secret),
+            body.len()
+        );
+        if let Err(e) = conn.write_all(head.as_bytes()).await {
+            panic!("POST {path}: the issuer closed the connection after the last answer: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = conn.write_all(body.as_bytes()).await;
+        // The answer: its head, then as many body bytes as its content-length says.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let status = loop {
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.parse::<usize>().unwrap());
+                if rest.len() >= length {
+                    break head.split(' ').nth(1).unwrap().parse::<u16>().unwrap();
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                .await
+                .expect("no answer within 5 s")
+                .unwrap_or(0);
+            assert!(
+                n > 0,
+                "POST {path}: the issuer closed the connection (body sent: {sent:?}); got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        };
+        assert_eq!(status, want, "POST {path}");
+    }
+    server.shutdown().await;
+}

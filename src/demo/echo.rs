@@ -12,12 +12,20 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+/// The most request body read (and not echoed) to keep Envoy's upstream connection reusable.
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
 /// Serves on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(echo);
+    let app = Router::new()
+        .fallback(echo)
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_REQUEST_BODY,
+            crate::whole_body::read_first,
+        ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -129,6 +129,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_BODY_BYTES,
+            crate::whole_body::read_first,
+        ))
         .with_state(state)
 }
 
