@@ -16,6 +16,21 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The file in a sidecar's temp dir that names its `listen.admin` address.
 const ADMIN_ADDR_FILE: &str = "admin.addr";
+/// The Check socket of a sidecar started with `Sidecar::start_unix`, in its temp dir.
+const SOCKET_FILE: &str = "grpc.sock";
+
+/// When a starting sidecar counts as started.
+#[derive(Debug, Clone, Copy)]
+enum Ready {
+    /// gRPC health says SERVING.
+    Serving,
+    /// The gRPC port accepts connections.
+    Listening,
+    /// The admin port's `/readyz` answers 200.
+    Readyz,
+    /// The Check socket accepts connections.
+    UnixSocket,
+}
 
 /// A free `listen.admin` address for a sidecar in `dir`, remembered for `Sidecar::admin_url`.
 fn admin_addr(dir: &TempDir) -> SocketAddr {
@@ -45,14 +60,41 @@ impl Sidecar {
         Self::start_with_env(config, &[]).await
     }
 
-    /// Like `start`, with extra environment variables. A free port can be taken by another test
-    /// between being chosen and being bound (the sidecar builds everything before it binds): a
-    /// sidecar that exits early with "Address already in use" is started again on new ports.
+    /// Like `start`, with extra environment variables.
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sidecar {
+        Self::start_until(Ready::Serving, || Self::spawn_serve("", config, env)).await
+    }
+
+    /// Starts the binary with `config` and returns once its gRPC port accepts connections,
+    /// without waiting for SERVING: for a sidecar that cannot load its provider's keys.
+    pub async fn start_unready(config: &str) -> Sidecar {
+        Self::start_until(Ready::Listening, || Self::spawn_serve("", config, &[])).await
+    }
+
+    /// Starts the binary with more `listen` fields (YAML lines indented by two spaces, such as
+    /// `  tls:\n    cert_file: …\n`); ready once its admin port's `/readyz` answers 200, for a
+    /// Check port the plain-text health check cannot reach (TLS).
+    pub async fn start_with_listen(listen: &str, config: &str) -> Sidecar {
+        Self::start_until(Ready::Readyz, || Self::spawn_serve(listen, config, &[])).await
+    }
+
+    /// Starts the binary serving Check on a Unix domain socket in its temp dir; ready once the
+    /// socket accepts connections. Returns the sidecar and the socket path.
+    pub async fn start_unix(config: &str) -> (Sidecar, std::path::PathBuf) {
+        let sidecar = Self::start_until(Ready::UnixSocket, || Self::spawn_unix(config)).await;
+        let socket = sidecar.dir.join(SOCKET_FILE);
+        (sidecar, socket)
+    }
+
+    /// Spawns with `spawn` until the sidecar is `ready`. A free port can be taken by another
+    /// test between being chosen and being bound (the sidecar builds everything before it
+    /// binds): a sidecar that exits early with "Address already in use" is started again, on
+    /// new ports.
+    async fn start_until(ready: Ready, spawn: impl Fn() -> Sidecar) -> Sidecar {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
-            let mut sidecar = Self::spawn_serve("", config, env);
-            match sidecar.serving_within(READY_TIMEOUT).await {
+            let mut sidecar = spawn();
+            match sidecar.ready_within(ready, READY_TIMEOUT).await {
                 Ok(()) => return sidecar,
                 Err(logs) if attempt < ATTEMPTS && logs.contains("Address already in use") => {
                     eprintln!("m2m-authz lost its port to another test; starting it again");
@@ -61,28 +103,6 @@ impl Sidecar {
             }
         }
         unreachable!("the last attempt returns or panics")
-    }
-
-    /// Starts the binary with `config` and returns once its gRPC port accepts connections,
-    /// without waiting for SERVING: for a sidecar that cannot load its provider's keys.
-    pub async fn start_unready(config: &str) -> Sidecar {
-        let sidecar = Self::spawn_serve("", config, &[]);
-        if let Err(e) = super::process::wait_for_tcp(sidecar.addr, READY_TIMEOUT).await {
-            panic!("m2m-authz did not listen: {e}\n{}", sidecar.logs());
-        }
-        sidecar
-    }
-
-    /// Starts the binary with more `listen` fields (YAML lines indented by two spaces, such as
-    /// `  tls:\n    cert_file: …\n`); ready once its admin port's `/readyz` answers 200, for a
-    /// Check port the plain-text health check cannot reach (TLS).
-    pub async fn start_with_listen(listen: &str, config: &str) -> Sidecar {
-        let sidecar = Self::spawn_serve(listen, config, &[]);
-        let ready = format!("{}/readyz", sidecar.admin_url());
-        if let Err(e) = super::process::wait_for_http_ok(&ready, READY_TIMEOUT).await {
-            panic!("m2m-authz not ready: {e}\n{}", sidecar.logs());
-        }
-        sidecar
     }
 
     fn spawn_serve(listen: &str, config: &str, env: &[(&str, &str)]) -> Sidecar {
@@ -113,11 +133,9 @@ impl Sidecar {
         Sidecar { child, addr, dir }
     }
 
-    /// Starts the binary serving Check on a Unix domain socket in its temp dir; ready once the
-    /// socket accepts connections. Returns the sidecar and the socket path.
-    pub async fn start_unix(config: &str) -> (Sidecar, std::path::PathBuf) {
+    fn spawn_unix(config: &str) -> Sidecar {
         let dir = TempDir::new("sidecar-uds");
-        let socket = dir.join("grpc.sock");
+        let socket = dir.join(SOCKET_FILE);
         let path = dir.join("config.yaml");
         let admin = admin_addr(&dir);
         std::fs::write(
@@ -136,24 +154,11 @@ impl Sidecar {
             .stdin(Stdio::null())
             .stderr(log_file(&dir.join("stderr.log")));
         let child = ChildGuard::spawn("m2m-authz", &mut cmd);
-        let mut sidecar = Sidecar {
+        Sidecar {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
-        };
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            if let Some(status) = sidecar.child.try_wait() {
-                panic!("m2m-authz exited early ({status}):\n{}", sidecar.logs());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "socket never accepted:\n{}",
-                sidecar.logs()
-            );
-            tokio::time::sleep(super::process::POLL_INTERVAL).await;
         }
-        (sidecar, socket)
     }
 
     pub fn url(&self) -> String {
@@ -169,13 +174,13 @@ impl Sidecar {
 
     /// Polls gRPC health until SERVING; panics with the log tail on timeout or exit.
     pub async fn wait_serving(&mut self, timeout: Duration) {
-        if let Err(e) = self.serving_within(timeout).await {
+        if let Err(e) = self.ready_within(Ready::Serving, timeout).await {
             panic!("{e}");
         }
     }
 
-    /// Polls gRPC health until SERVING; on timeout or exit, what happened and the log tail.
-    async fn serving_within(&mut self, timeout: Duration) -> Result<(), String> {
+    /// Polls until the sidecar is `ready`; on timeout or exit, what happened and the log tail.
+    async fn ready_within(&mut self, ready: Ready, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait() {
@@ -184,16 +189,32 @@ impl Sidecar {
                     self.logs()
                 ));
             }
-            if self.health().await == Some(ServingStatus::Serving) {
+            if self.is(ready).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "m2m-authz not SERVING after {timeout:?}:\n{}",
+                    "m2m-authz not {ready:?} after {timeout:?}:\n{}",
                     self.logs()
                 ));
             }
             tokio::time::sleep(super::process::POLL_INTERVAL).await;
+        }
+    }
+
+    async fn is(&self, ready: Ready) -> bool {
+        match ready {
+            Ready::Serving => self.health().await == Some(ServingStatus::Serving),
+            Ready::Listening => tokio::net::TcpStream::connect(self.addr).await.is_ok(),
+            Ready::Readyz => super::http_client()
+                .get(format!("{}/readyz", self.admin_url()))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            Ready::UnixSocket => tokio::net::UnixStream::connect(self.dir.join(SOCKET_FILE))
+                .await
+                .is_ok(),
         }
     }
 
