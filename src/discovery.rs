@@ -22,7 +22,7 @@ use crate::credentials::Secret;
 use crate::defaults::{JWKS_RETRY, MAX_DISCOVERY_BODY_BYTES};
 use crate::exchange::http::HttpTokenEndpoint;
 use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
-use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
 use crate::jwks::http::HttpKeySource;
 use crate::jwks::{JwksError, KeySource};
 use crate::supervisor::{Stage, Supervisor};
@@ -39,6 +39,12 @@ pub enum DiscoveryError {
         "the discovery document {url}'s TLS certificate is not trusted (set provider.ca_file to its CA)"
     )]
     UntrustedCertificate { url: String },
+    #[error(
+        "the discovery document {url}: the server refused the TLS handshake or closed the \
+         connection right after it (it may require a client certificate: provider.client_cert \
+         and provider.client_key, or not accept the one sent)"
+    )]
+    TlsRefused { url: String },
     #[error("the discovery document {url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("the discovery document {url} is unusable: {problem}")]
@@ -197,6 +203,8 @@ impl HttpDocumentSource {
                 DiscoveryError::Timeout { url }
             } else if is_untrusted_certificate(&e) {
                 DiscoveryError::UntrustedCertificate { url }
+            } else if is_tls_refused(&e) {
+                DiscoveryError::TlsRefused { url }
             } else if e.is_connect() {
                 DiscoveryError::Connect { url }
             } else {

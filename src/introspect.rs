@@ -22,7 +22,7 @@ use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::discovery::Discovery;
 use crate::exchange::http::FORM;
-use crate::http_body::{BodyError, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
 use crate::verify::{TokenRules, Verified, VerifyError};
 
 /// What an introspected token records where a JWT records the key that verified it: the
@@ -41,6 +41,12 @@ pub enum IntrospectError {
         "the introspection endpoint's TLS certificate is not trusted (set provider.ca_file to its CA)"
     )]
     UntrustedCertificate,
+    #[error(
+        "the introspection endpoint refused the TLS handshake or closed the connection right after \
+         it (it may require a client certificate: provider.client_cert and provider.client_key, or \
+         not accept the one sent)"
+    )]
+    TlsRefused,
     #[error("the introspection endpoint answered HTTP {status}")]
     Status { status: u16 },
     #[error("the introspection endpoint's answer is unusable: {0}")]
@@ -164,6 +170,8 @@ fn classify(e: reqwest::Error) -> IntrospectError {
         IntrospectError::Timeout
     } else if is_untrusted_certificate(&e) {
         IntrospectError::UntrustedCertificate
+    } else if is_tls_refused(&e) {
+        IntrospectError::TlsRefused
     } else if e.is_connect() {
         IntrospectError::Connect
     } else {

@@ -2,7 +2,8 @@
 //! endpoints): the real sidecar against a TLS token and JWKS endpoint, behind a generated CA,
 //! that demands a client certificate from that CA. With the certificate the exchange works and
 //! the check is allowed; without it (or with one from another CA) the check fails UNAVAILABLE
-//! and the log says the provider refused the TLS handshake. Bad files are config errors that
+//! and the log says the provider refused the TLS handshake — for the token endpoint, the
+//! discovery document and the introspection endpoint alike. Bad files are config errors that
 //! name the field.
 
 mod common;
@@ -177,6 +178,68 @@ async fn a_provider_demanding_a_client_certificate_gets_ours_and_refuses_others(
         );
         assert!(!logs.contains("s3cret-mtls"), "a secret in the log");
         assert!(!logs.contains("PRIVATE KEY"), "a key in the log");
+    }
+}
+
+/// The provider's discovery document and its introspection endpoint behind the same
+/// certificate-demanding front, reached without a client certificate: the log says the TLS
+/// handshake was refused, for each, as it does for the token and JWKS endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_introspection_refused_for_want_of_a_client_certificate_say_so() {
+    let dir = pki();
+    let p = FakeProvider::start().await;
+    let front = mtls_front(&dir, p.addr).await;
+    let ca = dir.join("ca.pem");
+
+    let discovered = Sidecar::start_unready(&format!(
+        "provider:\n  kind: oauth2\n  issuer: https://{front}\n  audience: {AUDIENCE}\n  \
+         request_timeout: 3s\n  ca_file: {}\n",
+        ca.display()
+    ))
+    .await;
+    let want = format!(
+        "the discovery document https://{front}/.well-known/openid-configuration: the server \
+         refused the TLS handshake"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !discovered.full_logs().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {want:?} in the log:\n{}",
+            discovered.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let introspecting = Sidecar::start(&format!(
+        "{}  ca_file: {}\n  introspection:\n    url: https://{front}/introspect\n    \
+         client_id: rs\n    client_secret: 'rs-s3cret-introspection'\n",
+        p.oauth2_provider_yaml(),
+        ca.display()
+    ))
+    .await;
+    let err = introspecting
+        .client()
+        .await
+        .check(
+            common::check::Check::get("/")
+                .bearer("an-opaque-access-token")
+                .build(),
+        )
+        .await
+        .expect_err("an opaque token allowed without its introspection");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let logs = introspecting.full_logs();
+    assert!(
+        logs.contains("the introspection endpoint refused the TLS handshake"),
+        "{logs}"
+    );
+    for secret in [
+        "rs-s3cret-introspection",
+        "an-opaque-access-token",
+        "PRIVATE KEY",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} in the log");
     }
 }
 
