@@ -452,10 +452,10 @@ async fn redis_reveals_no_token_without_the_callers_secret_and_bad_values_are_re
     let tokens = p.issued_tokens();
     for (key, value) in &values {
         let text = String::from_utf8_lossy(value);
-        assert!(!text.contains("eyJ"), "a JWT in Redis at {key}");
         for t in &tokens {
-            let sig = t.rsplit('.').next().unwrap();
-            assert!(!text.contains(sig), "a token signature in Redis");
+            if let Some(part) = common::token_part_in(value, t) {
+                panic!("a token's {part} in Redis at {key}");
+            }
         }
         for (id, _) in &cs {
             assert!(!key.contains(id.as_str()) && !text.contains(id.as_str()));
