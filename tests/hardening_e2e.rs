@@ -149,14 +149,7 @@ impl Stack {
     /// The value of one series of the sidecar's admin `/metrics`, e.g.
     /// `m2m_authz_panics_total{site="check"}`.
     async fn metric(&self, series: &str) -> u64 {
-        let text = common::http_client()
-            .get(format!("{}/metrics", self.sidecar.admin_url()))
-            .send()
-            .await
-            .expect("admin /metrics")
-            .text()
-            .await
-            .unwrap();
+        let text = self.sidecar.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))

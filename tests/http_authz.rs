@@ -457,14 +457,7 @@ async fn the_http_port_answers_by_path_and_protocol() {
     }
 
     // The checks are counted with gRPC's.
-    let metrics = http
-        .get(format!("{}/metrics", authz.sidecar.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = authz.sidecar.metrics_text().await;
     assert!(metrics.contains("decision=\"allow\""), "{metrics}");
 }
 

@@ -331,14 +331,7 @@ async fn the_binary_answers_eternal_tokens_and_keeps_serving() {
     let r = client.check(check_request("client-2", "s3cret")).await;
     assert_eq!(r.unwrap().into_inner().status.unwrap().code, 0);
     assert!(sidecar.health().await.is_some(), "still serving");
-    let metrics = common::http_client()
-        .get(format!("{}/metrics", sidecar.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sidecar.metrics_text().await;
     assert!(
         metrics.contains("m2m_authz_panics_total{site=\"check\"} 0"),
         "{metrics}"

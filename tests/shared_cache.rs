@@ -218,18 +218,9 @@ async fn check(s: &Sidecar, id: &str, secret: &str) -> Result<String, String> {
     }
 }
 
-async fn admin_get(s: &Sidecar, path: &str) -> (u16, String) {
-    let r = common::http_client()
-        .get(format!("{}{path}", s.admin_url()))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 /// A counter's value from `/metrics` (0 when absent).
 async fn metric(s: &Sidecar, name: &str) -> u64 {
-    let (_, text) = admin_get(s, "/metrics").await;
+    let (_, text) = s.admin_get("/metrics").await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
         .map(|v| v.trim().parse::<f64>().unwrap() as u64)
@@ -268,7 +259,7 @@ async fn a_token_exchanged_by_one_pod_is_served_by_the_others() {
     assert_eq!(p.token_calls(), 2);
     assert_eq!(redis.values().len(), 1, "refusals are never shared");
 
-    let (status, body) = admin_get(&b, "/readyz").await;
+    let (status, body) = b.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["shared_cache"]["status"], "ok", "{body}");
@@ -396,7 +387,7 @@ async fn redis_trouble_fails_no_check_and_sharing_resumes() {
     assert_eq!(check(&a, &cs[31].0, &cs[31].1).await.unwrap(), "user-31");
     assert_eq!(check(&b, &cs[31].0, &cs[31].1).await.unwrap(), "user-31");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (status, body) = admin_get(&a, "/readyz").await;
+    let (status, body) = a.admin_get("/readyz").await;
     assert_eq!(
         status, 200,
         "Redis trouble never makes a pod not ready: {body}"
@@ -693,7 +684,7 @@ async fn pods_share_tokens_over_rediss_and_a_wrong_ca_is_reported() {
     );
     assert_eq!(metric(&b, "m2m_authz_shared_cache_hits").await, 1);
     assert_eq!(redis.values().len(), 1);
-    let (status, body) = admin_get(&b, "/readyz").await;
+    let (status, body) = b.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["shared_cache"]["status"], "ok", "{body}");
@@ -714,7 +705,7 @@ async fn pods_share_tokens_over_rediss_and_a_wrong_ca_is_reported() {
         assert_eq!(check(&c, "client-1", "s3cret").await.unwrap(), "user-1");
         assert_eq!(p.token_calls(), before + 1, "exchanged locally");
         assert!(metric(&c, "m2m_authz_shared_cache_errors").await >= 1);
-        let (status, body) = admin_get(&c, "/readyz").await;
+        let (status, body) = c.admin_get("/readyz").await;
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["shared_cache"]["status"], "degraded", "{body}");
@@ -869,7 +860,7 @@ async fn a_redis_cluster_shares_tokens_and_a_stopped_node_only_costs_local_excha
         spread >= 2,
         "12 keys all on one node: not spread over slots"
     );
-    let (_, body) = admin_get(&a, "/readyz").await;
+    let (_, body) = a.admin_get("/readyz").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["shared_cache"]["status"], "ok", "{body}");
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::process::{ChildGuard, TempDir, free_addr, log_file, tail, wait_for_tcp};
+use super::process::{ChildGuard, TempDir, free_addr, log_file, tail};
 use super::sidecar::binary;
 
 pub const PROJECT_ID: &str = "project-test-stack";
@@ -169,36 +169,87 @@ impl IssuerProcess {
         Self::launch(dir, addr, env, false).await
     }
 
+    /// Starts the issuer on `dir`'s config and waits until it accepts connections. A free port
+    /// can be taken by another test between being chosen and being bound: an issuer that exits
+    /// with "Address already in use" is started again on a new port (its `listen` rewritten).
     async fn launch(
-        dir: TempDir,
-        addr: SocketAddr,
+        mut dir: TempDir,
+        mut addr: SocketAddr,
         env: &[(&str, &str)],
         tls: bool,
     ) -> IssuerProcess {
-        let child = ChildGuard::spawn(
-            "m2m-authz issuer",
-            Command::new(binary())
-                .args(["issuer", "--config"])
-                .arg(dir.join("issuer.yaml"))
-                .env("M2M_AUTHZ_LOG_FORMAT", "json")
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(log_file(&dir.join("stdout.log")))
-                .stderr(log_file(&dir.join("stderr.log"))),
-        );
-        let issuer = IssuerProcess {
-            child,
-            addr,
-            dir,
-            tls,
-        };
-        if let Err(e) = wait_for_tcp(addr, Duration::from_secs(20)).await {
-            panic!(
-                "issuer did not start: {e}\n{}",
-                tail(&issuer.dir.join("stderr.log"), 40)
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let child = ChildGuard::spawn(
+                "m2m-authz issuer",
+                Command::new(binary())
+                    .args(["issuer", "--config"])
+                    .arg(dir.join("issuer.yaml"))
+                    .env("M2M_AUTHZ_LOG_FORMAT", "json")
+                    .envs(env.iter().copied())
+                    .stdin(Stdio::null())
+                    .stdout(log_file(&dir.join("stdout.log")))
+                    .stderr(log_file(&dir.join("stderr.log"))),
             );
+            let mut issuer = IssuerProcess {
+                child,
+                addr,
+                dir,
+                tls,
+            };
+            match issuer.listening_within(Duration::from_secs(20)).await {
+                Ok(()) => return issuer,
+                Err(e) if attempt < ATTEMPTS && e.contains("Address already in use") => {
+                    eprintln!("the issuer lost its port to another test; starting it again");
+                    addr = free_addr();
+                    let config = issuer.config_path();
+                    let text = std::fs::read_to_string(&config).unwrap();
+                    let moved: Vec<String> = text
+                        .lines()
+                        .map(|l| match l.starts_with("listen:") {
+                            true => format!("listen: {addr}"),
+                            false => l.to_owned(),
+                        })
+                        .collect();
+                    write_private(&config, &(moved.join("\n") + "\n"));
+                    let IssuerProcess { child, dir: d, .. } = issuer;
+                    drop(child);
+                    dir = d;
+                    attempt += 1;
+                }
+                Err(e) => panic!("issuer did not start: {e}"),
+            }
         }
-        issuer
+    }
+
+    /// Polls until the issuer accepts connections; on its exit or a timeout, why, with its log.
+    async fn listening_within(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait() {
+                return Err(format!(
+                    "exited early ({status}):\n{}",
+                    tail(&self.dir.join("stderr.log"), 40)
+                ));
+            }
+            // The log line comes once the port is bound; before it, a connection may reach
+            // another test's process that holds the port this one was given.
+            let log = std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default();
+            if log.contains("embedded M2M issuer listening")
+                && tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not accepting connections after {timeout:?}:\n{}",
+                    self.addr,
+                    tail(&self.dir.join("stderr.log"), 40)
+                ));
+            }
+            tokio::time::sleep(super::process::POLL_INTERVAL).await;
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {

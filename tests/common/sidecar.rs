@@ -19,6 +19,9 @@ const ADMIN_ADDR_FILE: &str = "admin.addr";
 /// The Check socket of a sidecar started with `Sidecar::start_unix`, in its temp dir.
 const SOCKET_FILE: &str = "grpc.sock";
 
+/// The sidecar's log line once all its listeners are bound.
+const LISTENING: &str = "m2m-authz listening for ext_authz checks";
+
 /// When a starting sidecar counts as started.
 #[derive(Debug, Clone, Copy)]
 enum Ready {
@@ -172,6 +175,28 @@ impl Sidecar {
         format!("http://{}", addr.trim())
     }
 
+    /// GETs `path` on the admin port: the status and the body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.admin_url());
+        let r = super::http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = r.status().as_u16();
+        (
+            status,
+            r.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}")),
+        )
+    }
+
+    /// The admin port's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let (status, text) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {text}");
+        text
+    }
+
     /// Polls gRPC health until SERVING; panics with the log tail on timeout or exit.
     pub async fn wait_serving(&mut self, timeout: Duration) {
         if let Err(e) = self.ready_within(Ready::Serving, timeout).await {
@@ -203,6 +228,11 @@ impl Sidecar {
     }
 
     async fn is(&self, ready: Ready) -> bool {
+        // Logged once every port is bound: before it, a connection or an answer may come from
+        // another test's process that holds the port this one was given.
+        if !self.full_logs().contains(LISTENING) {
+            return false;
+        }
         match ready {
             Ready::Serving => self.health().await == Some(ServingStatus::Serving),
             Ready::Listening => tokio::net::TcpStream::connect(self.addr).await.is_ok(),
