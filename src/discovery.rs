@@ -22,7 +22,7 @@ use crate::credentials::Secret;
 use crate::defaults::{JWKS_RETRY, MAX_DISCOVERY_BODY_BYTES};
 use crate::exchange::http::HttpTokenEndpoint;
 use crate::exchange::{ExchangeError, Issued, TokenEndpoint};
-use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, Failure, read_capped};
 use crate::jwks::http::HttpKeySource;
 use crate::jwks::{JwksError, KeySource};
 use crate::supervisor::{Stage, Supervisor};
@@ -199,19 +199,15 @@ impl HttpDocumentSource {
         let shown = url.to_string();
         let classify = |e: reqwest::Error| {
             let url = shown.clone();
-            if e.is_timeout() {
-                DiscoveryError::Timeout { url }
-            } else if is_untrusted_certificate(&e) {
-                DiscoveryError::UntrustedCertificate { url }
-            } else if is_tls_refused(&e) {
-                DiscoveryError::TlsRefused { url }
-            } else if e.is_connect() {
-                DiscoveryError::Connect { url }
-            } else {
-                DiscoveryError::BadDocument {
+            match Failure::of(&e) {
+                Failure::Timeout => DiscoveryError::Timeout { url },
+                Failure::UntrustedCertificate => DiscoveryError::UntrustedCertificate { url },
+                Failure::TlsRefused => DiscoveryError::TlsRefused { url },
+                Failure::Connect => DiscoveryError::Connect { url },
+                Failure::Other => DiscoveryError::BadDocument {
                     url,
                     problem: "transport error",
-                }
+                },
             }
         };
         let response = self

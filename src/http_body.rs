@@ -1,6 +1,7 @@
 //! Reading provider responses with a size cap, so a broken or hostile endpoint cannot make the
 //! sidecar buffer without bound; and telling, from a failed request, that the provider's TLS
-//! certificate was not trusted (so the log can say to set `provider.ca_file`).
+//! certificate was not trusted or the handshake refused ([`Failure`], so the log can say which
+//! setting to look at).
 
 /// `e` and the errors under it. A TLS or socket error sits a few sources down, inside an
 /// `io::Error` whose own `source()` skips it, so each `io::Error`'s wrapped error is looked into
@@ -25,7 +26,7 @@ fn rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
 
 /// Whether `e` failed because the server's certificate did not verify (unknown issuer, wrong
 /// name, expired…).
-pub fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
+fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
     matches!(
         rustls_error(e),
         Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
@@ -54,9 +55,41 @@ fn closed_before_answer(e: &reqwest::Error) -> bool {
 /// certificate after the client has finished its side of the handshake, so the alert may reach
 /// a connection the client already counts as open, and the request then fails as "connection
 /// closed" with the alert lost on the way (hyper's "connection was not ready").
-pub fn is_tls_refused(e: &reqwest::Error) -> bool {
+fn is_tls_refused(e: &reqwest::Error) -> bool {
     matches!(rustls_error(e), Some(rustls::Error::AlertReceived(_)))
         || (e.url().is_some_and(|u| u.scheme() == "https") && closed_before_answer(e))
+}
+
+/// Why a request to a provider endpoint failed before an answer: one classification, in one
+/// order, for the token, JWKS, introspection and discovery endpoints, each of which maps it to
+/// its own error (a new kind makes the compiler point at all four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    /// The server's certificate did not verify: the log says to set `provider.ca_file`.
+    UntrustedCertificate,
+    /// The server refused the TLS handshake ([`is_tls_refused`]): the log names the client
+    /// certificate settings.
+    TlsRefused,
+    Connect,
+    /// Anything else on the way ("transport error").
+    Other,
+}
+
+impl Failure {
+    pub fn of(e: &reqwest::Error) -> Failure {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else if is_untrusted_certificate(e) {
+            Failure::UntrustedCertificate
+        } else if is_tls_refused(e) {
+            Failure::TlsRefused
+        } else if e.is_connect() {
+            Failure::Connect
+        } else {
+            Failure::Other
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
 use crate::discovery::Discovery;
 use crate::exchange::http::FORM;
-use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, Failure, read_capped};
 use crate::verify::{TokenRules, Verified, VerifyError};
 
 /// What an introspected token records where a JWT records the key that verified it: the
@@ -166,16 +166,12 @@ impl Introspector {
 }
 
 fn classify(e: reqwest::Error) -> IntrospectError {
-    if e.is_timeout() {
-        IntrospectError::Timeout
-    } else if is_untrusted_certificate(&e) {
-        IntrospectError::UntrustedCertificate
-    } else if is_tls_refused(&e) {
-        IntrospectError::TlsRefused
-    } else if e.is_connect() {
-        IntrospectError::Connect
-    } else {
-        IntrospectError::BadResponse("transport error")
+    match Failure::of(&e) {
+        Failure::Timeout => IntrospectError::Timeout,
+        Failure::UntrustedCertificate => IntrospectError::UntrustedCertificate,
+        Failure::TlsRefused => IntrospectError::TlsRefused,
+        Failure::Connect => IntrospectError::Connect,
+        Failure::Other => IntrospectError::BadResponse("transport error"),
     }
 }
 

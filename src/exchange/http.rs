@@ -12,7 +12,7 @@ use crate::clock::SharedClock;
 use crate::config::{ClientAuth, ResolvedProvider};
 use crate::credentials::Secret;
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, Failure, read_capped};
 
 /// RFC 6749 Appendix B: everything but unreserved characters is percent-encoded in Basic parts.
 pub(crate) const FORM: &AsciiSet = &NON_ALPHANUMERIC
@@ -120,15 +120,11 @@ fn response_retry_after(headers: &reqwest::header::HeaderMap) -> Option<String> 
 }
 
 fn classify_send(e: reqwest::Error) -> ExchangeError {
-    if e.is_timeout() {
-        ExchangeError::Timeout
-    } else if is_untrusted_certificate(&e) {
-        ExchangeError::UntrustedCertificate
-    } else if is_tls_refused(&e) {
-        ExchangeError::TlsRefused
-    } else if e.is_connect() {
-        ExchangeError::Connect
-    } else {
-        ExchangeError::BadResponse("transport error")
+    match Failure::of(&e) {
+        Failure::Timeout => ExchangeError::Timeout,
+        Failure::UntrustedCertificate => ExchangeError::UntrustedCertificate,
+        Failure::TlsRefused => ExchangeError::TlsRefused,
+        Failure::Connect => ExchangeError::Connect,
+        Failure::Other => ExchangeError::BadResponse("transport error"),
     }
 }

@@ -5,7 +5,7 @@ use url::Url;
 
 use super::{JwksError, KeySource};
 use crate::defaults::MAX_PROVIDER_BODY_BYTES;
-use crate::http_body::{BodyError, is_tls_refused, is_untrusted_certificate, read_capped};
+use crate::http_body::{BodyError, Failure, read_capped};
 
 /// The JWKS endpoint, reached with reqwest.
 pub struct HttpKeySource {
@@ -50,15 +50,11 @@ impl KeySource for HttpKeySource {
 }
 
 fn classify(e: reqwest::Error) -> JwksError {
-    if e.is_timeout() {
-        JwksError::Timeout
-    } else if is_untrusted_certificate(&e) {
-        JwksError::UntrustedCertificate
-    } else if is_tls_refused(&e) {
-        JwksError::TlsRefused
-    } else if e.is_connect() {
-        JwksError::Connect
-    } else {
-        JwksError::BadDocument("transport error")
+    match Failure::of(&e) {
+        Failure::Timeout => JwksError::Timeout,
+        Failure::UntrustedCertificate => JwksError::UntrustedCertificate,
+        Failure::TlsRefused => JwksError::TlsRefused,
+        Failure::Connect => JwksError::Connect,
+        Failure::Other => JwksError::BadDocument("transport error"),
     }
 }
