@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::check::basic;
 use common::process::{ChildGuard, TempDir, free_port, log_file, tail};
 use common::provider::{AUDIENCE, FakeProvider, ISSUER};
+use common::raw_http::{read_head, read_response};
 use common::sidecar::Sidecar;
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
@@ -132,37 +133,14 @@ async fn slow_upstream() -> SocketAddr {
     addr
 }
 
-/// Reads up to the end of an HTTP head; `None` at end of stream.
-async fn read_head(conn: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&buf).into_owned())
-}
-
 /// One HTTP/1.1 response on a kept-alive connection: (status, lower-cased head, body).
 async fn exchange(conn: &mut TcpStream, path: &str, auth: &str) -> (u16, String, String) {
     let request =
         format!("GET {path} HTTP/1.1\r\nhost: orders.example\r\nauthorization: {auth}\r\n\r\n");
     conn.write_all(request.as_bytes()).await.unwrap();
-    let head = read_head(conn)
+    read_response(conn)
         .await
-        .expect("a response head, not the end of the stream")
-        .to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body).await.unwrap();
-    (status, head, String::from_utf8(body).unwrap())
+        .expect("a whole response, not the end of the stream")
 }
 
 fn says_close(head: &str) -> bool {

@@ -1582,7 +1582,7 @@ async fn m2m_template_management_api_and_persistence() {
 /// arrived, and the SDK's next call failed with `RemoteDisconnected`.
 #[tokio::test]
 async fn a_body_sent_after_its_headers_leaves_the_connection_reusable() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let dir = TempDir::new("issuer-api");
     let server = Server::start(config_in(&dir)).await;
@@ -1623,32 +1623,16 @@ async fn a_body_sent_after_its_headers_leaves_the_connection_reusable() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let sent = conn.write_all(body.as_bytes()).await;
-        // The answer: its head, then as many body bytes as its content-length says.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let status = loop {
-            let text = String::from_utf8_lossy(&got);
-            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .map_or(0, |v| v.parse::<usize>().unwrap());
-                if rest.len() >= length {
-                    break head.split(' ').nth(1).unwrap().parse::<u16>().unwrap();
-                }
-            }
-            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-                .await
-                .expect("no answer within 5 s")
-                .unwrap_or(0);
-            assert!(
-                n > 0,
-                "POST {path}: the issuer closed the connection (body sent: {sent:?}); got {:?}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            common::raw_http::read_response(&mut conn),
+        )
+        .await
+        .expect("no answer within 5 s");
+        let Some((status, _, body)) = answer else {
+            panic!("POST {path}: the issuer closed the connection (body sent: {sent:?})");
         };
-        assert_eq!(status, want, "POST {path}");
+        assert_eq!(status, want, "POST {path}: {body}");
     }
     server.shutdown().await;
 }

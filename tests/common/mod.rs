@@ -1,6 +1,6 @@
 //! The one test kit: a fake token endpoint + JWKS (`provider`), request builders (`check`), the
 //! core built from YAML (`authz`), a temp dir and child processes (`process`), the real binary
-//! (`sidecar`, `issuer`), and the real third-party parts (Envoy, a real OIDC provider, an echo
+//! (`sidecar`, `issuer`), HTTP/1.1 by hand (`raw_http`), and the real third-party parts (Envoy, a real OIDC provider, an echo
 //! upstream) with the tools they need (`tools`: a missing tool skips the test, or fails it under
 //! `M2M_AUTHZ_REQUIRE_TOOLS=1`). Integration tests use it with `mod common;`, the benchmarks and
 //! the load tool with `#[path = "../tests/common/mod.rs"] mod common;`.
@@ -18,6 +18,7 @@ pub mod issuer;
 pub mod oidc;
 pub mod process;
 pub mod provider;
+pub mod raw_http;
 pub mod sidecar;
 pub mod tools;
 
