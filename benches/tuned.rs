@@ -73,7 +73,7 @@ struct FloorArgs {
     /// `x-user-id` and `x-client-id`, remove `authorization` and `x-client-secret`);
     /// `metadata` (only the dynamic metadata); `full` (both: what the sidecar answers). Built by
     /// the sidecar's own `to_check_response`, so Envoy's cost of applying each part shows
-    /// (`scripts/envoy-profile`).
+    /// (`scripts/profile envoy`).
     #[arg(long, value_enum, default_value_t = Answer::Empty)]
     answer: Answer,
     /// One worker on tokio's multi-thread scheduler instead of the current-thread one (its LIFO
